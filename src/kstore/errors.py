@@ -1,0 +1,202 @@
+"""One exception hierarchy for kstore, rooted at :class:`KStoreError`.
+
+Every class carries Kafka's numeric error code as ``code`` (checked against kafka-python's
+``kafka.errors``) and whether Kafka treats it as ``retriable``. Classes register themselves by
+code; :func:`error_for_code` maps a code back to its class, falling back to
+:class:`UnknownServerError`. Where callers expect a builtin exception, the class mixes it in
+(``CorruptRecordError`` is a ``ValueError``).
+"""
+
+from __future__ import annotations
+
+_BY_CODE: dict[int, type[KStoreError]] = {}
+
+
+class KStoreError(Exception):
+    """Base of every error kstore raises. ``code`` is Kafka's error code."""
+
+    code: int = -1
+    retriable: bool = False
+
+    def __init_subclass__(cls, register: bool = True, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if not register:
+            return
+        if cls.code in _BY_CODE:
+            raise TypeError(
+                f"{cls.__name__} reuses Kafka error code {cls.code} of {_BY_CODE[cls.code].__name__}"
+            )
+        _BY_CODE[cls.code] = cls
+
+
+def error_for_code(code: int) -> type[KStoreError]:
+    """The exception class for a Kafka error code (UnknownServerError if none is known)."""
+    return _BY_CODE.get(code, UnknownServerError)
+
+
+class UnknownServerError(KStoreError):
+    code = -1
+
+
+class OffsetOutOfRangeError(KStoreError, IndexError):
+    code = 1
+
+
+class CorruptRecordError(KStoreError, ValueError):
+    """Bytes that fail their CRC, or whose fields disagree with their sizes."""
+
+    code = 2
+    retriable = True
+
+
+class UnknownTopicOrPartitionError(KStoreError, LookupError):
+    code = 3
+    retriable = True
+
+
+class InvalidFetchSizeError(KStoreError, ValueError):
+    code = 4
+
+
+class RecordTooLargeError(KStoreError, ValueError):
+    """MESSAGE_TOO_LARGE: a batch over max.message.bytes."""
+
+    code = 10
+
+
+class InvalidTopicError(KStoreError, ValueError):
+    code = 17
+
+
+class RecordListTooLargeError(KStoreError, ValueError):
+    code = 18
+
+
+class InvalidRequiredAcksError(KStoreError, ValueError):
+    code = 21
+
+
+class IllegalGenerationError(KStoreError):
+    code = 22
+
+
+class InconsistentGroupProtocolError(KStoreError):
+    code = 23
+
+
+class InvalidGroupIdError(KStoreError, ValueError):
+    code = 24
+
+
+class UnknownMemberIdError(KStoreError):
+    code = 25
+
+
+class InvalidSessionTimeoutError(KStoreError, ValueError):
+    code = 26
+
+
+class RebalanceInProgressError(KStoreError):
+    code = 27
+
+
+class InvalidCommitOffsetSizeError(KStoreError, ValueError):
+    code = 28
+
+
+class InvalidTimestampError(KStoreError, ValueError):
+    code = 32
+
+
+class UnsupportedVersionError(KStoreError):
+    code = 35
+
+
+class TopicAlreadyExistsError(KStoreError):
+    code = 36
+
+
+class InvalidPartitionsError(KStoreError, ValueError):
+    code = 37
+
+
+class InvalidReplicationFactorError(KStoreError, ValueError):
+    code = 38
+
+
+class InvalidConfigError(KStoreError, ValueError):
+    """A config key that does not exist or a value out of range; the message names the key."""
+
+    code = 40
+
+
+class InvalidRequestError(KStoreError, ValueError):
+    code = 42
+
+
+class UnsupportedForMessageFormatError(KStoreError):
+    code = 43
+
+
+class OutOfOrderSequenceNumberError(KStoreError):
+    code = 45
+
+
+class DuplicateSequenceNumberError(KStoreError):
+    code = 46
+
+
+class InvalidProducerEpochError(KStoreError):
+    code = 47
+
+
+class KafkaStorageError(KStoreError, OSError):
+    """The disk refused: full, read-only, permission denied, file-size limit."""
+
+    code = 56
+    retriable = True
+
+
+class UnknownProducerIdError(KStoreError):
+    code = 59
+
+
+class NonEmptyGroupError(KStoreError):
+    code = 68
+
+
+class GroupIdNotFoundError(KStoreError, LookupError):
+    code = 69
+
+
+class UnsupportedCompressionTypeError(KStoreError, ValueError):
+    code = 76
+
+
+class InvalidRecordError(KStoreError, ValueError):
+    """A record or batch that is well-formed bytes but breaks a rule (INVALID_RECORD)."""
+
+    code = 87
+
+
+# kstore-only conditions. They reuse the Kafka code closest in meaning, so they do not register.
+
+
+class LogLockedError(KafkaStorageError, register=False):
+    """Another writer (thread or process) holds the log directory's lock."""
+
+
+class ReadOnlyError(KafkaStorageError, register=False):
+    """A write on a log opened with read_only=True."""
+
+    retriable = False
+
+
+class ClosedError(KStoreError, register=False):
+    """An operation on a closed log, store, producer or consumer."""
+
+
+class DecompressionLimitError(CorruptRecordError, register=False):
+    """A compressed batch that inflates past the decompression limit (a zip bomb)."""
+
+    retriable = False

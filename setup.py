@@ -16,7 +16,7 @@ CSRC = ["csrc/batch.c", "csrc/crc32c.c", "csrc/murmur2.c"]
 compile_args = ["-O3", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-function"]
 link_args = []
 if os.environ.get("KSTORE_WERROR") == "1":
-    compile_args.append("-Werror=implicit-function-declaration")
+    compile_args.append("-Werror")
 if os.environ.get("KSTORE_SANITIZE") == "1":
     san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
     compile_args = [a for a in compile_args if a != "-O3"] + ["-O1", "-g"] + san

@@ -191,7 +191,13 @@ cdef class Batch:
 
 
 cdef class BatchBuilder:
-    cdef ks_buf buf
+    # The batches are built inside a bytes object owned only by this builder (refcount 1), grown
+    # with _PyBytes_Resize and handed out by build() without a copy.
+    cdef PyObject *out
+    cdef uint8_t *data
+    cdef size_t length
+    cdef size_t cap
+    cdef size_t start
     cdef int codec
     cdef object compression_level
     cdef int64_t base_offset
@@ -208,6 +214,10 @@ cdef class BatchBuilder:
     cdef size_t max_batch_bytes
     cdef ks_buf scratch
     cdef int _check_open(self) except -1
+    cdef int _reserve(self, size_t extra) except -1
+    cdef int _seal(self) except -1
+    cdef int _begin(self) except -1
+    cdef bytes _take(self)
     cdef int _add(self, const uint8_t *kp, Py_ssize_t kn, const uint8_t *vp, Py_ssize_t vn,
                   int64_t ts, const uint8_t *hp, size_t hn, int32_t hcount) except -1
     cdef int _encode_headers(self, object headers, size_t *hn, int32_t *hcount) except -1

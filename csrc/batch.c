@@ -467,3 +467,31 @@ size_t ks_span_batches(const uint8_t *buf, size_t len, size_t start, size_t max_
     }
     return pos - start;
 }
+
+int ks_records_check(const uint8_t *area, size_t len, int32_t count, int sequential,
+                     size_t *err_pos)
+{
+    size_t pos = 0;
+    ks_record r;
+    if (count < 0 || (size_t)count > len / KS_RECORD_MIN_SIZE) {
+        *err_pos = 0;
+        return KS_ERR_COUNT;
+    }
+    for (int32_t i = 0; i < count; i++) {
+        size_t start = pos;
+        int rc = ks_record_parse(area, len, &pos, &r);
+        if (rc != KS_OK) {
+            *err_pos = rc == KS_ERR_TRUNCATED ? start : pos;
+            return rc == KS_ERR_TRUNCATED ? KS_ERR_COUNT : rc;
+        }
+        if (sequential && r.offset_delta != i) {
+            *err_pos = start;
+            return KS_ERR_OFFSET;
+        }
+    }
+    if (pos != len) {
+        *err_pos = pos;
+        return KS_ERR_COUNT;
+    }
+    return KS_OK;
+}

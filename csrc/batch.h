@@ -154,6 +154,13 @@ int ks_records_columns(const uint8_t *area, size_t len, int32_t count, int64_t b
                        int64_t pos_base, int64_t *offsets, int64_t *timestamps, int64_t *key_pos,
                        int32_t *key_len, int64_t *value_pos, int32_t *value_len, size_t *err_pos);
 
+/*
+ * Check that `count` records parse and end exactly at len; with `sequential`, that their offset
+ * deltas run 0, 1, ..., count - 1 as a producer writes them (KS_ERR_OFFSET otherwise).
+ */
+int ks_records_check(const uint8_t *area, size_t len, int32_t count, int sequential,
+                     size_t *err_pos);
+
 /* Encoded size of one record with the given parts (headers already encoded, headers_size bytes). */
 size_t ks_record_size(int64_t timestamp_delta, int32_t offset_delta, int32_t key_length,
                       int32_t value_length, int32_t header_count, size_t headers_size,

@@ -15,6 +15,16 @@ cdef extern from "murmur2.h" nogil:
     int32_t ks_murmur2(const uint8_t *data, size_t len)
 
 
+cdef extern from "index.h" nogil:
+    enum:
+        KS_OFFSET_INDEX_ENTRY
+        KS_TIME_INDEX_ENTRY
+    int64_t ks_offset_index_lookup(const uint8_t *index, size_t entries, uint32_t relative_offset)
+    int64_t ks_time_index_lookup(const uint8_t *index, size_t entries, int64_t timestamp)
+    size_t ks_offset_index_valid_entries(const uint8_t *index, size_t entries)
+    size_t ks_time_index_valid_entries(const uint8_t *index, size_t entries)
+
+
 cdef extern from "batch.h" nogil:
     enum:
         KS_BATCH_BASE_OFFSET_OFFSET
@@ -100,6 +110,7 @@ cdef extern from "batch.h" nogil:
         size_t n
         size_t cap
 
+    uint16_t ks_load_be16(const uint8_t *p)
     uint32_t ks_load_be32(const uint8_t *p)
     uint64_t ks_load_be64(const uint8_t *p)
     void ks_store_be32(uint8_t *p, uint32_t v)
@@ -110,6 +121,8 @@ cdef extern from "batch.h" nogil:
     void ks_batch_update_crc(uint8_t *batch, size_t size)
     int ks_batch_check(const uint8_t *buf, size_t len, int check_crc, ks_batch_header *h,
                        size_t *size, size_t *err_pos)
+    int ks_records_check(const uint8_t *area, size_t len, int32_t count, int sequential,
+                         size_t *err_pos)
     int ks_record_parse(const uint8_t *area, size_t len, size_t *pos, ks_record *r)
     int ks_header_parse(const uint8_t *area, size_t end, size_t *pos, int32_t *key_length,
                         size_t *key_pos, int32_t *value_length, size_t *value_pos)

@@ -1489,3 +1489,6 @@ def encode_batches(values, keys=None, timestamps=None, *, compression="none",
         b.base_offset = base_offset + i
         b._begin()
     return b._take()
+
+
+include "_segment.pxi"

@@ -1,0 +1,398 @@
+# Included by _core.pyx: the compiled half of a log segment (append path and index search).
+
+from posix.uio cimport iovec, writev
+from posix.unistd cimport ftruncate
+from libc.errno cimport errno, EINTR
+from libc.string cimport strerror
+
+cdef extern from "<limits.h>":
+    enum:
+        IOV_MAX
+
+#: append() outcomes other than 0 (written): why the segment must roll first.
+ROLL_SIZE = 1
+ROLL_TIME = 2
+ROLL_INDEX_FULL = 3
+ROLL_OFFSET_OVERFLOW = 4
+cdef int64_t _INT32_MAX = 0x7fffffff
+
+
+def offset_index_lookup(buf, Py_ssize_t entries, int64_t relative_offset):
+    """Slot of the largest .index entry whose relative offset <= relative_offset (-1: none),
+    with that entry: ``(slot, relative_offset, position)``."""
+    cdef Pinned p = _pin(buf)
+    cdef int64_t slot
+    if entries * KS_OFFSET_INDEX_ENTRY > p.length:
+        raise ValueError(f"{entries} entries do not fit in an index of {p.length} bytes")
+    if relative_offset < 0:
+        return (-1, 0, 0)
+    if relative_offset > 0xffffffff:
+        relative_offset = 0xffffffff
+    slot = ks_offset_index_lookup(p.ptr, entries, <uint32_t>relative_offset)
+    if slot < 0:
+        return (-1, 0, 0)
+    return (slot, ks_load_be32(p.ptr + slot * KS_OFFSET_INDEX_ENTRY),
+            ks_load_be32(p.ptr + slot * KS_OFFSET_INDEX_ENTRY + 4))
+
+
+def time_index_lookup(buf, Py_ssize_t entries, int64_t timestamp):
+    """``(slot, timestamp, relative_offset)`` of the largest .timeindex entry with ts <= timestamp."""
+    cdef Pinned p = _pin(buf)
+    cdef int64_t slot
+    if entries * KS_TIME_INDEX_ENTRY > p.length:
+        raise ValueError(f"{entries} entries do not fit in a time index of {p.length} bytes")
+    slot = ks_time_index_lookup(p.ptr, entries, timestamp)
+    if slot < 0:
+        return (-1, -1, 0)
+    return (slot, <int64_t>ks_load_be64(p.ptr + slot * KS_TIME_INDEX_ENTRY),
+            ks_load_be32(p.ptr + slot * KS_TIME_INDEX_ENTRY + 8))
+
+
+def index_valid_entries(buf, Py_ssize_t entries, bint time_index=False):
+    """How many leading entries of a possibly zero-padded index are real."""
+    cdef Pinned p = _pin(buf)
+    if time_index:
+        return ks_time_index_valid_entries(p.ptr, min(entries, p.length // KS_TIME_INDEX_ENTRY))
+    return ks_offset_index_valid_entries(p.ptr, min(entries, p.length // KS_OFFSET_INDEX_ENTRY))
+
+
+def index_entry(buf, Py_ssize_t slot, bint time_index=False):
+    """Entry ``slot`` of an index as a tuple of ints."""
+    cdef Pinned p = _pin(buf)
+    if time_index:
+        if (slot + 1) * KS_TIME_INDEX_ENTRY > p.length or slot < 0:
+            raise IndexError(slot)
+        return (<int64_t>ks_load_be64(p.ptr + slot * KS_TIME_INDEX_ENTRY),
+                ks_load_be32(p.ptr + slot * KS_TIME_INDEX_ENTRY + 8))
+    if (slot + 1) * KS_OFFSET_INDEX_ENTRY > p.length or slot < 0:
+        raise IndexError(slot)
+    return (ks_load_be32(p.ptr + slot * KS_OFFSET_INDEX_ENTRY),
+            ks_load_be32(p.ptr + slot * KS_OFFSET_INDEX_ENTRY + 4))
+
+
+cdef int _check_records(Pinned src, Py_ssize_t pos, Py_ssize_t size, int32_t count,
+                        int16_t attributes) except -1:
+    """Deep check of one producer batch: records parse, count matches, deltas run 0..n-1."""
+    cdef int codec = attributes & KS_ATTR_COMPRESSION_MASK
+    cdef size_t err_pos = 0
+    cdef int rc
+    cdef Pinned area
+    cdef Py_ssize_t start = pos + KS_BATCH_HEADER_SIZE
+    if codec == KS_CODEC_NONE:
+        rc = ks_records_check(src.ptr + start, size - KS_BATCH_HEADER_SIZE, count, 1, &err_pos)
+        if rc != KS_OK:
+            if rc == KS_ERR_OFFSET:
+                raise errors.InvalidRecordError(
+                    f"batch at byte {pos}: record offset deltas must run 0..{count - 1} "
+                    f"(the fault is at byte {start + <Py_ssize_t>err_pos})")
+            raise _error(rc, start + <Py_ssize_t>err_pos, f"batch at byte {pos}")
+        return 0
+    area = _pin(_decompress(codec, src.ptr + start, size - KS_BATCH_HEADER_SIZE,
+                            DEFAULT_MAX_DECOMPRESSED_BYTES, start))
+    rc = ks_records_check(area.ptr, area.length, count, 1, &err_pos)
+    if rc == KS_ERR_OFFSET:
+        raise errors.InvalidRecordError(
+            f"batch at byte {pos}: record offset deltas must run 0..{count - 1}")
+    if rc != KS_OK:
+        raise _error(rc, start, f"{CODECS[codec]} batch at byte {pos}")
+    return 0
+
+
+cdef int _write_all(int fd, iovec *iov, int n) noexcept nogil:
+    """writev until every byte is out; returns 0, or the errno of the failure."""
+    cdef ssize_t done
+    while n > 0:
+        done = writev(fd, iov, min(n, <int>IOV_MAX))
+        if done < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        while n > 0 and done >= <ssize_t>iov[0].iov_len:
+            done -= iov[0].iov_len
+            iov += 1
+            n -= 1
+        if n > 0 and done > 0:
+            iov[0].iov_base = <char *>iov[0].iov_base + done
+            iov[0].iov_len -= done
+    return 0
+
+
+@cython.final
+cdef class SegmentAppender:
+    """Append path of one active segment: validates, stamps and writes batches, keeps the
+    sparse indexes. Not thread-safe: the PartitionLog serialises appends under its lock.
+
+    The index files are writable mmaps handed in by the Python Segment (``attach_indexes``);
+    ``detach_indexes`` drops them so they can be trimmed and closed.
+    """
+    cdef readonly int fd
+    cdef readonly int64_t base_offset
+    cdef readonly int64_t size
+    cdef readonly int64_t next_offset
+    cdef readonly int64_t index_interval
+    cdef readonly int64_t bytes_since_index
+    cdef readonly int64_t max_timestamp
+    cdef readonly int64_t offset_of_max_timestamp
+    cdef readonly int64_t first_batch_timestamp
+    cdef readonly int64_t created_ms
+    cdef readonly Py_ssize_t offset_entries
+    cdef readonly Py_ssize_t offset_max_entries
+    cdef readonly Py_ssize_t time_entries
+    cdef readonly Py_ssize_t time_max_entries
+    cdef readonly int64_t last_time_entry
+    # results of the last append
+    cdef readonly int64_t last_first_offset
+    cdef readonly int64_t last_last_offset
+    cdef readonly int64_t last_max_timestamp
+    cdef readonly int64_t last_offset_of_max_timestamp
+    cdef readonly Py_ssize_t last_batches
+    cdef readonly Py_ssize_t last_bytes
+    cdef Pinned oidx
+    cdef Pinned tidx
+    cdef ks_scan_out scan
+    cdef ks_buf headers
+
+    def __cinit__(self):
+        memset(&self.scan, 0, sizeof(self.scan))
+        memset(&self.headers, 0, sizeof(self.headers))
+
+    def __dealloc__(self):
+        ks_scan_out_free(&self.scan)
+        ks_buf_free(&self.headers)
+
+    def __init__(self, int fd, int64_t base_offset, int64_t size=0, int64_t next_offset=-1,
+                 int64_t index_interval=4096, int64_t created_ms=-1):
+        self.fd = fd
+        self.base_offset = base_offset
+        self.size = size
+        self.next_offset = base_offset if next_offset < 0 else next_offset
+        self.index_interval = index_interval
+        self.bytes_since_index = 0
+        self.max_timestamp = -1
+        self.offset_of_max_timestamp = -1
+        self.first_batch_timestamp = -1
+        self.last_time_entry = -1
+        self.created_ms = _now_ms() if created_ms < 0 else created_ms
+
+    def attach_indexes(self, offset_index, Py_ssize_t offset_entries, time_index,
+                       Py_ssize_t time_entries):
+        """Use these writable buffers (mmaps of .index / .timeindex) holding that many entries."""
+        self.oidx = _pin(offset_index, True)
+        self.tidx = _pin(time_index, True)
+        self.offset_entries = offset_entries
+        self.offset_max_entries = self.oidx.length // KS_OFFSET_INDEX_ENTRY
+        self.time_entries = time_entries
+        self.time_max_entries = self.tidx.length // KS_TIME_INDEX_ENTRY
+        if time_entries > 0:
+            self.last_time_entry = <int64_t>ks_load_be64(self.tidx.ptr + (time_entries - 1) * KS_TIME_INDEX_ENTRY)
+
+    def set_fd(self, int fd):
+        self.fd = fd
+
+    def set_next_offset(self, int64_t next_offset):
+        self.next_offset = next_offset
+
+    def detach_indexes(self):
+        self.oidx = None
+        self.tidx = None
+
+    def restore_state(self, int64_t bytes_since_index, int64_t max_timestamp,
+                      int64_t offset_of_max_timestamp, int64_t first_batch_timestamp):
+        """Set the running state of a reopened segment (from its last index entries)."""
+        self.bytes_since_index = bytes_since_index
+        self.max_timestamp = max_timestamp
+        self.offset_of_max_timestamp = offset_of_max_timestamp
+        self.first_batch_timestamp = first_batch_timestamp
+
+    @property
+    def offset_index_full(self):
+        return self.offset_entries >= self.offset_max_entries
+
+    @property
+    def time_index_full(self):
+        # one slot stays free for the final entry written at roll and close
+        return self.time_entries >= self.time_max_entries - 1
+
+    cdef inline void _track(self, int64_t position, int64_t size, int64_t last_offset,
+                            int64_t max_ts) noexcept:
+        """Index bookkeeping for one batch written at position (Kafka's LogSegment.append)."""
+        cdef uint8_t *e
+        if max_ts > self.max_timestamp:
+            self.max_timestamp = max_ts
+            self.offset_of_max_timestamp = last_offset
+        if self.first_batch_timestamp < 0 and position == 0:
+            self.first_batch_timestamp = max_ts
+        if self.bytes_since_index > self.index_interval:
+            if self.oidx is not None and self.offset_entries < self.offset_max_entries:
+                e = <uint8_t *>self.oidx.ptr + self.offset_entries * KS_OFFSET_INDEX_ENTRY
+                ks_store_be32(e, <uint32_t>(last_offset - self.base_offset))
+                ks_store_be32(e + 4, <uint32_t>position)
+                self.offset_entries += 1
+            self._time_entry(self.max_timestamp, self.offset_of_max_timestamp, False)
+            self.bytes_since_index = 0
+        self.bytes_since_index += size
+
+    cdef void _time_entry(self, int64_t ts, int64_t offset, bint force) noexcept:
+        cdef uint8_t *e
+        if self.tidx is None or ts <= self.last_time_entry:
+            return
+        if self.time_entries >= self.time_max_entries - (0 if force else 1):
+            return
+        e = <uint8_t *>self.tidx.ptr + self.time_entries * KS_TIME_INDEX_ENTRY
+        ks_store_be64(e, <uint64_t>ts)
+        ks_store_be32(e + 8, <uint32_t>(offset - self.base_offset))
+        self.time_entries += 1
+        self.last_time_entry = ts
+
+    def final_time_entry(self):
+        """Force the (max timestamp, offset) entry in, as Kafka does on roll and close."""
+        if self.max_timestamp >= 0:
+            self._time_entry(self.max_timestamp, self.offset_of_max_timestamp, True)
+
+    def track_scanned(self, ScanResult res):
+        """Rebuild the indexes from a scan of the segment (recovery): every batch in order."""
+        cdef Py_ssize_t i, n = len(res.positions)
+        cdef const int64_t *pos = <const int64_t *>cnp.PyArray_DATA(res.positions)
+        cdef const int64_t *last = <const int64_t *>cnp.PyArray_DATA(res.last_offsets)
+        cdef const int64_t *mts = <const int64_t *>cnp.PyArray_DATA(res.max_timestamps)
+        cdef const int32_t *sizes = <const int32_t *>cnp.PyArray_DATA(res.sizes)
+        for i in range(n):
+            self._track(pos[i], sizes[i], last[i], mts[i])
+            self.size = pos[i] + sizes[i]
+            self.next_offset = last[i] + 1
+
+    def append(self, buf, int64_t next_offset, int64_t log_append_time=-1,
+               int32_t partition_leader_epoch=0, bint deep=True,
+               int64_t max_message_bytes=1048588, int64_t segment_bytes=1073741824,
+               int64_t segment_ms=604800000, int64_t now_ms=-1):
+        """Validate the batches in ``buf``, give them offsets from ``next_offset`` and write them
+        at the end of the segment with one writev. ``buf`` itself is never modified.
+
+        Returns 0 when written (results in ``last_*``), or a ROLL_* reason when the segment must
+        roll first (nothing written). Raises CorruptRecordError / InvalidRecordError /
+        RecordTooLargeError on bad batches, KafkaStorageError when the disk refuses (the
+        segment is cut back to its size before the call, so no partial batch stays).
+        """
+        cdef Pinned src = _pin(buf)
+        cdef size_t valid_end = 0, err_pos = 0
+        cdef int rc
+        cdef Py_ssize_t i, n
+        cdef int64_t total, off, in_max_ts = -1, ts, last
+        cdef uint8_t *h
+        cdef uint32_t crc
+        cdef iovec *iov
+        cdef int64_t start_size = self.size
+        cdef int err
+        cdef ks_buf iovbuf
+        if src.length == 0:
+            raise errors.InvalidRecordError("nothing to append: the buffer is empty")
+        self.scan.n = 0
+        if src.length >= 65536:
+            with nogil:
+                rc = ks_scan(src.ptr, src.length, 0, 1, 0, 0, &self.scan, &valid_end, &err_pos)
+        else:
+            rc = ks_scan(src.ptr, src.length, 0, 1, 0, 0, &self.scan, &valid_end, &err_pos)
+        if rc == KS_ERR_NOMEM:
+            raise MemoryError()
+        if rc != KS_OK:
+            raise _error(rc, err_pos, _detail_at(src.ptr, src.length, valid_end, rc))
+        n = self.scan.n
+        total = 0
+        for i in range(n):
+            if self.scan.size[i] > max_message_bytes:
+                raise errors.RecordTooLargeError(
+                    f"batch at byte {self.scan.position[i]} is {self.scan.size[i]} bytes, over "
+                    f"max.message.bytes={max_message_bytes}")
+            if self.scan.records_count[i] == 0:
+                raise errors.InvalidRecordError(
+                    f"batch at byte {self.scan.position[i]} holds no records")
+            if deep:
+                _check_records(src, self.scan.position[i], self.scan.size[i],
+                               self.scan.records_count[i],
+                               <int16_t>ks_load_be16(src.ptr + self.scan.position[i] + KS_BATCH_ATTRIBUTES_OFFSET))
+            total += self.scan.size[i]
+            ts = self.scan.max_timestamp[i]
+            if ts > in_max_ts:
+                in_max_ts = ts
+        last = next_offset + (self.scan.last_offset[n - 1] - self.scan.base_offset[n - 1])
+        for i in range(n - 1):
+            last += self.scan.last_offset[i] - self.scan.base_offset[i] + 1
+        if log_append_time >= 0:
+            in_max_ts = log_append_time
+        # Roll checks, in Kafka's order (LogSegment.shouldRoll).
+        if total > segment_bytes:
+            raise errors.RecordListTooLargeError(
+                f"{total} bytes in one append exceed segment.bytes={segment_bytes}")
+        if self.size > 0 and self.size > segment_bytes - total:
+            return ROLL_SIZE
+        if self.size > 0:
+            if self.first_batch_timestamp >= 0:
+                if in_max_ts - self.first_batch_timestamp > segment_ms:
+                    return ROLL_TIME
+            elif (_now_ms() if now_ms < 0 else now_ms) - self.created_ms > segment_ms:
+                return ROLL_TIME
+        if self.offset_index_full or self.time_index_full:
+            return ROLL_INDEX_FULL
+        if last - self.base_offset > _INT32_MAX or next_offset < self.base_offset:
+            return ROLL_OFFSET_OVERFLOW
+        # Stamp copies of the headers; the bodies go out from the caller's buffer untouched.
+        self.headers.len = 0
+        if ks_buf_reserve(&self.headers, n * KS_BATCH_HEADER_SIZE) != KS_OK:
+            raise MemoryError()
+        memset(&iovbuf, 0, sizeof(iovbuf))
+        if ks_buf_reserve(&iovbuf, 2 * n * sizeof(iovec)) != KS_OK:
+            raise MemoryError()
+        iov = <iovec *>iovbuf.data
+        try:
+            off = next_offset
+            for i in range(n):
+                h = self.headers.data + i * KS_BATCH_HEADER_SIZE
+                memcpy(h, src.ptr + self.scan.position[i], KS_BATCH_HEADER_SIZE)
+                ks_store_be64(h + KS_BATCH_BASE_OFFSET_OFFSET, <uint64_t>off)
+                ks_store_be32(h + KS_BATCH_LEADER_EPOCH_OFFSET, <uint32_t>partition_leader_epoch)
+                if log_append_time >= 0:
+                    ks_store_be16(h + KS_BATCH_ATTRIBUTES_OFFSET,
+                                  ks_load_be16(h + KS_BATCH_ATTRIBUTES_OFFSET) | KS_ATTR_TIMESTAMP_TYPE)
+                    ks_store_be64(h + KS_BATCH_MAX_TIMESTAMP_OFFSET, <uint64_t>log_append_time)
+                    crc = ks_crc32c(0, h + KS_BATCH_ATTRIBUTES_OFFSET,
+                                    KS_BATCH_HEADER_SIZE - KS_BATCH_ATTRIBUTES_OFFSET)
+                    crc = ks_crc32c(crc, src.ptr + self.scan.position[i] + KS_BATCH_HEADER_SIZE,
+                                    self.scan.size[i] - KS_BATCH_HEADER_SIZE)
+                    ks_store_be32(h + KS_BATCH_CRC_OFFSET, crc)
+                iov[2 * i].iov_base = h
+                iov[2 * i].iov_len = KS_BATCH_HEADER_SIZE
+                iov[2 * i + 1].iov_base = <void *>(src.ptr + self.scan.position[i] + KS_BATCH_HEADER_SIZE)
+                iov[2 * i + 1].iov_len = self.scan.size[i] - KS_BATCH_HEADER_SIZE
+                off += self.scan.last_offset[i] - self.scan.base_offset[i] + 1
+            if total >= 16384:
+                with nogil:
+                    err = _write_all(self.fd, iov, <int>(2 * n))
+            else:
+                err = _write_all(self.fd, iov, <int>(2 * n))
+        finally:
+            ks_buf_free(&iovbuf)
+        if err != 0:
+            # Never leave a partial batch behind: cut the file back to where it was.
+            ftruncate(self.fd, start_size)
+            raise errors.KafkaStorageError(
+                f"write to segment {self.base_offset:020d}.log failed at position {start_size}: "
+                f"{strerror(err).decode()} (errno {err}); nothing from this append was kept")
+        # Index bookkeeping and the results.
+        self.last_first_offset = next_offset
+        self.last_max_timestamp = -1
+        self.last_offset_of_max_timestamp = -1
+        off = next_offset
+        for i in range(n):
+            last = off + self.scan.last_offset[i] - self.scan.base_offset[i]
+            ts = log_append_time if log_append_time >= 0 else self.scan.max_timestamp[i]
+            if ts > self.last_max_timestamp:
+                self.last_max_timestamp = ts
+                self.last_offset_of_max_timestamp = last
+            self._track(self.size, self.scan.size[i], last, ts)
+            self.size += self.scan.size[i]
+            off = last + 1
+        self.next_offset = off
+        self.last_last_offset = off - 1
+        self.last_batches = n
+        self.last_bytes = total
+        return 0

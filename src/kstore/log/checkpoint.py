@@ -1,0 +1,132 @@
+"""Kafka's checkpoint text files (kafka-storage.md section 4.1), written crash-safely.
+
+Format: ``0\\n<count>\\n`` then one ``topic partition offset`` line per entry. Writes go to
+``<file>.tmp``, are fsynced, renamed over the target, and the directory is fsynced.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from pathlib import Path
+
+log = logging.getLogger("kstore.log")
+
+RECOVERY_POINT = "recovery-point-offset-checkpoint"
+LOG_START_OFFSET = "log-start-offset-checkpoint"
+CLEANER_OFFSET = "cleaner-offset-checkpoint"
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old or the new content."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def format_checkpoint(entries: dict[tuple[str, int], int]) -> bytes:
+    lines = ["0", str(len(entries))]
+    lines += [f"{t} {p} {o}" for (t, p), o in sorted(entries.items())]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def parse_checkpoint(text: str, source: str = "checkpoint") -> dict[tuple[str, int], int]:
+    """Parse a checkpoint; raises ValueError saying what is wrong."""
+    if not text.strip():
+        return {}
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) < 2 or lines[0].strip() != "0":
+        raise ValueError(f"{source}: unsupported version line {lines[0]!r}" if lines else source)
+    try:
+        count = int(lines[1])
+    except ValueError:
+        raise ValueError(f"{source}: bad entry count {lines[1]!r}") from None
+    entries = {}
+    for line in lines[2:]:
+        parts = line.split()
+        if len(parts) != 3:
+            raise ValueError(f"{source}: malformed line {line!r}")
+        entries[(parts[0], int(parts[1]))] = int(parts[2])
+    if len(entries) != count:
+        raise ValueError(f"{source}: {len(entries)} entries, header says {count}")
+    return entries
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[tuple[str, int], int]:
+    """Entries of a checkpoint file; a missing or unparsable file counts as empty (as Kafka)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return {}
+    try:
+        return parse_checkpoint(text, str(path))
+    except ValueError as exc:
+        log.warning("ignoring unreadable checkpoint: %s", exc)
+        return {}
+
+
+class CheckpointFile:
+    """One checkpoint file shared by every partition of a data directory.
+
+    ``update`` merges entries under a thread lock and an flock on the directory, so partitions
+    opened separately (even by different processes) never drop each other's entries.
+    """
+
+    _registry: dict[Path, "CheckpointFile"] = {}
+    _registry_lock = threading.Lock()
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_path(cls, path: str | os.PathLike) -> "CheckpointFile":
+        p = Path(path).resolve()
+        with cls._registry_lock:
+            cp = cls._registry.get(p)
+            if cp is None:
+                cp = cls._registry[p] = cls(p)
+            return cp
+
+    def read(self) -> dict[tuple[str, int], int]:
+        return read_checkpoint(self.path)
+
+    def get(self, key: tuple[str, int], default: int | None = None) -> int | None:
+        return self.read().get(key, default)
+
+    def update(self, changes: dict[tuple[str, int], int | None]) -> None:
+        """Set (or, with None, remove) entries and rewrite the file atomically."""
+        with self._lock:
+            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(dfd, fcntl.LOCK_EX)
+                entries = self.read()
+                for k, v in changes.items():
+                    if v is None:
+                        entries.pop(k, None)
+                    else:
+                        entries[k] = v
+                atomic_write(self.path, format_checkpoint(entries))
+            finally:
+                os.close(dfd)  # releases the flock

@@ -1,0 +1,788 @@
+"""PartitionLog: one partition's log on disk in Kafka's layout.
+
+    log = PartitionLog.open("data/clicks-0")
+    base, last, _ = log.append_batch(raw_batch)      # sealed RecordBatch v2 bytes
+    slice_ = log.read(base)                           # FileSlice: zero-copy, sendfile-able
+    log.close()                                       # clean shutdown: next open does not scan
+
+One writer per directory (an fcntl lock on ``<dir>/.lock``), any number of readers: threads of
+the writer's process read without locks; other processes open with ``read_only=True`` and see
+new batches as they are appended, never a partial one.
+
+Durability: by default an appended batch is in the page cache when ``append_batch`` returns (it
+survives the death of the process, not of the machine). ``flush.messages`` and ``flush.ms`` add
+fsyncs; ``flush()`` forces one. The recovery point (Kafka's ``recovery-point-offset-checkpoint``
+in the parent directory) only advances after an fsync. A clean ``close()`` leaves a marker so
+that the next open trusts the files; otherwise the next open re-checks every batch after the
+recovery point with the C scanner, rebuilds the indexes, and cuts a torn or corrupt tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import errno
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kstore import _core
+from kstore.config import resolve_config
+from kstore.errors import (
+    ClosedError,
+    InvalidRecordError,
+    KafkaStorageError,
+    LogLockedError,
+    OffsetOutOfRangeError,
+    ReadOnlyError,
+)
+from kstore.log.checkpoint import (
+    LOG_START_OFFSET,
+    RECOVERY_POINT,
+    CheckpointFile,
+    atomic_write,
+    format_checkpoint,
+    fsync_dir,
+)
+from kstore.log.fileslice import FileSlice
+from kstore.log.segment import Segment, _NeedsRecovery, _scan_file
+
+log = logging.getLogger("kstore.log")
+
+CLEAN_SHUTDOWN_MARKER = ".kstore_cleanshutdown"
+LOCK_FILE = ".lock"
+LEADER_EPOCH_CHECKPOINT = "leader-epoch-checkpoint"
+EARLIEST_TIMESTAMP = -2  # ListOffsets: the log start offset
+LATEST_TIMESTAMP = -1  # ListOffsets: the log end offset
+DEFAULT_MAX_BYTES = 1024 * 1024
+
+
+def parse_partition_dir(name: str) -> tuple[str, int]:
+    """Kafka splits ``<topic>-<partition>`` at the last ``-``; other names map to (name, 0)."""
+    topic, sep, part = name.rpartition("-")
+    if sep and topic and part.isdigit():
+        return topic, int(part)
+    return name, 0
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    base_offset: int
+    size: int
+    max_timestamp: int
+    path: Path
+    active: bool
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What opening the log found: ``clean`` (marker present, nothing scanned) or which
+    segments were scanned and how many bytes were cut from the tail, and why."""
+
+    clean: bool
+    scanned_segments: int
+    truncated_bytes: int
+    reason: str | None
+    seconds: float
+
+
+class PartitionLog:
+    """One partition's log. Use ``PartitionLog.open``."""
+
+    def __init__(self, directory: Path, config: dict[str, Any], read_only: bool,
+                 clock: Callable[[], int]) -> None:
+        self.directory = directory
+        self.topic, self.partition = parse_partition_dir(directory.name)
+        self.config = config
+        self.read_only = read_only
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(threading.Lock())
+        self._waiters = 0
+        self._async_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self._async_lock = threading.Lock()
+        self._segments: list[Segment] = []
+        self._bases: list[int] = []
+        self._active: Segment | None = None
+        self._leo = 0
+        self._log_start = 0
+        self._recovery_point = 0
+        self._last_flush_ms = clock()
+        self._lock_fd = -1
+        self._closed = False
+        self._flush_threads: list[threading.Thread] = []
+        self._pending_deletes: list[tuple[float, list[Path]]] = []
+        self._delete_timer: threading.Timer | None = None
+        self.recovery: RecoveryReport | None = None
+        key = (self.topic, self.partition)
+        self._key = key
+        self._rp_file = CheckpointFile.for_path(directory.parent / RECOVERY_POINT)
+        self._lso_file = CheckpointFile.for_path(directory.parent / LOG_START_OFFSET)
+
+    # ==========================================================================================
+    # Opening
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike, config: Mapping[str, Any] | None = None,
+             read_only: bool = False, *, clock: Callable[[], int] | None = None) -> "PartitionLog":
+        """Open (creating it unless ``read_only``) the log in ``directory``, e.g. ``clicks-0/``.
+
+        ``config`` uses Kafka's topic config names (``segment.bytes``, ``flush.messages``...).
+        Raises LogLockedError if another writer has it open, KafkaStorageError when the
+        directory cannot be used.
+        """
+        directory = Path(directory)
+        self = cls(directory, resolve_config(config), read_only, clock or _core.now_ms)
+        try:
+            if read_only:
+                self._open_read_only()
+            else:
+                self._open_writer()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def _open_writer(self) -> None:
+        d = self.directory
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(d / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError as exc:
+            raise KafkaStorageError(f"cannot write to log directory {d}: {exc.strerror}; check "
+                                    f"its permissions or open it with read_only=True") from exc
+        except OSError as exc:
+            raise KafkaStorageError(f"cannot open log directory {d}: {exc}") from exc
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise LogLockedError(
+                f"{d} is already open for writing (by this or another process); one writer per "
+                f"partition: close the other, or open this one with read_only=True") from None
+        if not os.access(d, os.W_OK):
+            raise KafkaStorageError(f"log directory {d} is not writable")
+        started = time.perf_counter()
+        marker = d / CLEAN_SHUTDOWN_MARKER
+        clean = marker.exists()
+        if clean:
+            # Deleted at once, so that a crash from here on counts as unclean next time.
+            marker.unlink()
+            fsync_dir(d)
+        self._remove_leftovers()
+        bases = self._segment_bases()
+        lso_ck = self._lso_file.get(self._key, 0) or 0
+        rp = self._rp_file.get(self._key, 0) or 0
+        segs = [Segment.load(d, b, self.config) for b in bases]
+        scanned, cut, why = 0, 0, None
+        if segs:
+            if clean:
+                try:
+                    segs[-1].open_active()
+                except _NeedsRecovery as exc:
+                    log.warning("%s: %s; recovering it", d, exc)
+                    clean = False
+                    rp = segs[-1].base_offset
+            if not clean:
+                start = max(bisect.bisect_right(bases, rp) - 1, 0)
+                for i in range(start, len(segs)):
+                    last = i == len(segs) - 1
+                    seg_cut, seg_why = segs[i].recover(active=last)
+                    scanned += 1
+                    if seg_cut:
+                        cut, why = seg_cut, seg_why
+                        log.warning("%s: cut %d bytes from %s at byte %d: %s", d, seg_cut,
+                                    segs[i].log_path.name, segs[i].size, seg_why)
+                        if not last:
+                            for dead in segs[i + 1:]:
+                                log.warning("%s: deleting %s after the cut", d, dead.log_path.name)
+                                for p in dead.rename_deleted():
+                                    p.unlink()
+                            segs = segs[:i + 1]
+                            segs[i].open_active()
+                        break
+        if segs and segs[-1].next_offset is not None and segs[-1].next_offset < lso_ck:
+            log.warning("%s: segments end at %d, below the log start offset %d; removing them",
+                        d, segs[-1].next_offset, lso_ck)
+            for seg in segs:
+                for p in seg.rename_deleted():
+                    p.unlink()
+            segs = []
+        if not segs:
+            segs = [Segment.create(d, lso_ck, self.config)]
+            self._write_leader_epoch_checkpoint(lso_ck)
+            fsync_dir(d)
+        self._set_segments(segs)
+        self._active = segs[-1]
+        assert self._active.appender is not None
+        self._leo = self._active.appender.next_offset
+        self._log_start = max(lso_ck, segs[0].base_offset)
+        self._recovery_point = self._leo if clean else min(rp, self._leo)
+        self.recovery = RecoveryReport(clean, scanned, cut, why, time.perf_counter() - started)
+
+    def _open_read_only(self) -> None:
+        d = self.directory
+        if not d.is_dir():
+            raise KafkaStorageError(f"log directory {d} does not exist")
+        segs = [Segment.load(d, b, self.config) for b in self._segment_bases()]
+        for i, seg in enumerate(segs):
+            seg.read_only = True
+            if i < len(segs) - 1:
+                # Closed by the writer: its size is final; no need to scan it.
+                seg.ro_complete = True
+                seg.next_offset = segs[i + 1].base_offset
+        if segs:
+            segs[-1].ro_open_tail()
+        self._set_segments(segs)
+        lso_ck = self._lso_file.get(self._key, 0) or 0
+        self._log_start = max(lso_ck, self._bases[0]) if self._bases else lso_ck
+        self._leo = self._log_start
+        self._ro_refresh()
+        self.recovery = RecoveryReport(False, 0, 0, None, 0.0)
+
+    def _segment_bases(self) -> list[int]:
+        bases = []
+        for name in os.listdir(self.directory):
+            if name.endswith(".log"):
+                stem = name[:-4]
+                if stem.isdigit():
+                    bases.append(int(stem))
+        return sorted(bases)
+
+    def _remove_leftovers(self) -> None:
+        """Kafka's load step 2a: drop *.deleted and *.cleaned, finish interrupted swaps, drop
+        index files without a .log."""
+        d = self.directory
+        names = os.listdir(d)
+        for n in names:
+            if n.endswith(".deleted") or n.endswith(".cleaned") or n.endswith(".tmp"):
+                (d / n).unlink(missing_ok=True)
+        swaps = sorted(n for n in os.listdir(d) if n.endswith(".swap"))
+        if swaps:
+            # A finished compaction output replaces the originals it covers.
+            swap_logs = [n for n in swaps if n.endswith(".log.swap")]
+            if swap_logs:
+                lo = min(int(n.split(".")[0]) for n in swap_logs)
+                hi_files = self._segment_bases()
+                for b in hi_files:
+                    if b >= lo and f"{b:020d}.log.swap" not in swaps:
+                        pass
+                for n in swap_logs:
+                    b = int(n.split(".")[0])
+                    for ext in (".log", ".index", ".timeindex"):
+                        (d / f"{b:020d}{ext}").unlink(missing_ok=True)
+            for n in swaps:
+                os.replace(d / n, d / n[: -len(".swap")])
+            fsync_dir(d)
+        logs = {n[:-4] for n in os.listdir(d) if n.endswith(".log")}
+        for n in os.listdir(d):
+            for ext in (".index", ".timeindex", ".txnindex", ".snapshot"):
+                if n.endswith(ext) and n[: -len(ext)] not in logs and ext != ".snapshot":
+                    (d / n).unlink(missing_ok=True)
+
+    def _write_leader_epoch_checkpoint(self, start: int) -> None:
+        # kstore has one leader epoch, 0, starting at the log start (kafka-storage.md 4.1).
+        atomic_write(self.directory / LEADER_EPOCH_CHECKPOINT, f"0\n1\n0 {start}\n".encode())
+
+    def _set_segments(self, segs: list[Segment]) -> None:
+        # Readers take these lists without a lock: always replace, never mutate.
+        self._segments = list(segs)
+        self._bases = [s.base_offset for s in segs]
+
+    # ==========================================================================================
+    # State
+
+    @property
+    def log_start_offset(self) -> int:
+        return self._log_start
+
+    @property
+    def log_end_offset(self) -> int:
+        """The next offset to be written (also the high watermark: kstore has no replicas)."""
+        if self.read_only:
+            self._ro_refresh()
+        return self._leo
+
+    high_watermark = log_end_offset
+
+    @property
+    def recovery_point(self) -> int:
+        return self._recovery_point
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size for s in self._segments)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def segments(self) -> list[SegmentInfo]:
+        return [SegmentInfo(s.base_offset, s.size, s.max_timestamp[0], s.log_path, s.is_active)
+                for s in self._segments]
+
+    def __repr__(self) -> str:
+        return (f"<PartitionLog {self.directory} [{self._log_start}, {self._leo}) "
+                f"{len(self._segments)} segments{' read-only' if self.read_only else ''}>")
+
+    def __enter__(self) -> "PartitionLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"log {self.directory} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"log {self.directory} was opened read_only")
+
+    # ==========================================================================================
+    # Appending
+
+    def append_batch(self, batch: Any, *, validate_records: bool = True) -> tuple[int, int, int]:
+        """Append one sealed RecordBatch v2 (any buffer; never modified).
+
+        Validates it in C (magic, sizes, CRC, and with ``validate_records`` the records and
+        their count), assigns offsets, stamps LogAppendTime if the topic asks, writes it with one
+        write at the end of the active segment and updates the indexes. Returns
+        ``(base_offset, last_offset, log_append_time)`` (-1 for CreateTime topics).
+        """
+        return self.append_batches(batch, validate_records=validate_records)
+
+    def append_batches(self, buf: Any, *, validate_records: bool = True) -> tuple[int, int, int]:
+        """Append every batch in ``buf`` in one write (see ``append_batch``); returns the first
+        and last offsets assigned and the log append time (-1 for CreateTime)."""
+        self._check_writable()
+        log_append = self.config["message.timestamp.type"] == "LogAppendTime"
+        cfg = self.config
+        with self._lock:
+            self._check_open()
+            now = self._clock()
+            lat = now if log_append else -1
+            seg = self._active
+            assert seg is not None and seg.appender is not None
+            app = seg.appender
+            rc = app.append(buf, self._leo, lat, 0, validate_records, cfg["max.message.bytes"],
+                            cfg["segment.bytes"], self._segment_ms(), now)
+            if rc:
+                self._roll(rc)
+                app = self._active.appender  # type: ignore[union-attr]
+                rc = app.append(buf, self._leo, lat, 0, False, cfg["max.message.bytes"],
+                                cfg["segment.bytes"], self._segment_ms(), now)
+                if rc:
+                    raise InvalidRecordError(
+                        f"batches of {len(memoryview(buf))} bytes cannot go into a fresh segment "
+                        f"(roll reason {rc})")
+            self._leo = app.next_offset
+            result = (app.last_first_offset, app.last_last_offset, lat)
+            if (self._leo - self._recovery_point >= cfg["flush.messages"]
+                    or now - self._last_flush_ms >= cfg["flush.ms"]):
+                self.flush()
+        if self._waiters:
+            with self._cond:
+                self._cond.notify_all()
+        if self._async_waiters:
+            self._wake_async()
+        return result
+
+    def append(self, value: Any, key: Any = None, headers: Any = None,
+               timestamp: int | None = None) -> tuple[int, int, int]:
+        """Append one record (a convenience over BatchBuilder)."""
+        b = _core.BatchBuilder(compression=self._codec())
+        b.append(value, key=key, headers=headers, timestamp=timestamp)
+        return self.append_batch(b.build(), validate_records=False)
+
+    def append_many(self, values: Any, keys: Any = None, timestamps: Any = None, *,
+                    max_batch_bytes: int = 16384) -> tuple[int, int, int]:
+        """Append many records, encoded into batches of ``max_batch_bytes`` in one call."""
+        raw = _core.encode_batches(values, keys, timestamps, compression=self._codec(),
+                                   max_batch_bytes=max_batch_bytes)
+        return self.append_batches(raw, validate_records=False)
+
+    def _codec(self) -> str:
+        c = self.config["compression.type"]
+        return "none" if c in ("producer", "uncompressed") else c
+
+    def _segment_ms(self) -> int:
+        ms = self.config["segment.ms"]
+        if "compact" in self.config["cleanup.policy"]:
+            ms = min(ms, self.config["max.compaction.lag.ms"])
+        return ms
+
+    def _roll(self, reason: int = 0) -> None:
+        """Close the active segment and start a new one at the log end (under the lock)."""
+        old = self._active
+        assert old is not None
+        if old.size == 0:
+            return
+        new_base = self._leo
+        old.deactivate()
+        new = Segment.create(self.directory, new_base, self.config)
+        self._set_segments(self._segments + [new])
+        self._active = new
+        fsync_dir(self.directory)
+        # Kafka fsyncs everything below the new segment in the background, then moves the
+        # recovery point there; appends do not wait for it.
+        t = threading.Thread(target=self._flush_rolled, args=(old, new_base),
+                             name=f"kstore-flush-{self.topic}-{self.partition}", daemon=True)
+        self._flush_threads = [x for x in self._flush_threads if x.is_alive()] + [t]
+        t.start()
+
+    def roll(self) -> None:
+        """Start a new active segment now (if the current one holds data)."""
+        self._check_writable()
+        with self._lock:
+            self._roll()
+
+    def _flush_rolled(self, seg: Segment, upto: int) -> None:
+        try:
+            seg.flush()
+        except (OSError, ValueError) as exc:
+            log.warning("%s: background fsync of %s failed: %s", self.directory, seg.log_path, exc)
+            return
+        with self._lock:
+            if not self._closed and upto > self._recovery_point:
+                self._recovery_point = upto
+                self._write_recovery_point()
+
+    # ==========================================================================================
+    # Durability
+
+    def flush(self) -> None:
+        """fsync every segment holding unflushed data, then advance the recovery point."""
+        self._check_writable()
+        with self._lock:
+            upto = self._leo
+            rp = self._recovery_point
+            segs = [s for s in self._segments if s.next_offset is None or s.is_active
+                    or (s.next_offset or 0) > rp]
+            for s in segs:
+                s.flush()
+            self._last_flush_ms = self._clock()
+            if upto > self._recovery_point:
+                self._recovery_point = upto
+                self._write_recovery_point()
+
+    def _write_recovery_point(self) -> None:
+        self._rp_file.update({self._key: self._recovery_point})
+
+    # ==========================================================================================
+    # Reading
+
+    def read(self, offset: int, max_bytes: int = DEFAULT_MAX_BYTES,
+             max_offset: int | None = None) -> FileSlice:
+        """Whole batches starting with the one that holds ``offset``, up to ``max_bytes`` (a
+        first batch larger than that is still returned whole, as Kafka does) and below
+        ``max_offset``. Returns an empty slice at the log end. Never blocks appends.
+
+        Raises OffsetOutOfRangeError below the log start or past the log end.
+        """
+        self._check_open()
+        if self.read_only and offset >= self._leo:
+            self._ro_refresh()
+        lso, leo = self._log_start, self._leo
+        if offset < lso or offset > leo:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is out of range for {self.directory.name}: the log holds "
+                f"[{lso}, {leo})")
+        limit = leo if max_offset is None else min(max_offset, leo)
+        segs, bases = self._segments, self._bases
+        i = max(bisect.bisect_right(bases, offset) - 1, 0)
+        for seg in segs[i:]:
+            if seg.base_offset >= limit:
+                break
+            fs = seg.read(offset, max_bytes, limit)
+            if fs is not None:
+                return fs
+        return FileSlice.empty(offset)
+
+    def read_records(self, offset: int, max_bytes: int = DEFAULT_MAX_BYTES) -> list[_core.Record]:
+        """Decoded records from ``offset`` on (a convenience: copies; skips records below it)."""
+        return [r for r in self.read(offset, max_bytes).records() if r.offset >= offset]
+
+    def offset_for_time(self, timestamp: int) -> int | None:
+        """Kafka ListOffsets: the first offset whose timestamp >= ``timestamp``, or None.
+        ``EARLIEST_TIMESTAMP`` (-2) gives the log start, ``LATEST_TIMESTAMP`` (-1) the end."""
+        self._check_open()
+        if timestamp == EARLIEST_TIMESTAMP:
+            return self.log_start_offset
+        if timestamp == LATEST_TIMESTAMP:
+            return self.log_end_offset
+        if self.read_only:
+            self._ro_refresh()
+        for seg in self._segments:
+            if seg.max_timestamp[0] < timestamp:
+                continue
+            found = seg.find_time(timestamp)
+            if found is not None and found[0] >= self._log_start:
+                return found[0]
+        return None
+
+    # ==========================================================================================
+    # Waiting
+
+    def wait_for(self, offset: int, timeout: float | None = None) -> bool:
+        """Block until the log end passes ``offset`` (a record at ``offset`` exists); returns
+        False on timeout or close. Woken by appends in this process; a read-only log in another
+        process polls the file with a backoff of up to 10 ms."""
+        if self._leo > offset:
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.read_only:
+            delay = 0.0005
+            while not self._closed:
+                self._ro_refresh()
+                if self._leo > offset:
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                time.sleep(delay if remaining is None else min(delay, remaining))
+                delay = min(delay * 2, 0.01)
+            return False
+        with self._cond:
+            self._waiters += 1
+            try:
+                while self._leo <= offset and not self._closed:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+            finally:
+                self._waiters -= 1
+        return self._leo > offset
+
+    async def wait_for_async(self, offset: int, timeout: float | None = None) -> bool:
+        """``wait_for`` for asyncio: no thread is blocked and nothing polls (in the writer's
+        process; a read-only log polls with asyncio.sleep)."""
+        if self._leo > offset:
+            return True
+        if self.read_only:
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout is None else loop.time() + timeout
+            delay = 0.0005
+            while not self._closed:
+                self._ro_refresh()
+                if self._leo > offset:
+                    return True
+                if deadline is not None and loop.time() >= deadline:
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.01)
+            return False
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        entry = (offset, loop, fut)
+        with self._async_lock:
+            self._async_waiters.append(entry)
+        try:
+            if self._leo > offset:
+                return True
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+            return self._leo > offset
+        finally:
+            with self._async_lock:
+                if entry in self._async_waiters:
+                    self._async_waiters.remove(entry)
+
+    def _wake_async(self, everyone: bool = False) -> None:
+        leo = self._leo
+        with self._async_lock:
+            ready = [e for e in self._async_waiters if everyone or leo > e[0]]
+        for _, loop, fut in ready:
+            try:
+                loop.call_soon_threadsafe(_resolve, fut)
+            except RuntimeError:  # the loop is closed
+                pass
+
+    # ==========================================================================================
+    # Truncation and deletion
+
+    def truncate_to(self, offset: int) -> None:
+        """Remove every batch at or after ``offset`` (whole batches; a batch that starts below
+        ``offset`` is kept). Slices and views over the removed bytes must be released first."""
+        self._check_writable()
+        with self._lock:
+            if offset >= self._leo:
+                return
+            if offset < self._log_start:
+                raise OffsetOutOfRangeError(
+                    f"cannot truncate to {offset}, below the log start {self._log_start}")
+            segs = self._segments
+            keep = [s for s in segs if s.base_offset < offset] or [segs[0]]
+            drop = [s for s in segs if s not in keep]
+            for s in drop + [keep[-1]]:
+                s.ensure_unmapped()
+            for s in drop:
+                for p in s.rename_deleted():
+                    p.unlink()
+            last = keep[-1]
+            last.truncate_to(offset)
+            self._set_segments(keep)
+            self._active = last
+            assert last.appender is not None
+            self._leo = last.appender.next_offset
+            self._recovery_point = min(self._recovery_point, self._leo)
+            self._write_recovery_point()
+            fsync_dir(self.directory)
+
+    def delete_segments_before(self, offset: int) -> int:
+        """Raise the log start offset to ``offset`` (never lowering it, never past the log end)
+        and delete the segments wholly below it. Returns how many segments went. When every
+        segment goes, a new empty active segment is rolled first, as Kafka does."""
+        self._check_writable()
+        with self._lock:
+            if offset > self._leo:
+                raise OffsetOutOfRangeError(
+                    f"cannot move the log start to {offset}, past the log end {self._leo}")
+            if offset > self._log_start:
+                self._log_start = offset
+                self._lso_file.update({self._key: offset})
+            segs = self._segments
+            n = 0
+            while n < len(segs) - 1 and segs[n + 1].base_offset <= self._log_start:
+                n += 1
+            if n == len(segs) - 1 and self._log_start >= self._leo and segs[-1].size > 0:
+                self._roll()
+                segs = self._segments
+                n = len(segs) - 1
+            if n == 0:
+                return 0
+            dead, rest = segs[:n], segs[n:]
+            self._set_segments(rest)
+            self._log_start = max(self._log_start, rest[0].base_offset)
+            renamed = []
+            for s in dead:
+                renamed += s.rename_deleted()
+            self._schedule_unlink(renamed)
+            return n
+
+    def _schedule_unlink(self, paths: list[Path]) -> None:
+        delay = self.config["file.delete.delay.ms"] / 1000
+        if delay <= 0:
+            for p in paths:
+                p.unlink(missing_ok=True)
+            return
+        t = threading.Timer(delay, _unlink_all, args=(paths,))
+        t.daemon = True
+        t.start()
+        self._pending_deletes.append((time.monotonic() + delay, paths))
+
+    # ==========================================================================================
+    # Checking
+
+    def verify(self) -> list[str]:
+        """Check every batch's CRC and structure and every index entry against the data.
+        Returns a list of problems (empty when the log is sound); never changes anything."""
+        problems = []
+        for seg in list(self._segments):
+            size = seg.size
+            res = _scan_file(seg.log_path, 0, size, check_crc=True)
+            if res is None:
+                continue
+            if not res.ok:
+                problems.append(f"{seg.log_path}: {res.error}")
+            if len(res) and res.base_offsets[0] < seg.base_offset:
+                problems.append(f"{seg.log_path}: first batch offset {res.base_offsets[0]} is "
+                                f"below the segment base {seg.base_offset}")
+            problems += seg.verify_indexes(res)
+        return problems
+
+    # ==========================================================================================
+    # Read-only refresh
+
+    def _ro_refresh(self) -> None:
+        """Read-only: pick up new segments and newly appended whole batches."""
+        with self._lock:
+            bases = self._segment_bases()
+            if not bases:
+                return
+            known = set(self._bases)
+            segs = [s for s in self._segments if s.base_offset in set(bases)]
+            for b in bases:
+                if b not in known:
+                    seg = Segment.load(self.directory, b, self.config)
+                    seg.read_only = True
+                    seg._size = 0
+                    segs.append(seg)
+            segs.sort(key=lambda s: s.base_offset)
+            for i, seg in enumerate(segs):
+                if seg.ro_complete:
+                    continue
+                seg.ro_advance()
+                if i < len(segs) - 1:
+                    seg.ro_complete = True  # a later segment exists: this one is final
+            self._set_segments(segs)
+            if segs[-1].next_offset is not None:
+                self._leo = segs[-1].next_offset
+            elif len(segs) > 1 and segs[-2].next_offset is not None:
+                self._leo = segs[-2].next_offset
+            else:
+                self._leo = segs[-1].base_offset
+            lso_ck = self._lso_file.get(self._key, 0) or 0
+            self._log_start = max(lso_ck, segs[0].base_offset)
+
+    # ==========================================================================================
+    # Closing
+
+    def close(self) -> None:
+        """Flush, trim the indexes, write the recovery point and the clean-shutdown marker."""
+        if self._closed:
+            return
+        # Background fsyncs of rolled segments take the lock when they finish: wait outside it.
+        for t in list(self._flush_threads):
+            t.join()
+        with self._lock:
+            if self._closed:
+                return
+            if not self.read_only:
+                self.flush()
+                for seg in self._segments:
+                    seg.close()
+                marker = self.directory / CLEAN_SHUTDOWN_MARKER
+                atomic_write(marker, b'{"version":0}\n')
+                for _, paths in self._pending_deletes:
+                    _unlink_all(paths)
+            else:
+                for seg in self._segments:
+                    seg.close()
+            self._closed = True
+            self._release()
+        with self._cond:
+            self._cond.notify_all()
+        self._wake_async(everyone=True)
+
+    def _release(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(True)
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for p in paths:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                log.warning("could not delete %s: %s", p, exc)

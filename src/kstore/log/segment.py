@@ -1,0 +1,538 @@
+"""One segment of a partition log: ``<base>.log`` plus its ``.index`` and ``.timeindex``.
+
+The active segment appends through a compiled SegmentAppender; closed segments are read-only.
+Reads map the ``.log`` file and hand out FileSlices. Thread safety: the PartitionLog serialises
+appends, rolls and truncation; reads may run concurrently with one append.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kstore import _core
+from kstore.errors import KafkaStorageError
+from kstore.log.fileslice import FileSlice, SegmentFile
+from kstore.log.index import OFFSET_ENTRY, TIME_ENTRY, IndexFile
+
+log = logging.getLogger("kstore.log")
+
+INT32_MAX = 2**31 - 1
+SCAN_CHUNK = 1 << 20  # batches per scan call during recovery (bounds memory)
+
+
+def segment_name(base_offset: int) -> str:
+    return f"{base_offset:020d}"
+
+
+class Segment:
+    def __init__(self, directory: Path, base_offset: int, config: dict[str, Any]) -> None:
+        self.directory = directory
+        self.base_offset = base_offset
+        self.config = config
+        name = segment_name(base_offset)
+        self.log_path = directory / f"{name}.log"
+        self.offset_index = IndexFile(directory / f"{name}.index", OFFSET_ENTRY)
+        self.time_index = IndexFile(directory / f"{name}.timeindex", TIME_ENTRY)
+        self.appender: _core.SegmentAppender | None = None
+        self._wfd = -1
+        self._file: SegmentFile | None = None
+        self._map: mmap.mmap | None = None
+        self._map_size = 0
+        self._map_lock = threading.Lock()
+        self._size = 0
+        self._indexes_checked = False
+        self._max_ts: tuple[int, int] | None = None  # (max timestamp, its offset) once known
+        self.next_offset: int | None = None  # known for the last segment
+        self._maps: list[mmap.mmap] = []  # mappings handed to slices (closed before truncation)
+        # Read-only opens (another process writes): no writes, indexes read with pread.
+        self.read_only = False
+        self.ro_complete = False
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Committed bytes: what readers may see."""
+        a = self.appender
+        return a.size if a is not None else self._size
+
+    @property
+    def is_active(self) -> bool:
+        return self.appender is not None
+
+    def __repr__(self) -> str:
+        return f"<Segment {self.log_path.name} size={self.size}{' active' if self.is_active else ''}>"
+
+    # -- creation, loading --------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, directory: Path, base_offset: int, config: dict[str, Any]) -> "Segment":
+        """A new, empty, active segment. Stale files with the same name are replaced."""
+        seg = cls(directory, base_offset, config)
+        for p in (seg.log_path, seg.offset_index.path, seg.time_index.path):
+            if p.exists():
+                p.unlink()
+        seg.log_path.touch()
+        seg.offset_index.path.touch()
+        seg.time_index.path.touch()
+        seg.next_offset = base_offset
+        seg._indexes_checked = True
+        seg.activate(_core.SegmentAppender(-1, base_offset, 0, base_offset,
+                                           config["index.interval.bytes"]))
+        return seg
+
+    @classmethod
+    def load(cls, directory: Path, base_offset: int, config: dict[str, Any]) -> "Segment":
+        """An existing, closed segment; indexes are opened on first use."""
+        seg = cls(directory, base_offset, config)
+        seg._size = os.path.getsize(seg.log_path)
+        return seg
+
+    def activate(self, appender: _core.SegmentAppender) -> None:
+        """Make this the active segment, appending through ``appender`` (state already set)."""
+        try:
+            self._wfd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:
+            raise KafkaStorageError(f"cannot open {self.log_path} for appending: {exc}") from exc
+        max_bytes = self.config["segment.index.bytes"]
+        self.offset_index.open_writable(max_bytes, self.offset_index.entries)
+        self.time_index.open_writable(max_bytes, self.time_index.entries)
+        appender.set_fd(self._wfd)
+        appender.attach_indexes(self.offset_index.mm, self.offset_index.entries,
+                                self.time_index.mm, self.time_index.entries)
+        self.appender = appender
+        self._indexes_checked = True
+
+    def open_active(self) -> None:
+        """Reopen the last segment after a clean shutdown without scanning it: the state comes
+        from the last index entries and the few batches after the last offset-index entry."""
+        self._ensure_indexes()
+        size = os.path.getsize(self.log_path)
+        pos = 0
+        last = self.offset_index.last_entry()
+        if last is not None:
+            pos = last[1]
+        tail = _scan_file(self.log_path, pos, size, check_crc=False) if size else None
+        if tail is not None and (not tail.ok or (size and len(tail) == 0)):
+            raise _NeedsRecovery(f"tail of {self.log_path.name} does not parse: {tail.error}")
+        app = _core.SegmentAppender(-1, self.base_offset, size, self.base_offset,
+                                    self.config["index.interval.bytes"],
+                                    int(os.path.getmtime(self.log_path) * 1000))
+        next_offset = self.base_offset
+        max_ts, max_off = -1, -1
+        t_last = self.time_index.last_entry()
+        if t_last is not None:
+            max_ts, max_off = t_last[0], self.base_offset + t_last[1]
+        first_ts = -1
+        if tail is not None and len(tail):
+            next_offset = int(tail.last_offsets[-1]) + 1
+            i = int(np.argmax(tail.max_timestamps))
+            if tail.max_timestamps[i] > max_ts:
+                max_ts, max_off = int(tail.max_timestamps[i]), int(tail.last_offsets[i])
+            first_ts = _first_batch_max_timestamp(self.log_path)
+        app.restore_state(size - pos if last is not None else size, max_ts, max_off, first_ts)
+        app.set_next_offset(next_offset)
+        self.next_offset = next_offset
+        self.activate(app)
+
+    def deactivate(self) -> None:
+        """Stop being active: final time-index entry, trim the indexes, close the write fd."""
+        app = self.appender
+        if app is None:
+            return
+        app.final_time_entry()
+        self.offset_index.entries = app.offset_entries
+        self.time_index.entries = app.time_entries
+        self._size = app.size
+        self.next_offset = app.next_offset
+        self._max_ts = (app.max_timestamp, app.offset_of_max_timestamp)
+        app.detach_indexes()
+        self.appender = None
+        self.offset_index.trim()
+        self.time_index.trim()
+        if self._wfd >= 0:
+            os.close(self._wfd)
+            self._wfd = -1
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    def recover(self, active: bool) -> tuple[int, str | None]:
+        """Rebuild both indexes from the .log, truncating at the first invalid or partial batch.
+
+        Returns (bytes cut, why). The segment is left active (appending) when ``active``.
+        """
+        self.close_files()
+        size = os.path.getsize(self.log_path)
+        self.offset_index.reset()
+        self.time_index.reset()
+        max_bytes = self.config["segment.index.bytes"]
+        self.offset_index.open_writable(max_bytes, 0)
+        self.time_index.open_writable(max_bytes, 0)
+        app = _core.SegmentAppender(-1, self.base_offset, 0, self.base_offset,
+                                    self.config["index.interval.bytes"],
+                                    int(os.path.getmtime(self.log_path) * 1000))
+        app.attach_indexes(self.offset_index.mm, 0, self.time_index.mm, 0)
+        why = None
+        if size:
+            with open(self.log_path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
+                start = 0
+                while start < size:
+                    res = _core.scan(mm, start, size, True, True, SCAN_CHUNK)
+                    bad = np.nonzero((res.base_offsets < self.base_offset) |
+                                     (res.last_offsets - self.base_offset > INT32_MAX))[0]
+                    if bad.size:
+                        res = _core.scan(mm, start, size, True, True, int(bad[0])) if bad[0] else None
+                        why = (f"batch at byte {int(_first(bad, start, mm, size))} has offsets outside "
+                               f"segment {self.base_offset}")
+                        if res is not None:
+                            app.track_scanned(res)
+                        break
+                    app.track_scanned(res)
+                    if not res.ok:
+                        why = str(res.error)
+                        break
+                    if res.valid_end == start:
+                        break
+                    start = res.valid_end
+                del res
+        valid = app.size
+        cut = size - valid
+        if cut:
+            with open(self.log_path, "r+b") as f:
+                f.truncate(valid)
+                os.fsync(f.fileno())
+            if why is None:
+                why = "partial batch at the end"
+        app.detach_indexes()
+        self.offset_index.entries = app.offset_entries
+        self.time_index.entries = app.time_entries
+        self._size = valid
+        self.next_offset = app.next_offset
+        self._max_ts = (app.max_timestamp, app.offset_of_max_timestamp)
+        self._indexes_checked = True
+        if active:
+            self.activate(app)
+        else:
+            app.final_time_entry()
+            self.offset_index.entries = app.offset_entries
+            self.time_index.entries = app.time_entries
+            self.offset_index.trim()
+            self.time_index.trim()
+        return cut, why
+
+    def _ensure_indexes(self) -> None:
+        """Map a closed segment's indexes; rebuild them if they do not make sense."""
+        if self._indexes_checked:
+            return
+        with self._map_lock:
+            if self._indexes_checked:
+                return
+            if self.read_only:
+                self._ro_load_indexes()
+                self._indexes_checked = True
+                return
+            self.offset_index.open_readonly()
+            self.time_index.open_readonly()
+            problem = self._index_problem()
+            if problem:
+                log.warning("rebuilding indexes of %s: %s", self.log_path, problem)
+                self._rebuild_indexes()
+            self._indexes_checked = True
+
+    # -- read-only (another process is the writer) ---------------------------------------------
+
+    def _ro_load_indexes(self) -> None:
+        """Snapshot the indexes with pread: the writer may trim or grow them at any time, and a
+        mapping of a file that shrinks can fault; a copy cannot. Only entries that rise and
+        point inside the committed data count."""
+        for idx in (self.offset_index, self.time_index):
+            idx.load_snapshot()
+        while self.offset_index.entries:
+            if self.offset_index.entry(self.offset_index.entries - 1)[1] < self._size:
+                break
+            self.offset_index.entries -= 1
+        self._ro_indexed_size = self._size
+
+    def ro_open_tail(self) -> None:
+        """Read-only open of the last segment: scan from its last index entry to the end."""
+        self._ro_load_indexes_guarded(0)
+        last = self.offset_index.last_entry()
+        self._size = last[1] if last is not None else 0
+        self.next_offset = None
+        self.ro_advance()
+
+    def _ro_load_indexes_guarded(self, size: int) -> None:
+        self._size = os.path.getsize(self.log_path)
+        self._ro_load_indexes()
+        self._indexes_checked = True
+
+    def ro_advance(self) -> None:
+        """Count the whole, valid batches appended since the last look (CRC-checked)."""
+        try:
+            size = os.path.getsize(self.log_path)
+        except FileNotFoundError:
+            return
+        start = self._size
+        if size > start:
+            res = _scan_file(self.log_path, start, size, check_crc=True)
+            if res is not None and len(res):
+                self._size = res.valid_end
+                self.next_offset = int(res.last_offsets[-1]) + 1
+                if self._size - getattr(self, "_ro_indexed_size", 0) > (1 << 20):
+                    self._indexes_checked = False  # pick up the writer's newer index entries
+        if self.next_offset is None and self._size == 0:
+            self.next_offset = self.base_offset
+
+    def verify_indexes(self, res: _core.ScanResult) -> list[str]:
+        """Problems with this segment's index entries, given a scan of its data."""
+        problems = []
+        self._ensure_indexes()
+        by_pos = dict(zip(res.positions.tolist(), res.last_offsets.tolist(), strict=True))
+        app = self.appender
+        n = app.offset_entries if app is not None else self.offset_index.entries
+        for slot in range(n):
+            rel, pos = _core.index_entry(self.offset_index.mm, slot, False)
+            if by_pos.get(pos) != self.base_offset + rel:
+                problems.append(f"{self.offset_index.path}: entry {slot} ({rel}, {pos}) does not "
+                                f"point at the batch whose last offset is {self.base_offset + rel}")
+                break
+        return problems
+
+    def _index_problem(self) -> str | None:
+        size = os.path.getsize(self.log_path)
+        for idx in (self.offset_index, self.time_index):
+            if not idx.path.exists():
+                return f"{idx.path.name} is missing"
+            flen = os.path.getsize(idx.path)
+            if flen % idx.entry_size:
+                return f"{idx.path.name} is {flen} bytes, not a multiple of {idx.entry_size}"
+            if idx.valid_entries_in_file() != idx.entries:
+                return f"{idx.path.name} holds entries that do not rise"
+        last = self.offset_index.last_entry()
+        if last is not None and last[1] >= max(size, 1):
+            return f"{self.offset_index.path.name} points at byte {last[1]} past the log's {size}"
+        return None
+
+    def _rebuild_indexes(self) -> None:
+        """Rebuild a closed segment's indexes from its data, which is trusted (clean state)."""
+        max_bytes = self.config["segment.index.bytes"]
+        self.offset_index.reset()
+        self.time_index.reset()
+        self.offset_index.open_writable(max_bytes, 0)
+        self.time_index.open_writable(max_bytes, 0)
+        app = _core.SegmentAppender(-1, self.base_offset, 0, self.base_offset,
+                                    self.config["index.interval.bytes"])
+        app.attach_indexes(self.offset_index.mm, 0, self.time_index.mm, 0)
+        size = os.path.getsize(self.log_path)
+        res = _scan_file(self.log_path, 0, size, check_crc=False)
+        if res is not None:
+            app.track_scanned(res)
+        app.final_time_entry()
+        app.detach_indexes()
+        self.offset_index.entries = app.offset_entries
+        self.time_index.entries = app.time_entries
+        self.offset_index.trim()
+        self.time_index.trim()
+        self._max_ts = (app.max_timestamp, app.offset_of_max_timestamp)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def _mapping(self, size: int) -> mmap.mmap:
+        m = self._map
+        if m is not None and self._map_size >= size:
+            return m
+        with self._map_lock:
+            if self._map is not None and self._map_size >= size:
+                return self._map
+            if self._file is None:
+                self._file = SegmentFile(self.log_path)
+            full = os.fstat(self._file.fd).st_size
+            # Map only what is committed: a read-only process must never touch bytes the
+            # writer could still cut (a torn tail), and the active segment keeps growing.
+            m = mmap.mmap(self._file.fd, size if self.read_only else max(full, size),
+                          access=mmap.ACCESS_READ)
+            # Forget mappings nobody else holds any more (list + loop variable + argument).
+            self._maps = [x for x in self._maps if sys.getrefcount(x) > 3] + [m]
+            self._map = m
+            self._map_size = len(m)
+            return m
+
+    def ensure_unmapped(self) -> None:
+        """Close every mapping of the .log; refuse while a view over it is still exported.
+        Slices that held a closed mapping raise ValueError instead of touching cut pages."""
+        with self._map_lock:
+            for m in self._maps:
+                try:
+                    m.close()
+                except BufferError:
+                    raise KafkaStorageError(
+                        f"views over {self.log_path.name} are still alive; release them "
+                        f"(memoryview.release(), drop Batch and Columns objects) first") from None
+            self._maps = []
+            self._map = None
+            self._map_size = 0
+
+    def _start_position(self, offset: int) -> int:
+        app = self.appender
+        idx = self.offset_index
+        if app is not None:
+            if idx.mm is None or app.offset_entries == 0:
+                return 0
+            _, _, pos = _core.offset_index_lookup(idx.mm, app.offset_entries, offset - self.base_offset)
+            return pos
+        self._ensure_indexes()
+        return idx.lookup(offset - self.base_offset)[2]
+
+    def read(self, offset: int, max_bytes: int, max_offset: int) -> FileSlice | None:
+        """Whole batches from the one holding ``offset`` (or the first after it), within
+        ``max_bytes`` (the first batch always counts) and below ``max_offset``."""
+        size = self.size
+        if size == 0:
+            return None
+        pos = self._start_position(offset)
+        mm = self._mapping(size)
+        start = _core.find_offset(mm, offset, pos, size)
+        if start >= size:
+            return None
+        n = _core.span_batches(mm, start, max_bytes, max_offset, size)
+        if n == 0:
+            return None
+        assert self._file is not None
+        base = int.from_bytes(mm[start:start + 8], "big")
+        return FileSlice(self._file, start, n, mm, base)
+
+    def find_time(self, timestamp: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record with timestamp >= ``timestamp``, or None."""
+        size = self.size
+        if size == 0:
+            return None
+        app = self.appender
+        if app is not None:
+            entries = app.time_entries
+            slot, _, rel = (_core.time_index_lookup(self.time_index.mm, entries, timestamp)
+                            if entries and self.time_index.mm is not None else (-1, -1, 0))
+        else:
+            self._ensure_indexes()
+            slot, _, rel = self.time_index.lookup(timestamp)
+        start_offset = self.base_offset + rel if slot >= 0 else self.base_offset
+        pos = self._start_position(start_offset)
+        mm = self._mapping(size)
+        while True:
+            pos = _core.find_timestamp(mm, timestamp, pos, size)
+            if pos >= size:
+                return None
+            batch = _core.read_batch(mm, pos)
+            for r in batch.records():
+                if r.timestamp >= timestamp and r.offset >= start_offset:
+                    return r.offset, r.timestamp
+            pos += batch.size
+
+    @property
+    def max_timestamp(self) -> tuple[int, int]:
+        """(largest timestamp in the segment, its offset), (-1, -1) when none."""
+        app = self.appender
+        if app is not None:
+            return app.max_timestamp, app.offset_of_max_timestamp
+        if self._max_ts is None:
+            self._ensure_indexes()
+            last = self.time_index.last_entry()
+            self._max_ts = (last[0], self.base_offset + last[1]) if last else (-1, -1)
+        return self._max_ts
+
+    def last_modified_ms(self) -> int:
+        return int(os.path.getmtime(self.log_path) * 1000)
+
+    # -- durability and closing ----------------------------------------------------------------
+
+    def flush(self) -> None:
+        if self._wfd >= 0:
+            os.fsync(self._wfd)
+        else:
+            fd = os.open(self.log_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.offset_index.flush()
+        self.time_index.flush()
+
+    def truncate_to(self, offset: int) -> int:
+        """Drop every batch whose base offset >= ``offset`` (whole batches only); the segment is
+        active afterwards. Returns the new size."""
+        self._ensure_indexes()
+        size = self.size
+        mm_pos = 0
+        if size:
+            with open(self.log_path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
+                pos = _core.find_offset(mm, offset, 0, size)
+                # keep a batch that straddles offset only if it starts below it
+                if pos < size and int.from_bytes(mm[pos:pos + 8], "big") < offset:
+                    pos += int.from_bytes(mm[pos + 8:pos + 12], "big") + 12
+                mm_pos = pos
+        was_active = self.is_active
+        if was_active:
+            self.deactivate()
+        self.close_files()
+        with open(self.log_path, "r+b") as f:
+            f.truncate(mm_pos)
+            os.fsync(f.fileno())
+        self.recover(active=True)
+        return mm_pos
+
+    def close_files(self) -> None:
+        """Release the read mapping and fd (slices already handed out keep their own)."""
+        with self._map_lock:
+            self._map = None
+            self._map_size = 0
+            self._file = None
+
+    def close(self) -> None:
+        if self.is_active:
+            self.deactivate()
+        self.offset_index.close()
+        self.time_index.close()
+        self.close_files()
+
+    def rename_deleted(self) -> list[Path]:
+        """Rename the files to ``*.deleted`` (readers holding fds or maps keep working)."""
+        self.close()
+        out = []
+        for p in (self.log_path, self.offset_index.path, self.time_index.path):
+            if p.exists():
+                q = p.with_name(p.name + ".deleted")
+                os.replace(p, q)
+                out.append(q)
+        return out
+
+
+class _NeedsRecovery(Exception):
+    pass
+
+
+def _scan_file(path: Path, start: int, size: int, check_crc: bool) -> _core.ScanResult | None:
+    if size <= start:
+        return None
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
+        res = _core.scan(mm, start, size, check_crc, True)
+    return res
+
+
+def _first_batch_max_timestamp(path: Path) -> int:
+    with open(path, "rb") as f:
+        head = f.read(_core.HEADER_SIZE)
+    if len(head) < _core.HEADER_SIZE:
+        return -1
+    return int.from_bytes(head[35:43], "big", signed=True)
+
+
+def _first(bad: np.ndarray, start: int, mm: mmap.mmap, size: int) -> int:
+    res = _core.scan(mm, start, size, False, False, int(bad[0]) + 1)
+    return int(res.positions[-1]) if len(res) else start

@@ -72,6 +72,14 @@ class FileSlice:
     def read(self) -> bytes:
         return self._map[self.position:self.position + self.length]
 
+    @property
+    def next_offset(self) -> int:
+        """The offset after the slice's last batch (headers only: nothing is decoded)."""
+        if self.length == 0:
+            return self.base_offset
+        res = _core.scan(self.memoryview(), 0, -1, False, False)
+        return int(res.last_offsets[-1]) + 1
+
     def batches(self) -> Iterator[Batch]:
         return _core.iter_batches(self.memoryview())
 

@@ -27,6 +27,7 @@ class IndexFile:
         self.mm: mmap.mmap | None = None
         self.entries = 0
         self.writable = False
+        self.fd = -1  # the file, while writable
 
     # -- opening ------------------------------------------------------------------------
 
@@ -58,18 +59,23 @@ class IndexFile:
         self.entries = _core.index_valid_entries(data, len(data) // self.entry_size, self.is_time) if data else 0
 
     def open_writable(self, max_bytes: int, entries: int) -> None:
-        """Grow the file to its full preallocated size and map it writable (active segment)."""
+        """Active segment: the entries live in anonymous memory sized for ``segment.index.bytes``
+        (pages come on first use) and reach the file through the appender's pwrites. The file
+        keeps only real entries, so a crash never leaves zero padding behind."""
         self.close()
         size = max(max_bytes - max_bytes % self.entry_size, self.entry_size * 2)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            if os.fstat(fd).st_size != size:
-                os.ftruncate(fd, size)
-            self.mm = mmap.mmap(fd, size, access=mmap.ACCESS_WRITE)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            entries = min(entries, size // self.entry_size)
+            data = os.pread(fd, entries * self.entry_size, 0) if entries else b""
+            entries = len(data) // self.entry_size
+            os.ftruncate(fd, entries * self.entry_size)
         except OSError as exc:
             raise KafkaStorageError(f"cannot open index {self.path}: {exc}") from exc
-        finally:
-            os.close(fd)
+        mm = mmap.mmap(-1, size)
+        mm[: len(data)] = data
+        self.mm = mm
+        self.fd = fd
         self.entries = entries
         self.writable = True
 
@@ -99,19 +105,18 @@ class IndexFile:
     # -- closing ------------------------------------------------------------------------
 
     def flush(self) -> None:
-        if self.mm is not None and self.writable:
-            self.mm.flush()
+        """fsync what the appender has persisted."""
+        if self.fd >= 0:
+            os.fsync(self.fd)
 
     def trim(self) -> None:
-        """Cut the file to its entries (Kafka trims on roll and close), then map it read-only."""
+        """Stop being writable: the file holds exactly ``entries`` entries (the appender has
+        persisted them); map it read-only."""
         entries = self.entries
-        if self.mm is not None and self.writable:
-            self.mm.flush()
+        if self.fd >= 0:
+            os.ftruncate(self.fd, entries * self.entry_size)
+            os.fsync(self.fd)
         self.close()
-        if self.path.exists():
-            with open(self.path, "r+b") as f:
-                f.truncate(entries * self.entry_size)
-                os.fsync(f.fileno())
         self.open_readonly(entries)
 
     def reset(self) -> None:
@@ -123,6 +128,9 @@ class IndexFile:
                 f.truncate(0)
 
     def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         if self.mm is not None:
             mm, self.mm = self.mm, None
             if not isinstance(mm, mmap.mmap):

@@ -110,10 +110,10 @@ class PartitionLog:
         self._segments: list[Segment] = []
         self._bases: list[int] = []
         self._active: Segment | None = None
-        self._leo = 0
+        self._ro_leo = 0
+        self._fast: _core.AppendPath | None = None  # None when read-only or closed
         self._log_start = 0
-        self._recovery_point = 0
-        self._last_flush_ms = clock()
+        self._ro_recovery_point = 0
         self._lock_fd = -1
         self._closed = False
         self._flush_threads: list[threading.Thread] = []
@@ -220,9 +220,7 @@ class PartitionLog:
             self._write_leader_epoch_checkpoint(lso_ck)
             fsync_dir(d)
         self._set_segments(segs)
-        self._active = segs[-1]
-        assert self._active.appender is not None
-        self._leo = self._active.appender.next_offset
+        self._use_active(segs[-1])
         self._log_start = max(lso_ck, segs[0].base_offset)
         self._recovery_point = self._leo if clean else min(rp, self._leo)
         self.recovery = RecoveryReport(clean, scanned, cut, why, time.perf_counter() - started)
@@ -300,6 +298,41 @@ class PartitionLog:
     # State
 
     @property
+    def _leo(self) -> int:
+        f = self._fast
+        return f.leo if f is not None else self._ro_leo
+
+    @_leo.setter
+    def _leo(self, value: int) -> None:
+        if self._fast is not None:
+            self._fast.leo = value
+        else:
+            self._ro_leo = value
+
+    @property
+    def _recovery_point(self) -> int:
+        f = self._fast
+        return f.recovery_point if f is not None else self._ro_recovery_point
+
+    @_recovery_point.setter
+    def _recovery_point(self, value: int) -> None:
+        if self._fast is not None:
+            self._fast.recovery_point = value
+        else:
+            self._ro_recovery_point = value
+
+    def _use_active(self, seg: Segment) -> None:
+        """Append to ``seg`` from now on (under the lock)."""
+        assert seg.appender is not None
+        self._active = seg
+        if self._fast is None:
+            self._fast = _core.AppendPath(seg.appender, seg.appender.next_offset)
+            self._fast.configure(self.config, None if self._clock is _core.now_ms else self._clock)
+            self._fast.last_flush_ms = self._clock()
+        else:
+            self._fast.appender = seg.appender
+
+    @property
     def log_start_offset(self) -> int:
         return self._log_start
 
@@ -350,44 +383,35 @@ class PartitionLog:
     # ==========================================================================================
     # Appending
 
-    def append_batch(self, batch: Any, *, validate_records: bool = True) -> tuple[int, int, int]:
-        """Append one sealed RecordBatch v2 (any buffer; never modified).
+    def append_batches(self, buf: Any, *, validate_records: bool = True,
+                       verify_crc: bool = True) -> tuple[int, int, int]:
+        """Append one sealed RecordBatch v2, or several back to back, in one write.
 
-        Validates it in C (magic, sizes, CRC, and with ``validate_records`` the records and
-        their count), assigns offsets, stamps LogAppendTime if the topic asks, writes it with one
-        write at the end of the active segment and updates the indexes. Returns
-        ``(base_offset, last_offset, log_append_time)`` (-1 for CreateTime topics).
+        ``buf`` is any buffer and is never modified. The batches are validated in C (magic,
+        sizes, CRC, and with ``validate_records`` the records, their count and offset deltas),
+        given offsets, stamped with LogAppendTime if the topic asks, and written with one
+        writev at the end of the active segment; the indexes are updated. Returns
+        ``(first_offset, last_offset, log_append_time)`` (-1 for CreateTime topics).
+        Raises CorruptRecordError, InvalidRecordError or RecordTooLargeError for bad batches
+        (nothing is written), KafkaStorageError when the disk refuses (nothing is kept).
+
+        ``verify_crc=False`` is for batches this process has just encoded itself (the
+        Producer, ``append``/``append_many``): sizes, magic and counts are still checked, the
+        CRC the encoder computed a moment ago is not recomputed.
         """
-        return self.append_batches(batch, validate_records=validate_records)
-
-    def append_batches(self, buf: Any, *, validate_records: bool = True) -> tuple[int, int, int]:
-        """Append every batch in ``buf`` in one write (see ``append_batch``); returns the first
-        and last offsets assigned and the log append time (-1 for CreateTime)."""
-        self._check_writable()
-        log_append = self.config["message.timestamp.type"] == "LogAppendTime"
-        cfg = self.config
         with self._lock:
-            self._check_open()
-            now = self._clock()
-            lat = now if log_append else -1
-            seg = self._active
-            assert seg is not None and seg.appender is not None
-            app = seg.appender
-            rc = app.append(buf, self._leo, lat, 0, validate_records, cfg["max.message.bytes"],
-                            cfg["segment.bytes"], self._segment_ms(), now)
-            if rc:
-                self._roll(rc)
-                app = self._active.appender  # type: ignore[union-attr]
-                rc = app.append(buf, self._leo, lat, 0, False, cfg["max.message.bytes"],
-                                cfg["segment.bytes"], self._segment_ms(), now)
-                if rc:
+            fast = self._fast
+            if fast is None:
+                self._check_writable()
+            result = fast.append(buf, validate_records, verify_crc)
+            if result.__class__ is int:
+                self._roll(result)
+                result = self._fast.append(buf, False, False)
+                if result.__class__ is int:
                     raise InvalidRecordError(
                         f"batches of {len(memoryview(buf))} bytes cannot go into a fresh segment "
-                        f"(roll reason {rc})")
-            self._leo = app.next_offset
-            result = (app.last_first_offset, app.last_last_offset, lat)
-            if (self._leo - self._recovery_point >= cfg["flush.messages"]
-                    or now - self._last_flush_ms >= cfg["flush.ms"]):
+                        f"(roll reason {result})")
+            if fast.needs_flush:
                 self.flush()
         if self._waiters:
             with self._cond:
@@ -396,29 +420,25 @@ class PartitionLog:
             self._wake_async()
         return result
 
+    append_batch = append_batches
+
     def append(self, value: Any, key: Any = None, headers: Any = None,
                timestamp: int | None = None) -> tuple[int, int, int]:
         """Append one record (a convenience over BatchBuilder)."""
         b = _core.BatchBuilder(compression=self._codec())
         b.append(value, key=key, headers=headers, timestamp=timestamp)
-        return self.append_batch(b.build(), validate_records=False)
+        return self.append_batch(b.build(), validate_records=False, verify_crc=False)
 
     def append_many(self, values: Any, keys: Any = None, timestamps: Any = None, *,
                     max_batch_bytes: int = 16384) -> tuple[int, int, int]:
         """Append many records, encoded into batches of ``max_batch_bytes`` in one call."""
         raw = _core.encode_batches(values, keys, timestamps, compression=self._codec(),
                                    max_batch_bytes=max_batch_bytes)
-        return self.append_batches(raw, validate_records=False)
+        return self.append_batches(raw, validate_records=False, verify_crc=False)
 
     def _codec(self) -> str:
         c = self.config["compression.type"]
         return "none" if c in ("producer", "uncompressed") else c
-
-    def _segment_ms(self) -> int:
-        ms = self.config["segment.ms"]
-        if "compact" in self.config["cleanup.policy"]:
-            ms = min(ms, self.config["max.compaction.lag.ms"])
-        return ms
 
     def _roll(self, reason: int = 0) -> None:
         """Close the active segment and start a new one at the log end (under the lock)."""
@@ -430,7 +450,7 @@ class PartitionLog:
         old.deactivate()
         new = Segment.create(self.directory, new_base, self.config)
         self._set_segments(self._segments + [new])
-        self._active = new
+        self._use_active(new)
         fsync_dir(self.directory)
         # Kafka fsyncs everything below the new segment in the background, then moves the
         # recovery point there; appends do not wait for it.
@@ -469,7 +489,8 @@ class PartitionLog:
                     or (s.next_offset or 0) > rp]
             for s in segs:
                 s.flush()
-            self._last_flush_ms = self._clock()
+            if self._fast is not None:
+                self._fast.last_flush_ms = self._clock()
             if upto > self._recovery_point:
                 self._recovery_point = upto
                 self._write_recovery_point()
@@ -633,7 +654,7 @@ class PartitionLog:
             last = keep[-1]
             last.truncate_to(offset)
             self._set_segments(keep)
-            self._active = last
+            self._use_active(last)
             assert last.appender is not None
             self._leo = last.appender.next_offset
             self._recovery_point = min(self._recovery_point, self._leo)
@@ -761,6 +782,10 @@ class PartitionLog:
                 for seg in self._segments:
                     seg.close()
             self._closed = True
+            if self._fast is not None:
+                self._ro_leo = self._fast.leo
+                self._ro_recovery_point = self._fast.recovery_point
+                self._fast = None
             self._release()
         with self._cond:
             self._cond.notify_all()

@@ -108,6 +108,8 @@ class Segment:
         appender.set_fd(self._wfd)
         appender.attach_indexes(self.offset_index.mm, self.offset_index.entries,
                                 self.time_index.mm, self.time_index.entries)
+        appender.attach_index_files(self.offset_index.fd, self.time_index.fd,
+                                    self.offset_index.entries, self.time_index.entries)
         self.appender = appender
         self._indexes_checked = True
 
@@ -149,6 +151,7 @@ class Segment:
         if app is None:
             return
         app.final_time_entry()
+        app.persist_indexes()
         self.offset_index.entries = app.offset_entries
         self.time_index.entries = app.time_entries
         self._size = app.size
@@ -180,6 +183,7 @@ class Segment:
                                     self.config["index.interval.bytes"],
                                     int(os.path.getmtime(self.log_path) * 1000))
         app.attach_indexes(self.offset_index.mm, 0, self.time_index.mm, 0)
+        app.attach_index_files(self.offset_index.fd, self.time_index.fd, 0, 0)
         why = None
         if size:
             with open(self.log_path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
@@ -211,6 +215,9 @@ class Segment:
                 os.fsync(f.fileno())
             if why is None:
                 why = "partial batch at the end"
+        if not active:
+            app.final_time_entry()
+        app.persist_indexes()
         app.detach_indexes()
         self.offset_index.entries = app.offset_entries
         self.time_index.entries = app.time_entries
@@ -221,9 +228,6 @@ class Segment:
         if active:
             self.activate(app)
         else:
-            app.final_time_entry()
-            self.offset_index.entries = app.offset_entries
-            self.time_index.entries = app.time_entries
             self.offset_index.trim()
             self.time_index.trim()
         return cut, why
@@ -331,11 +335,13 @@ class Segment:
         app = _core.SegmentAppender(-1, self.base_offset, 0, self.base_offset,
                                     self.config["index.interval.bytes"])
         app.attach_indexes(self.offset_index.mm, 0, self.time_index.mm, 0)
+        app.attach_index_files(self.offset_index.fd, self.time_index.fd, 0, 0)
         size = os.path.getsize(self.log_path)
         res = _scan_file(self.log_path, 0, size, check_crc=False)
         if res is not None:
             app.track_scanned(res)
         app.final_time_entry()
+        app.persist_indexes()
         app.detach_indexes()
         self.offset_index.entries = app.offset_entries
         self.time_index.entries = app.time_entries
@@ -453,6 +459,8 @@ class Segment:
     # -- durability and closing ----------------------------------------------------------------
 
     def flush(self) -> None:
+        if self.appender is not None:
+            self.appender.persist_indexes()
         if self._wfd >= 0:
             os.fsync(self._wfd)
         else:

@@ -381,6 +381,11 @@ cdef class SegmentAppender:
             if self.scan.records_count[i] == 0:
                 raise errors.InvalidRecordError(
                     f"batch at byte {self.scan.position[i]} holds no records")
+            if deep and self.scan.last_offset[i] - self.scan.base_offset[i] + 1 != self.scan.records_count[i]:
+                raise errors.InvalidRecordError(
+                    f"batch at byte {self.scan.position[i]}: lastOffsetDelta "
+                    f"{self.scan.last_offset[i] - self.scan.base_offset[i]} does not match its "
+                    f"{self.scan.records_count[i]} records (a producer's batch has no gaps)")
             if deep:
                 _check_records(src, self.scan.position[i], self.scan.size[i],
                                self.scan.records_count[i],

@@ -410,3 +410,69 @@ def test_producer_batch_with_offset_gaps_is_rejected(log):
     struct.pack_into(">i", raw, 57, 0)  # and a batch with no records at all
     with pytest.raises(errors.KStoreError):
         log.append_batch(bytes(raw))
+
+
+def _gappy_batch(last_offset_delta, n=1, ts=1000):
+    """A batch whose offsets leave a gap, as compaction leaves them (count < delta + 1)."""
+    raw = bytearray(batch(n, ts=ts))
+    struct.pack_into(">i", raw, 23, last_offset_delta)
+    import crc32c
+
+    struct.pack_into(">I", raw, 17, crc32c.crc32c(bytes(raw[21:])))
+    return bytes(raw)
+
+
+def test_producer_batch_must_not_have_gaps_but_copied_ones_may(log):
+    gappy = _gappy_batch(9, n=3)
+    with pytest.raises(errors.InvalidRecordError, match="lastOffsetDelta 9 does not match its 3"):
+        log.append_batch(gappy)
+    assert log.append_batch(gappy, validate_records=False) == (0, 9, -1)
+    assert [r.offset for r in log.read_records(0)] == [0, 1, 2]
+    assert log.log_end_offset == 10
+
+
+def test_roll_on_offset_overflow(log):
+    # The next batch's last offset would not fit in an int32 relative to the segment base.
+    log.append_batch(_gappy_batch(2**31 - 10), validate_records=False)
+    assert len(log.segments()) == 1
+    log.append_batch(batch(20, 0))
+    segs = log.segments()
+    assert [s.base_offset for s in segs] == [0, 2**31 - 9]
+    assert log.read_records(2**31 - 9)[0].key == b"k0"
+    assert log.verify() == []
+
+
+READER = r"""
+import sys, time
+from kstore.log import PartitionLog
+log = PartitionLog.open(sys.argv[1], read_only=True)
+target = int(sys.argv[2])
+seen = 0
+deadline = time.monotonic() + 30
+while seen < target and time.monotonic() < deadline:
+    if not log.wait_for(seen, timeout=1):
+        continue
+    for r in log.read_records(seen, 1 << 20):
+        assert r.offset == seen, (r.offset, seen)
+        assert r.value == b"%d" % seen + b"x" * 20, r
+        seen += 1
+print(seen, flush=True)
+"""
+
+
+def test_reader_in_another_process_follows_the_writer(tmp_path):
+    import subprocess
+    import sys
+
+    d = tmp_path / "t-0"
+    n = 3000
+    with PartitionLog.open(d, {"segment.bytes": 20_000}) as lg:
+        lg.append_batch(batch(1, 0))
+        proc = subprocess.Popen([sys.executable, "-c", READER, str(d), str(n)],
+                                stdout=subprocess.PIPE, text=True)
+        for i in range(1, n, 7):
+            lg.append_batch(batch(min(7, n - i), i))
+        out, _ = proc.communicate(timeout=60)
+        assert len(lg.segments()) > 5
+    assert proc.returncode == 0
+    assert int(out) == n

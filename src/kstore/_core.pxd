@@ -235,4 +235,5 @@ cdef class BatchBuilder:
                   int64_t ts, const uint8_t *hp, size_t hn, int32_t hcount) except -1
     cdef int _encode_headers(self, object headers, size_t *hn, int32_t *hcount) except -1
     cdef Py_ssize_t _append_range(self, _Col *vals, _Col *keys, object timestamps,
-                                  Py_ssize_t start, Py_ssize_t stop) except -1
+                                  Py_ssize_t start, Py_ssize_t stop,
+                                  const int64_t *indices=*) except -1

@@ -195,6 +195,38 @@ def murmur2(data):
     return ks_murmur2(p.ptr, p.length)
 
 
+def partitions_for_keys(keys, int num_partitions, str partitioner="murmur2"):
+    """Partition of every key as an int32 array: ``murmur2`` (Java's: (murmur2 & 0x7fffffff)
+    % n) or ``consistent`` (librdkafka's: crc32 % n). None keys get -1 (the caller picks)."""
+    cdef _Col ks
+    cdef Py_ssize_t i
+    cdef const uint8_t *kp
+    cdef Py_ssize_t kn
+    cdef Py_buffer view
+    cdef int held
+    cdef cnp.ndarray out
+    cdef int32_t *o
+    cdef bint crc = partitioner in ("consistent", "consistent_random")
+    if num_partitions <= 0:
+        raise ValueError(f"num_partitions must be positive, got {num_partitions}")
+    keep = _column(keys, &ks, "keys")
+    out = np.empty(max(ks.n, 0), dtype=np.int32)
+    o = <int32_t *>cnp.PyArray_DATA(out)
+    for i in range(ks.n):
+        held = _col_get(&ks, i, &kp, &kn, &view)
+        try:
+            if kn < 0:
+                o[i] = -1
+            elif crc:
+                o[i] = <int32_t>(zlib.crc32(PyMemoryView_FromMemory(<char *>kp, kn, PyBUF_READ)) % num_partitions)
+            else:
+                o[i] = (<uint32_t>ks_murmur2(kp, kn) & 0x7fffffff) % num_partitions
+        finally:
+            if held:
+                PyBuffer_Release(&view)
+    return out
+
+
 def murmur2_partition(key, int num_partitions):
     """``(murmur2(key) & 0x7fffffff) % num_partitions``: the Java client's keyed partition."""
     cdef Pinned p = _pin(key)
@@ -648,8 +680,11 @@ cdef class Batch:
         return (_pin(data), 0, -1)
 
     def records(self, bint check_crc=True,
-                Py_ssize_t max_decompressed_bytes=DEFAULT_MAX_DECOMPRESSED_BYTES):
-        """Decode every record into a list of Record objects (keys and values are copied)."""
+                Py_ssize_t max_decompressed_bytes=DEFAULT_MAX_DECOMPRESSED_BYTES,
+                str topic=None, int partition=-1, int64_t min_offset=-1):
+        """Decode every record into a list of Record objects (keys and values are copied).
+        ``topic``/``partition`` are stored in each Record; records below ``min_offset`` are
+        skipped (a fetch may start inside a batch)."""
         cdef ks_record r
         cdef size_t pos = 0, start
         cdef int rc
@@ -672,7 +707,7 @@ cdef class Batch:
         if count > n // KS_RECORD_MIN_SIZE:
             raise _error(KS_ERR_COUNT, self.position + KS_BATCH_RECORDS_COUNT_OFFSET,
                          f"{count} records cannot fit in {n} bytes")
-        out = [None] * count
+        out = []
         for i in range(count):
             start = pos
             rc = ks_record_parse(area, n, &pos, &r)
@@ -681,6 +716,8 @@ cdef class Batch:
                     raise _error(KS_ERR_COUNT, self._err_pos(base, start),
                                  f"record {i} of {count} is missing or cut short")
                 raise _error(rc, self._err_pos(base, pos), f"record {i} of {count}")
+            if base_offset + r.offset_delta < min_offset:
+                continue
             rec = Record.__new__(Record)
             rec.offset = base_offset + r.offset_delta
             rec.timestamp = max_ts if log_append else <int64_t>(<uint64_t>base_ts + <uint64_t>r.timestamp_delta)
@@ -688,8 +725,9 @@ cdef class Batch:
             rec.key = None if r.key_length < 0 else PyBytes_FromStringAndSize(<const char *>area + r.key_pos, r.key_length)
             rec.value = None if r.value_length < 0 else PyBytes_FromStringAndSize(<const char *>area + r.value_pos, r.value_length)
             rec.headers = _EMPTY if r.header_count == 0 else _parse_headers(area, r.end_pos, r.headers_pos, r.header_count, self._err_pos(base, 0))
-            rec.partition = -1
-            out[i] = rec
+            rec.topic = topic
+            rec.partition = partition
+            out.append(rec)
         if pos != <size_t>n:
             raise _error(KS_ERR_COUNT, self._err_pos(base, pos),
                          f"{n - <Py_ssize_t>pos} bytes left after {count} records")
@@ -1376,8 +1414,9 @@ cdef class BatchBuilder:
         return added == 1
 
     cdef Py_ssize_t _append_range(self, _Col *vals, _Col *keys, object timestamps,
-                                  Py_ssize_t start, Py_ssize_t stop) except -1:
-        cdef Py_ssize_t i
+                                  Py_ssize_t start, Py_ssize_t stop,
+                                  const int64_t *indices=NULL) except -1:
+        cdef Py_ssize_t i, j
         cdef const uint8_t *kp
         cdef const uint8_t *vp
         cdef Py_ssize_t kn, vn
@@ -1390,10 +1429,11 @@ cdef class BatchBuilder:
             tsa = timestamps
             tsp = <const int64_t *>cnp.PyArray_DATA(tsa)
         for i in range(start, stop):
-            ts = tsp[i] if tsp != NULL else now
-            kheld = _col_get(keys, i, &kp, &kn, &kview)
+            j = indices[i] if indices != NULL else i
+            ts = tsp[j] if tsp != NULL else now
+            kheld = _col_get(keys, j, &kp, &kn, &kview)
             try:
-                vheld = _col_get(vals, i, &vp, &vn, &vview)
+                vheld = _col_get(vals, j, &vp, &vn, &vview)
                 try:
                     if not self._add(kp, kn, vp, vn, ts, NULL, 0, 0):
                         return i - start
@@ -1457,7 +1497,8 @@ cdef size_t _estimate(_Col *c):
 
 
 def encode_batches(values, keys=None, timestamps=None, *, compression="none",
-                   Py_ssize_t max_batch_bytes=16384, int64_t base_offset=0, **builder_args):
+                   Py_ssize_t max_batch_bytes=16384, int64_t base_offset=0, indices=None,
+                   **builder_args):
     """Encode many records into consecutive batches of at most ``max_batch_bytes`` each
     (before compression), returned as one bytes object ready for ``append_batches``.
 
@@ -1465,26 +1506,37 @@ def encode_batches(values, keys=None, timestamps=None, *, compression="none",
     ``base_offset`` so the result reads as a contiguous run.
     """
     cdef _Col vals, ks
-    cdef Py_ssize_t i = 0, added
+    cdef Py_ssize_t i = 0, added, count
     cdef BatchBuilder b
+    cdef const int64_t *idx = NULL
+    cdef cnp.ndarray ind
     keep_v = _column(values, &vals, "values")
     keep_k = _column(keys, &ks, "keys")
     if ks.kind != 0 and ks.n != vals.n:
         raise ValueError(f"{ks.n} keys for {vals.n} values")
-    if vals.n == 0:
-        return b""
     tsa = _timestamps(timestamps, vals.n)
+    count = vals.n
+    if indices is not None:
+        # Only these records, in this order (a partition's share of a send_many).
+        ind = np.ascontiguousarray(indices, dtype=np.int64)
+        if len(ind) and (ind.min() < 0 or ind.max() >= vals.n):
+            raise IndexError(f"indices must lie in [0, {vals.n})")
+        idx = <const int64_t *>cnp.PyArray_DATA(ind)
+        count = len(ind)
+    if count == 0:
+        return b""
     b = BatchBuilder(compression, base_offset, max_batch_bytes=max_batch_bytes, **builder_args)
     # Reserve the whole output once: growing it by doubling cost a third of the encode time
     # in copies made by realloc.
-    b._reserve(_estimate(&vals) + _estimate(&ks) + <size_t>vals.n * 12 +
-               (<size_t>vals.n // 16 + 1) * KS_BATCH_HEADER_SIZE)
+    if idx == NULL:
+        b._reserve(_estimate(&vals) + _estimate(&ks) + <size_t>vals.n * 12 +
+                   (<size_t>vals.n // 16 + 1) * KS_BATCH_HEADER_SIZE)
     # Every batch is written straight into one buffer; nothing is copied or joined afterwards.
     while True:
-        added = b._append_range(&vals, &ks, tsa, i, vals.n)
+        added = b._append_range(&vals, &ks, tsa, i, count, idx)
         i += added
         b._seal()
-        if i >= vals.n:
+        if i >= count:
             break
         b.base_offset = base_offset + i
         b._begin()
@@ -1492,3 +1544,4 @@ def encode_batches(values, keys=None, timestamps=None, *, compression="none",
 
 
 include "_segment.pxi"
+include "_producer.pxi"

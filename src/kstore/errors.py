@@ -196,6 +196,10 @@ class ClosedError(KStoreError, register=False):
     """An operation on a closed log, store, producer or consumer."""
 
 
+class NoOffsetForPartitionError(KStoreError, register=False):
+    """A consumer with auto_offset_reset='none' has no committed offset to start from."""
+
+
 class DecompressionLimitError(CorruptRecordError, register=False):
     """A compressed batch that inflates past the decompression limit (a zip bomb)."""
 

@@ -120,6 +120,7 @@ class PartitionLog:
         self._pending_deletes: list[tuple[float, list[Path]]] = []
         self._delete_timer: threading.Timer | None = None
         self.recovery: RecoveryReport | None = None
+        self._signal: Any = None  # a Store's DataSignal: wakes consumers of any partition
         key = (self.topic, self.partition)
         self._key = key
         self._rp_file = CheckpointFile.for_path(directory.parent / RECOVERY_POINT)
@@ -418,9 +419,22 @@ class PartitionLog:
                 self._cond.notify_all()
         if self._async_waiters:
             self._wake_async()
+        sig = self._signal
+        if sig is not None and sig.waiters:
+            sig.notify()
         return result
 
     append_batch = append_batches
+
+    def update_config(self, config: Mapping[str, Any]) -> None:
+        """Apply new topic config (Kafka names, already validated) to the next appends and
+        segments; existing segments keep their size."""
+        with self._lock:
+            self.config = resolve_config(config)
+            if self._fast is not None:
+                self._fast.configure(self.config, None if self._clock is _core.now_ms else self._clock)
+            for seg in self._segments:
+                seg.config = self.config
 
     def append(self, value: Any, key: Any = None, headers: Any = None,
                timestamp: int | None = None) -> tuple[int, int, int]:

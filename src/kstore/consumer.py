@@ -1,0 +1,538 @@
+"""Consumer: reads a Store's topics from positions it keeps per partition, waits for new data
+without polling, and commits offsets to ``__consumer_offsets`` the way Kafka does.
+
+    consumer = store.consumer(group="etl", topics=["clicks"], auto_offset_reset="earliest")
+    for record in consumer:          # blocks for new records until close() or wakeup()
+        ...
+    consumer.poll(timeout=1.0, max_records=500)          # list of Record
+    consumer.poll_batches(timeout=1.0)                   # numpy columns per partition
+
+Consumers of one group in one process split the subscribed partitions between them (Kafka's
+range assignment) and rebalance when one joins or closes. ``group=None`` consumes without
+committing, as a Kafka consumer without ``group.id``. A Consumer is used by one thread at a
+time (``wakeup`` and ``close`` may come from another).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kstore import _core
+from kstore.errors import (
+    ClosedError,
+    InvalidGroupIdError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
+    UnknownTopicOrPartitionError,
+)
+from kstore.log import EARLIEST_TIMESTAMP
+
+TopicPartition = tuple[str, int]
+RESETS = ("earliest", "latest", "none")
+
+
+@dataclass
+class PartitionColumns:
+    """Records of one partition as numpy columns (see kstore.records.Columns), zero-copy over
+    the segment for uncompressed data. Only rows ``start:end`` of ``columns`` belong to this
+    poll; the properties below are already cut to them."""
+
+    topic: str
+    partition: int
+    columns: _core.Columns
+    start: int
+    end: int
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    @property
+    def data(self) -> Any:
+        return self.columns.data
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self.columns.offsets[self.start:self.end]
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        return self.columns.timestamps[self.start:self.end]
+
+    @property
+    def key_positions(self) -> np.ndarray:
+        return self.columns.key_positions[self.start:self.end]
+
+    @property
+    def key_lengths(self) -> np.ndarray:
+        return self.columns.key_lengths[self.start:self.end]
+
+    @property
+    def value_positions(self) -> np.ndarray:
+        return self.columns.value_positions[self.start:self.end]
+
+    @property
+    def value_lengths(self) -> np.ndarray:
+        return self.columns.value_lengths[self.start:self.end]
+
+    def values(self) -> list[bytes | None]:
+        return self.columns.values()[self.start:self.end]
+
+    def keys(self) -> list[bytes | None]:
+        return self.columns.keys()[self.start:self.end]
+
+
+class GroupState:
+    """An in-process consumer group: members, generation, range assignment."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.members: list[Consumer] = []
+        self.generation = 0
+        self.assignments: dict[str, list[TopicPartition]] = {}
+        self.lock = threading.Lock()
+
+    def join(self, member: "Consumer") -> None:
+        with self.lock:
+            if member not in self.members:
+                self.members.append(member)
+            self._rebalance(member.store)
+
+    def leave(self, member: "Consumer") -> None:
+        with self.lock:
+            if member in self.members:
+                self.members.remove(member)
+                self._rebalance(member.store)
+
+    def _rebalance(self, store: Any) -> None:
+        """Kafka's RangeAssignor: per topic, partitions in order, members sorted by id, the
+        first ``n % m`` members get one extra."""
+        self.generation += 1
+        out: dict[str, list[TopicPartition]] = {m.member_id: [] for m in self.members}
+        topics = sorted({t for m in self.members for t in m.subscription})
+        for t in topics:
+            subs = sorted(m.member_id for m in self.members if t in m.subscription)
+            try:
+                n = store.partitions_for(t)
+            except UnknownTopicOrPartitionError:
+                continue
+            per, extra = divmod(n, len(subs))
+            start = 0
+            for i, mid in enumerate(subs):
+                count = per + (1 if i < extra else 0)
+                out[mid] += [(t, p) for p in range(start, start + count)]
+                start += count
+        self.assignments = out
+
+
+class Consumer:
+    def __init__(self, store: Any, group: str | None = None,
+                 topics: Iterable[str] | None = None, *, auto_offset_reset: str = "latest",
+                 enable_auto_commit: bool = True, auto_commit_interval_ms: int = 5000,
+                 max_poll_records: int = 500, fetch_max_bytes: int = 1 << 20,
+                 client_id: str = "kstore") -> None:
+        if group is not None and (not isinstance(group, str) or not group):
+            raise InvalidGroupIdError(f"group must be a non-empty str or None, not {group!r}")
+        if auto_offset_reset not in RESETS:
+            raise ValueError(f"auto_offset_reset must be one of {', '.join(RESETS)}, "
+                             f"not {auto_offset_reset!r}")
+        if not isinstance(max_poll_records, int) or max_poll_records < 1:
+            raise ValueError(f"max_poll_records must be a positive int, not {max_poll_records!r}")
+        self.store = store
+        self.group = group
+        self.member_id = f"{client_id}-{uuid.uuid4()}"
+        self.auto_offset_reset = auto_offset_reset
+        self.enable_auto_commit = enable_auto_commit and group is not None and not store.read_only
+        self.auto_commit_interval = auto_commit_interval_ms / 1000
+        self.max_poll_records = max_poll_records
+        self.fetch_max_bytes = fetch_max_bytes
+        self.subscription: list[str] = []
+        self._assigned: list[TopicPartition] = []
+        self._manual = False
+        self._generation = -1
+        self._positions: dict[TopicPartition, int] = {}
+        self._committed_positions: dict[TopicPartition, int] = {}
+        self._pending: dict[TopicPartition, list[_core.Record]] = {}
+        self._rr = 0
+        self._woken = False
+        self._closed = False
+        self._last_commit = time.monotonic()
+        if topics is not None:
+            if isinstance(topics, str):
+                raise TypeError("topics must be a list of topic names, not a str")
+            self.subscribe(list(topics))
+
+    # ==========================================================================================
+    # Assignment
+
+    def subscribe(self, topics: list[str]) -> None:
+        """Consume these topics; with a group, share their partitions with the group's other
+        consumers in this process."""
+        self._check_open()
+        if self._manual:
+            raise ValueError("this consumer was assigned partitions by hand; subscribe or "
+                             "assign, not both")
+        for t in topics:
+            if not isinstance(t, str):
+                raise TypeError(f"topic names must be str, not {type(t).__name__}")
+            self.store.partitions_for(t)  # UnknownTopicOrPartitionError (or auto-create)
+        self.subscription = list(topics)
+        if self.group is not None:
+            state = self.store._groups.get(self.group)
+            if state is None:
+                state = self.store._groups.setdefault(self.group, GroupState(self.group))
+            state.join(self)
+            self._sync_assignment()
+        else:
+            self._set_assignment([(t, p) for t in topics for p in range(self.store.partitions_for(t))])
+
+    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        """Consume exactly these partitions (no group rebalancing)."""
+        self._check_open()
+        if self.subscription:
+            raise ValueError("this consumer subscribed to topics; subscribe or assign, not both")
+        parts = []
+        for t, p in partitions:
+            n = self.store.partitions_for(t)
+            if not isinstance(p, int) or not 0 <= p < n:
+                raise UnknownTopicOrPartitionError(f"partition {p!r} does not exist: topic {t!r} has {n}")
+            parts.append((t, p))
+        self._manual = True
+        self._set_assignment(parts)
+
+    def assignment(self) -> set[TopicPartition]:
+        self._sync_assignment()
+        return set(self._assigned)
+
+    def _set_assignment(self, parts: list[TopicPartition]) -> None:
+        new = set(parts)
+        for tp in list(self._positions):
+            if tp not in new:
+                del self._positions[tp]
+                self._pending.pop(tp, None)
+        self._assigned = list(parts)
+
+    def _sync_assignment(self) -> None:
+        if self.group is None or not self.subscription:
+            return
+        state = self.store._groups.get(self.group)
+        if state is None or state.generation == self._generation:
+            return
+        with state.lock:
+            mine = list(state.assignments.get(self.member_id, []))
+            generation = state.generation
+        revoked = [tp for tp in self._assigned if tp not in set(mine)]
+        if revoked and self.enable_auto_commit:
+            self._commit_positions([tp for tp in revoked if tp in self._positions])
+        self._set_assignment(mine)
+        self._generation = generation
+
+    # ==========================================================================================
+    # Positions
+
+    def _position(self, tp: TopicPartition) -> int:
+        pos = self._positions.get(tp)
+        if pos is None:
+            committed = None
+            if self.group is not None:
+                committed = self.store.committed(self.group, *tp)
+            pos = self._reset(tp) if committed is None else committed
+            self._positions[tp] = pos
+        return pos
+
+    def _reset(self, tp: TopicPartition) -> int:
+        lg = self.store.partition(*tp)
+        if self.auto_offset_reset == "earliest":
+            return lg.log_start_offset
+        if self.auto_offset_reset == "latest":
+            return lg.log_end_offset
+        raise NoOffsetForPartitionError(
+            f"no committed offset for {tp[0]}-{tp[1]} in group {self.group!r} and "
+            f"auto_offset_reset='none'; seek() first or choose 'earliest'/'latest'")
+
+    def position(self, topic: str, partition: int) -> int:
+        """The offset of the next record this consumer will return for the partition."""
+        self._check_open()
+        tp = (topic, partition)
+        self._sync_assignment()
+        if tp not in self._assigned:
+            raise ValueError(f"{topic}-{partition} is not assigned to this consumer")
+        return self._position(tp)
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Read the partition from ``offset`` next (out of range: auto_offset_reset applies)."""
+        self._check_open()
+        if not isinstance(offset, int) or isinstance(offset, bool):
+            raise TypeError(f"offset must be an int, not {type(offset).__name__}")
+        tp = (topic, partition)
+        self._sync_assignment()
+        if tp not in self._assigned:
+            raise ValueError(f"{topic}-{partition} is not assigned to this consumer")
+        self._pending.pop(tp, None)
+        self._positions[tp] = offset
+
+    def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        for tp in partitions or self.assignment():
+            self.seek(tp[0], tp[1], self.store.partition(*tp).log_start_offset)
+
+    def seek_to_end(self, *partitions: TopicPartition) -> None:
+        for tp in partitions or self.assignment():
+            self.seek(tp[0], tp[1], self.store.partition(*tp).log_end_offset)
+
+    def offsets_for_times(self, timestamps: Mapping[TopicPartition, int]) -> dict[TopicPartition, int | None]:
+        """For each partition, the first offset whose timestamp >= the given one (or None)."""
+        return {tp: self.store.partition(*tp).offset_for_time(ts) for tp, ts in timestamps.items()}
+
+    def committed(self, topic: str, partition: int) -> int | None:
+        if self.group is None:
+            return None
+        return self.store.committed(self.group, topic, partition)
+
+    # ==========================================================================================
+    # Fetching
+
+    def _fetch_partition(self, tp: TopicPartition, budget: int) -> list[_core.Record]:
+        pending = self._pending.pop(tp, None)
+        if pending:
+            take, rest = pending[:budget], pending[budget:]
+            if rest:
+                self._pending[tp] = rest
+            self._positions[tp] = take[-1].offset + 1
+            return take
+        lg = self.store.partition(*tp)
+        pos = self._position(tp)
+        if pos == lg.log_end_offset:
+            return []
+        try:
+            fs = lg.read(pos, self.fetch_max_bytes)
+        except OffsetOutOfRangeError:
+            if self.auto_offset_reset == "none":
+                raise
+            self._positions[tp] = pos = self._reset(tp)
+            fs = lg.read(pos, self.fetch_max_bytes)
+        recs: list[_core.Record] = []
+        topic, part = tp
+        for b in fs.batches():
+            recs += b.records(True, _core.DEFAULT_MAX_DECOMPRESSED_BYTES, topic, part, pos)
+        if not recs:
+            if len(fs):
+                self._positions[tp] = max(pos, fs.next_offset)
+            return []
+        if len(recs) > budget:
+            self._pending[tp] = recs[budget:]
+            recs = recs[:budget]
+        self._positions[tp] = recs[-1].offset + 1
+        return recs
+
+    def _fetch(self, max_records: int) -> list[_core.Record]:
+        self._sync_assignment()
+        parts = self._assigned
+        n = len(parts)
+        out: list[_core.Record] = []
+        for i in range(n):
+            if len(out) >= max_records:
+                break
+            tp = parts[(self._rr + i) % n]
+            out += self._fetch_partition(tp, max_records - len(out))
+        if n:
+            self._rr = (self._rr + 1) % n
+        return out
+
+    def poll(self, timeout: float | None = 1.0, max_records: int | None = None) -> list[_core.Record]:
+        """Records from the assigned partitions, up to ``max_records``; waits up to ``timeout``
+        seconds (None: until data, wakeup or close) when there are none yet."""
+        self._check_open()
+        max_records = max_records or self.max_poll_records
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sig = self.store.signal
+        while True:
+            self._maybe_auto_commit()
+            version = sig.version
+            recs = self._fetch(max_records)
+            if recs or self._woken or self._closed:
+                self._woken = False
+                return recs
+            if not self._wait(sig, version, deadline):
+                return []
+
+    def _wait(self, sig: Any, version: int, deadline: float | None) -> bool:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return False
+        if self.store.read_only:
+            # Another process writes: nothing in this process is woken by its appends.
+            time.sleep(0.002 if remaining is None else min(0.002, remaining))
+            return True
+        sig.wait(version, remaining)
+        return not self._closed
+
+    def poll_batches(self, timeout: float | None = 1.0,
+                     max_records: int = 100_000) -> list[PartitionColumns]:
+        """Like ``poll`` but columnar: per partition, numpy offsets and timestamps and the
+        positions of keys and values in one buffer. No Python object per record."""
+        self._check_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sig = self.store.signal
+        while True:
+            self._maybe_auto_commit()
+            version = sig.version
+            out = self._fetch_columns(max_records)
+            if out or self._woken or self._closed:
+                self._woken = False
+                return out
+            if not self._wait(sig, version, deadline):
+                return []
+
+    def _fetch_columns(self, max_records: int) -> list[PartitionColumns]:
+        self._sync_assignment()
+        out = []
+        left = max_records
+        parts = self._assigned
+        n = len(parts)
+        for i in range(n):
+            if left <= 0:
+                break
+            tp = parts[(self._rr + i) % n]
+            pending = self._pending.pop(tp, None)
+            if pending:
+                self._positions[tp] = pending[0].offset
+            lg = self.store.partition(*tp)
+            pos = self._position(tp)
+            if pos == lg.log_end_offset:
+                continue
+            try:
+                fs = lg.read(pos, max(self.fetch_max_bytes, 16 << 20))
+            except OffsetOutOfRangeError:
+                if self.auto_offset_reset == "none":
+                    raise
+                self._positions[tp] = pos = self._reset(tp)
+                fs = lg.read(pos, max(self.fetch_max_bytes, 16 << 20))
+            if not len(fs):
+                continue
+            cols = _core.columns(fs.memoryview())
+            start = int(np.searchsorted(cols.offsets, pos))
+            end = min(len(cols), start + left)
+            if end > start:
+                out.append(PartitionColumns(tp[0], tp[1], cols, start, end))
+                left -= end - start
+                self._positions[tp] = int(cols.offsets[end - 1]) + 1
+            else:
+                self._positions[tp] = max(pos, fs.next_offset)
+        if n:
+            self._rr = (self._rr + 1) % n
+        return out
+
+    def __iter__(self) -> Iterator[_core.Record]:
+        """Every record, waiting for new ones, until ``close()`` or ``wakeup()``."""
+        while not self._closed:
+            recs = self.poll(timeout=None, max_records=max(self.max_poll_records, 10_000))
+            if not recs:
+                return
+            yield from recs
+
+    async def poll_async(self, timeout: float | None = 1.0,
+                         max_records: int | None = None) -> list[_core.Record]:
+        """``poll`` for asyncio programs: waits on the event loop, not in a thread."""
+        self._check_open()
+        max_records = max_records or self.max_poll_records
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        sig = self.store.signal
+        while True:
+            self._maybe_auto_commit()
+            version = sig.version
+            recs = self._fetch(max_records)
+            if recs or self._woken or self._closed:
+                self._woken = False
+                return recs
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return []
+            if self.store.read_only:
+                await asyncio.sleep(0.002)
+            else:
+                await sig.wait_async(version, remaining)
+
+    async def __aiter__(self) -> AsyncIterator[_core.Record]:
+        while not self._closed:
+            recs = await self.poll_async(timeout=None, max_records=max(self.max_poll_records, 10_000))
+            if not recs:
+                return
+            for r in recs:
+                yield r
+
+    def wakeup(self) -> None:
+        """Make a blocked (or the next) poll return at once; ends ``for record in consumer``."""
+        self._woken = True
+        self.store.signal.notify()
+
+    # ==========================================================================================
+    # Committing
+
+    def commit(self, offsets: Mapping[TopicPartition, int] | None = None,
+               metadata: str = "") -> None:
+        """Commit the current positions (or ``offsets``) of the group to __consumer_offsets."""
+        self._check_open()
+        if self.group is None:
+            raise InvalidGroupIdError("this consumer has no group: there is nothing to commit to")
+        if offsets is None:
+            self._sync_assignment()
+            self._commit_positions([tp for tp in self._assigned if tp in self._positions])
+            return
+        self.store.commit_offsets(self.group, {tp: (o, metadata, 0) for tp, o in offsets.items()})
+
+    def _commit_positions(self, parts: list[TopicPartition]) -> None:
+        todo = {tp: (self._positions[tp], "", 0) for tp in parts
+                if self._committed_positions.get(tp) != self._positions[tp]}
+        if todo:
+            self.store.commit_offsets(self.group, todo)
+            for tp, (o, _, _) in todo.items():
+                self._committed_positions[tp] = o
+        self._last_commit = time.monotonic()
+
+    def _maybe_auto_commit(self) -> None:
+        if self.enable_auto_commit and time.monotonic() - self._last_commit >= self.auto_commit_interval:
+            self._commit_positions([tp for tp in self._assigned if tp in self._positions])
+
+    # ==========================================================================================
+    # Closing
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("consumer is closed")
+
+    def close(self) -> None:
+        """Commit (when auto-committing), leave the group, and end any iteration."""
+        if self._closed:
+            return
+        try:
+            if self.enable_auto_commit and not self.store.closed:
+                self._sync_assignment()
+                self._commit_positions([tp for tp in self._assigned if tp in self._positions])
+        finally:
+            self._closed = True
+            if self.group is not None and self.subscription:
+                state = self.store._groups.get(self.group)
+                if state is not None:
+                    state.leave(self)
+            self.store._forget(self)
+            self.store.signal.notify()
+
+    def __enter__(self) -> "Consumer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Consumer group={self.group!r} member={self.member_id} assigned={len(self._assigned)}>"
+
+
+__all__ = ["Consumer", "GroupState", "PartitionColumns", "EARLIEST_TIMESTAMP"]

@@ -1,0 +1,531 @@
+"""Store: one data directory holding topics, their partition logs, and consumer offsets.
+
+    with kstore.open("./kstore-data") as store:
+        store.create_topic("clicks", partitions=4, config={"retention.ms": 86_400_000})
+        producer = store.producer()
+        consumer = store.consumer(group="etl", topics=["clicks"])
+
+The directory looks like a Kafka broker's log directory: ``<topic>-<partition>/`` folders of
+segments, Kafka's checkpoint files, and ``__consumer_offsets-N/`` for committed offsets. The
+topic registry is ``kstore.json`` (replaced atomically). One process may hold a store for writing
+(an fcntl lock on ``<dir>/.lock``); others open it with ``read_only=True``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from kstore import _core, offsets
+from kstore.config import TOPIC_CONFIG, resolve_config, validate_config
+from kstore.errors import (
+    ClosedError,
+    InvalidPartitionsError,
+    InvalidRequestError,
+    KafkaStorageError,
+    LogLockedError,
+    OffsetOutOfRangeError,
+    ReadOnlyError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+)
+from kstore.log import PartitionLog
+from kstore.log.checkpoint import atomic_write
+from kstore.topic import validate_topic_name
+
+log = logging.getLogger("kstore.store")
+
+REGISTRY = "kstore.json"
+LOCK_FILE = ".lock"
+OFFSETS_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": 104857600,
+                        "compression.type": "producer"}
+
+
+class DataSignal:
+    """Wakes consumers when any partition of the store gets data. A version counter makes a
+    wait that starts after the data arrived return at once (no lost wake-ups)."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.waiters = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._async: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self._async_lock = threading.Lock()
+
+    def notify(self) -> None:
+        with self._cond:
+            self.version += 1
+            self._cond.notify_all()
+        if self._async:
+            with self._async_lock:
+                waiters, self._async = self._async, []
+            for loop, fut in waiters:
+                try:
+                    loop.call_soon_threadsafe(_resolve, fut)
+                except RuntimeError:
+                    pass
+
+    def wait(self, version: int, timeout: float | None) -> bool:
+        """Wait until the version moves past ``version``; False on timeout."""
+        with self._cond:
+            self.waiters += 1
+            try:
+                return self._cond.wait_for(lambda: self.version != version, timeout)
+            finally:
+                self.waiters -= 1
+
+    async def wait_async(self, version: int, timeout: float | None) -> bool:
+        if self.version != version:
+            return True
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._async_lock:
+            self._async.append((loop, fut))
+        with self._cond:
+            self.waiters += 1
+        try:
+            if self.version != version:
+                return True
+            try:
+                await asyncio.wait_for(fut, timeout)
+            except (TimeoutError, asyncio.TimeoutError):
+                return self.version != version
+            return True
+        finally:
+            with self._cond:
+                self.waiters -= 1
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(True)
+
+
+class Store:
+    """A kstore data directory. Use ``kstore.open(path)``."""
+
+    def __init__(self, path: str | os.PathLike = "./kstore-data", read_only: bool = False, *,
+                 auto_create_topics: bool = False, num_partitions: int = 1,
+                 clock: Callable[[], int] | None = None) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        self.auto_create_topics = auto_create_topics
+        self.default_partitions = num_partitions
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._lock_fd = -1
+        self._logs: dict[tuple[str, int], PartitionLog] = {}
+        self._topics: dict[str, dict[str, Any]] = {}
+        self._closed = False
+        self.signal = DataSignal()
+        self._clients: set[Any] = set()
+        self._groups: dict[str, Any] = {}  # in-process consumer groups (kstore.consumer)
+        self._committed: dict[str, dict[tuple[str, int], offsets.OffsetCommit]] | None = None
+        self._committed_lock = threading.Lock()
+        self._open()
+
+    # ==========================================================================================
+    # Opening and the registry
+
+    def _open(self) -> None:
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise KafkaStorageError(f"{p} is a file, not a kstore data directory")
+        if self.read_only:
+            if not p.is_dir():
+                raise KafkaStorageError(f"data directory {p} does not exist")
+        else:
+            try:
+                p.mkdir(parents=True, exist_ok=True)
+                self._lock_fd = os.open(p / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise KafkaStorageError(f"cannot use {p} as a data directory: {exc}") from exc
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+                raise LogLockedError(
+                    f"{p} is already open for writing by another process (or another Store in "
+                    f"this one); open it with read_only=True to read alongside") from None
+        self._topics = self._read_registry()
+
+    def _read_registry(self) -> dict[str, dict[str, Any]]:
+        path = self.path / REGISTRY
+        if not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+            topics = data["topics"]
+            for name, t in topics.items():
+                validate_topic_name(name)
+                if not isinstance(t["partitions"], int) or t["partitions"] < 1:
+                    raise ValueError(f"topic {name}: bad partition count {t['partitions']!r}")
+                validate_config(t.get("config", {}))
+            return topics
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise KafkaStorageError(
+                f"the topic registry {path} is corrupt ({exc}); restore it from a backup, or "
+                f"move it away to start with no topics (the partition folders are untouched)"
+            ) from None
+
+    def _write_registry(self) -> None:
+        data = {"version": 1, "topics": self._topics}
+        atomic_write(self.path / REGISTRY, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"store {self.path} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"store {self.path} was opened read_only")
+
+    def _refresh_registry(self) -> None:
+        if self.read_only:
+            self._topics = self._read_registry()
+
+    # ==========================================================================================
+    # Topics
+
+    def create_topic(self, name: str, partitions: int = 1,
+                     config: Mapping[str, Any] | None = None) -> None:
+        """Create a topic. Raises TopicAlreadyExistsError, InvalidTopicError (bad name),
+        InvalidPartitionsError, InvalidConfigError (naming the key)."""
+        self._check_writable()
+        validate_topic_name(name)
+        if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
+            raise InvalidPartitionsError(f"partitions must be a positive int, not {partitions!r}")
+        cfg = validate_config(config)
+        with self._lock:
+            if name in self._topics:
+                raise TopicAlreadyExistsError(f"topic {name!r} already exists")
+            self._topics[name] = {"partitions": partitions, "config": _jsonable(cfg),
+                                  "topic_id": uuid.uuid4().hex}
+            self._write_registry()
+
+    def topics(self, internal: bool = False) -> list[str]:
+        """Topic names (``internal=True`` includes ``__consumer_offsets``)."""
+        self._refresh_registry()
+        return sorted(t for t in self._topics if internal or not t.startswith("__"))
+
+    def _topic(self, name: str) -> dict[str, Any]:
+        t = self._topics.get(name)
+        if t is None:
+            self._refresh_registry()
+            t = self._topics.get(name)
+        if t is None:
+            if self.auto_create_topics and not self.read_only and not name.startswith("__"):
+                try:
+                    self.create_topic(name, self.default_partitions)
+                except TopicAlreadyExistsError:
+                    pass
+                return self._topics[name]
+            raise UnknownTopicOrPartitionError(
+                f"topic {name!r} does not exist; create it with store.create_topic({name!r}) "
+                f"(or open the store with auto_create_topics=True)")
+        return t
+
+    def topic_config(self, name: str) -> dict[str, Any]:
+        """Every config value of a topic: Kafka's defaults overlaid with its own settings."""
+        return resolve_config(self._topic(name).get("config"))
+
+    def describe_topic(self, name: str) -> dict[str, Any]:
+        t = self._topic(name)
+        parts = []
+        for p in range(t["partitions"]):
+            lg = self.partition(name, p)
+            parts.append({"partition": p, "log_start_offset": lg.log_start_offset,
+                          "log_end_offset": lg.log_end_offset, "size_bytes": lg.size_bytes,
+                          "segments": len(lg.segments())})
+        return {"name": name, "partitions": t["partitions"], "topic_id": t.get("topic_id"),
+                "config": dict(t.get("config", {})), "partition_info": parts}
+
+    def alter_topic_config(self, name: str, config: Mapping[str, Any]) -> None:
+        """Set config keys (a value of None returns that key to its default)."""
+        self._check_writable()
+        sets = {k: v for k, v in config.items() if v is not None}
+        cfg = validate_config(sets)
+        for k in config:
+            if k not in TOPIC_CONFIG:
+                validate_config({k: None})
+        with self._lock:
+            t = self._topic(name)
+            merged = dict(t.get("config", {}))
+            for k, v in config.items():
+                if v is None:
+                    merged.pop(k, None)
+            merged.update(_jsonable(cfg))
+            t["config"] = merged
+            self._write_registry()
+            full = resolve_config(merged)
+            for (tn, _), lg in self._logs.items():
+                if tn == name:
+                    lg.update_config(full)
+
+    def create_partitions(self, name: str, count: int) -> None:
+        """Grow a topic to ``count`` partitions (partitions only grow)."""
+        self._check_writable()
+        with self._lock:
+            t = self._topic(name)
+            if not isinstance(count, int) or count <= t["partitions"]:
+                raise InvalidPartitionsError(
+                    f"topic {name!r} has {t['partitions']} partitions; the new count must be "
+                    f"larger, not {count!r}")
+            t["partitions"] = count
+            self._write_registry()
+
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic and its data (committed offsets for it are kept until they expire)."""
+        self._check_writable()
+        with self._lock:
+            t = self._topic(name)
+            for p in range(t["partitions"]):
+                lg = self._logs.pop((name, p), None)
+                if lg is not None:
+                    lg.close()
+            del self._topics[name]
+            self._write_registry()
+            for p in range(t["partitions"]):
+                d = self.path / f"{name}-{p}"
+                if d.exists():
+                    gone = self.path / f"{name}-{p}.{uuid.uuid4().hex}-delete"
+                    os.replace(d, gone)
+                    shutil.rmtree(gone, ignore_errors=True)
+
+    # ==========================================================================================
+    # Partitions
+
+    def partition(self, topic: str, partition: int) -> PartitionLog:
+        """The PartitionLog of one partition (opened on first use), for servers that embed
+        kstore. Raises UnknownTopicOrPartitionError."""
+        key = (topic, partition)
+        lg = self._logs.get(key)
+        if lg is not None:
+            return lg
+        self._check_open()
+        with self._lock:
+            lg = self._logs.get(key)
+            if lg is not None:
+                return lg
+            t = self._topic(topic)
+            if not isinstance(partition, int) or not 0 <= partition < t["partitions"]:
+                raise UnknownTopicOrPartitionError(
+                    f"partition {partition!r} does not exist: topic {topic!r} has "
+                    f"{t['partitions']} (0..{t['partitions'] - 1})")
+            lg = PartitionLog.open(self.path / f"{topic}-{partition}",
+                                   resolve_config(t.get("config")), read_only=self.read_only,
+                                   clock=self._clock)
+            lg._signal = self.signal
+            self._logs[key] = lg
+            return lg
+
+    def partitions_for(self, topic: str) -> int:
+        return self._topic(topic)["partitions"]
+
+    def _producer_topic(self, topic: str) -> tuple[int, int, str]:
+        self._check_writable()
+        t = self._topic(topic)
+        cfg = resolve_config(t.get("config"))
+        codec = cfg["compression.type"]
+        codec = "none" if codec in ("producer", "uncompressed") else codec
+        return t["partitions"], cfg["max.message.bytes"], codec
+
+    # ==========================================================================================
+    # Clients
+
+    def producer(self, **kwargs: Any) -> Any:
+        """A Producer (see kstore.producer.Producer for the arguments)."""
+        from kstore.producer import Producer
+
+        self._check_writable()
+        p = Producer(self, **kwargs)
+        self._clients.add(p)
+        return p
+
+    def consumer(self, **kwargs: Any) -> Any:
+        """A Consumer (see kstore.consumer.Consumer for the arguments)."""
+        from kstore.consumer import Consumer
+
+        self._check_open()
+        c = Consumer(self, **kwargs)
+        self._clients.add(c)
+        return c
+
+    def _forget(self, client: Any) -> None:
+        self._clients.discard(client)
+
+    # ==========================================================================================
+    # Committed offsets (__consumer_offsets, Kafka's record format)
+
+    def _load_committed(self) -> dict[str, dict[tuple[str, int], offsets.OffsetCommit]]:
+        with self._committed_lock:
+            if self._committed is not None and not self.read_only:
+                return self._committed
+            committed: dict[str, dict[tuple[str, int], offsets.OffsetCommit]] = {}
+            if offsets.OFFSETS_TOPIC in self._topics or (self.read_only and offsets.OFFSETS_TOPIC in self._read_registry()):
+                if self.read_only:
+                    self._topics = self._read_registry()
+                for p in range(self._topics[offsets.OFFSETS_TOPIC]["partitions"]):
+                    if not (self.path / f"{offsets.OFFSETS_TOPIC}-{p}").exists():
+                        continue
+                    lg = self.partition(offsets.OFFSETS_TOPIC, p)
+                    off = lg.log_start_offset
+                    while off < lg.log_end_offset:
+                        fs = lg.read(off, 1 << 20)
+                        for b in fs.batches():
+                            for r in b.records(min_offset=off):
+                                _apply_offset_record(committed, r.key, r.value)
+                        off = fs.next_offset
+            self._committed = committed
+            return committed
+
+    def commit_offsets(self, group: str, commits: Mapping[tuple[str, int], tuple[int, str, int]]) -> None:
+        """Commit ``{(topic, partition): (offset, metadata, leader_epoch)}`` for ``group``:
+        appended to ``__consumer_offsets`` in Kafka's key (v1) and value (v3) format."""
+        if self.read_only:
+            raise ReadOnlyError(
+                f"store {self.path} is open read_only: this process can consume but not commit "
+                f"offsets; commit from the writing process")
+        self._check_open()
+        if not isinstance(group, str) or not group:
+            raise InvalidRequestError("committing offsets needs a non-empty group id")
+        for (t, p), (off, meta, _) in commits.items():
+            lg = self.partition(t, p)
+            if not isinstance(off, int) or off < 0 or off > lg.log_end_offset:
+                raise OffsetOutOfRangeError(
+                    f"cannot commit offset {off!r} for {t}-{p}: it must lie in "
+                    f"[0, {lg.log_end_offset}] (the log end)")
+            if len(meta.encode()) > 4096:
+                raise InvalidRequestError(f"commit metadata for {t}-{p} is over 4096 bytes")
+        self._ensure_offsets_topic()
+        now = self._clock() if self._clock else _core.now_ms()
+        b = _core.BatchBuilder()
+        entries = []
+        for (t, p), (off, meta, epoch) in commits.items():
+            k = offsets.encode_offset_commit_key(group, t, p)
+            v = offsets.encode_offset_commit_value(off, epoch, meta, now)
+            b.append(v, key=k, timestamp=now)
+            entries.append(offsets.OffsetCommit(group, t, p, off, epoch, meta, now))
+        if not entries:
+            return
+        part = offsets.group_partition(group)
+        committed = self._load_committed()
+        self.partition(offsets.OFFSETS_TOPIC, part).append_batch(
+            b.build(), validate_records=False, verify_crc=False)
+        with self._committed_lock:
+            g = committed.setdefault(group, {})
+            for e in entries:
+                g[(e.topic, e.partition)] = e
+
+    def committed(self, group: str, topic: str, partition: int) -> int | None:
+        c = self._load_committed().get(group, {}).get((topic, partition))
+        return None if c is None else c.offset
+
+    def _ensure_offsets_topic(self) -> None:
+        if offsets.OFFSETS_TOPIC not in self._topics:
+            with self._lock:
+                if offsets.OFFSETS_TOPIC not in self._topics:
+                    self._topics[offsets.OFFSETS_TOPIC] = {
+                        "partitions": offsets.OFFSETS_PARTITIONS, "config": OFFSETS_TOPIC_CONFIG,
+                        "topic_id": uuid.uuid4().hex, "internal": True}
+                    self._write_registry()
+
+    def groups(self) -> list[str]:
+        """Groups with committed offsets or members in this process."""
+        names = set(self._load_committed()) | {g for g, s in self._groups.items() if s.members}
+        return sorted(names)
+
+    def describe_group(self, group: str) -> dict[str, Any]:
+        """Committed offsets, log ends and lag per partition, and the in-process members."""
+        committed = self._load_committed().get(group, {})
+        state = self._groups.get(group)
+        members = [] if state is None else [
+            {"member_id": m.member_id, "assignment": sorted(m.assignment())} for m in state.members]
+        parts = []
+        for (t, p), c in sorted(committed.items()):
+            try:
+                end = self.partition(t, p).log_end_offset
+            except UnknownTopicOrPartitionError:
+                end = None
+            parts.append({"topic": t, "partition": p, "committed": c.offset,
+                          "log_end_offset": end, "lag": None if end is None else max(end - c.offset, 0),
+                          "metadata": c.metadata, "commit_timestamp": c.commit_timestamp})
+        return {"group": group, "state": "Stable" if members else "Empty", "members": members,
+                "partitions": parts}
+
+    # ==========================================================================================
+    # Life cycle
+
+    def flush(self) -> None:
+        """fsync every open partition log."""
+        for lg in list(self._logs.values()):
+            if not lg.read_only and not lg.closed:
+                lg.flush()
+
+    def close(self) -> None:
+        """Close producers (flushing them), consumers (committing if they auto-commit), and
+        every partition log (clean shutdown)."""
+        if self._closed:
+            return
+        for c in list(self._clients):
+            try:
+                c.close()
+            except Exception as exc:  # keep closing the rest; say what failed
+                log.warning("closing %r failed: %s", c, exc)
+        with self._lock:
+            self._closed = True
+            for lg in self._logs.values():
+                lg.close()
+            self._logs.clear()
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+        self.signal.notify()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Store {self.path} {len(self._topics)} topics{' read-only' if self.read_only else ''}>"
+
+
+def _apply_offset_record(committed: dict, key: bytes | None, value: bytes | None) -> None:
+    if key is None:
+        return
+    rec = offsets.decode_record(key, value)
+    if rec is None:
+        return
+    kind, obj = rec
+    if kind == "offset":
+        committed.setdefault(obj.group, {})[(obj.topic, obj.partition)] = obj
+    elif kind == "offset_delete":
+        committed.get(obj.group, {}).pop((obj.topic, obj.partition), None)
+
+
+def _jsonable(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in cfg.items()}
+
+
+def open(path: str | os.PathLike = "./kstore-data", read_only: bool = False,
+         **kwargs: Any) -> Store:  # noqa: A001 - the API is kstore.open
+    """Open (creating it unless ``read_only``) the store at ``path``."""
+    return Store(path, read_only, **kwargs)

@@ -30,6 +30,9 @@ def main(path):
                 line += f"  {extra['records'] / med / 1e6:7.2f} M rec/s"
             if "bytes" in extra:
                 line += f"  {extra['bytes'] / med / 1e6:8.1f} MB/s"
+            for k in ("p50_us", "p99_us", "max_us"):
+                if k in extra:
+                    line += f"  {k[:-3]} {extra[k]:.0f} us"
             for base in bases:
                 if base is not b:
                     line += f"  {base['stats']['median'] / med:6.2f}x vs {base['name'].split('baseline_')[-1]}"

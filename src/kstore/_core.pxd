@@ -170,7 +170,7 @@ cdef class Record:
     cdef readonly object key
     cdef readonly object value
     cdef readonly tuple headers
-    cdef public object topic
+    cdef public str topic
     cdef public int partition
 
 
@@ -200,7 +200,8 @@ cdef class Batch:
     cdef ks_batch_header h
     cdef tuple _area(self, Py_ssize_t limit)
     cdef Py_ssize_t _err_pos(self, Py_ssize_t base, size_t pos)
-    cdef object _columns_into(self, Columns cols, Py_ssize_t at, Py_ssize_t limit, bint keep)
+    cdef object _columns_into(self, Columns cols, Py_ssize_t at, Py_ssize_t limit, bint keep,
+                              int64_t shift=*)
 
 
 cdef class BatchBuilder:

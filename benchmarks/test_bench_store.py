@@ -100,6 +100,37 @@ def test_send_many_kstore(benchmark, workdir, workload):
 
 
 @pytest.mark.benchmark(group="produce: send_many() from lists")
+def test_send_many_numpy_kstore(benchmark, workdir, workload):
+    """The same records as one buffer plus offsets (no Python object per record)."""
+    values, keys = workload
+    vdata = b"".join(values)
+    voffs = np.zeros(N + 1, dtype=np.int64)
+    np.cumsum([len(v) for v in values], out=voffs[1:])
+    kdata = b"".join(keys)
+    koffs = np.zeros(N + 1, dtype=np.int64)
+    np.cumsum([len(k) for k in keys], out=koffs[1:])
+    benchmark.extra_info["records"] = N
+    benchmark.extra_info["bytes"] = len(vdata) + len(kdata)
+    fresh = _Fresh(workdir)
+
+    def run(store):
+        p = store.producer()
+        p.send_many("bench", (vdata, voffs), keys=(kdata, koffs))
+        p.close()
+
+    benchmark.pedantic(run, setup=fresh, rounds=5)
+    fresh.close()
+
+
+@pytest.mark.benchmark(group="produce: send_many() from lists")
+def test_send_many_list_join_floor(benchmark, workload):
+    """Reading every value of the list once (b"".join): a floor for any list consumer."""
+    values, _ = workload
+    benchmark.extra_info["records"] = N
+    benchmark(b"".join, values)
+
+
+@pytest.mark.benchmark(group="produce: send_many() from lists")
 def test_send_many_baseline_os_write(benchmark, workdir, workload):
     """The same encoded bytes (what kstore wrote) through a loop of os.write of 16 KiB."""
     values, keys = workload

@@ -181,6 +181,7 @@ cdef struct _Col:
     Py_ssize_t width
     const int64_t *offs
     Py_ssize_t n
+    Py_ssize_t data_len
 
 
 cdef class Columns:

@@ -80,17 +80,17 @@ class Producer(_core.ProducerCore):
             if not 0 <= partition < nparts:
                 raise UnknownTopicOrPartitionError(
                     f"partition {partition} does not exist: topic {topic!r} has {nparts}")
-            self._append(topic, partition, _core.encode_batches(values, keys, timestamps, **kw))
+            self._append(topic, partition, values, keys, timestamps, np.arange(n), kw)
             return n
         if keys is None or self.partitioner == "random":
+            # Keyless: contiguous runs, one per partition (stickiness at the scale of a call).
             chunk = -(-n // nparts)
             order = np.arange(n, dtype=np.int64)
             start_p = np.random.randint(nparts)
             for i in range(nparts):
                 part = order[i * chunk:(i + 1) * chunk]
                 if len(part):
-                    raw = _core.encode_batches(values, keys, timestamps, indices=part, **kw)
-                    self._append(topic, (start_p + i) % nparts, raw)
+                    self._append(topic, (start_p + i) % nparts, values, keys, timestamps, part, kw)
             return n
         parts = _core.partitions_for_keys(keys, nparts, self.partitioner)
         sticky = parts < 0
@@ -99,13 +99,21 @@ class Producer(_core.ProducerCore):
         for p in range(nparts):
             idx = np.flatnonzero(parts == p)  # a stable argsort of 1M keys cost 26 ms; this, 2
             if len(idx):
-                raw = _core.encode_batches(values, keys, timestamps, indices=idx, **kw)
-                self._append(topic, p, raw)
+                self._append(topic, p, values, keys, timestamps, idx, kw)
         return n
 
-    def _append(self, topic: str, partition: int, raw: bytes) -> None:
-        self.store.partition(topic, partition).append_batches(
-            raw, validate_records=False, verify_crc=False)
+    #: Records encoded per append in send_many: about 2 MiB, so the buffer is reused from
+    #: malloc and stays in cache. Encoding a million records into one fresh 121 MB buffer spent
+    #: half its time in page faults.
+    CHUNK_RECORDS = 16384
+
+    def _append(self, topic: str, partition: int, values: Any, keys: Any, timestamps: Any,
+                idx: np.ndarray, kw: dict) -> None:
+        log = self.store.partition(topic, partition)
+        step = self.CHUNK_RECORDS
+        for a in range(0, len(idx), step):
+            raw = _core.encode_batches(values, keys, timestamps, indices=idx[a:a + step], **kw)
+            log.append_batches(raw, validate_records=False, verify_crc=False)
 
     def close(self) -> None:
         """Flush every pending batch and stop the linger thread."""

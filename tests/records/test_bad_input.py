@@ -327,3 +327,15 @@ def test_builder_rejects_bad_arguments():
 def test_read_batch_position_checked():
     with pytest.raises(ValueError, match="outside"):
         read_batch(good_batch(), 10_000)
+
+
+@pytest.mark.parametrize("offsets", [[0, 5, 3, 8], [0, 4, 8, 99], [-1, 2, 4, 6]])
+def test_data_offsets_that_do_not_rise_within_the_data(offsets):
+    import numpy as np
+
+    from kstore.records import encode_batches
+
+    with pytest.raises(ValueError, match="do not lie within the 8-byte data"):
+        encode_batches((b"abcdefgh", np.array(offsets, dtype=np.int64)))
+    with pytest.raises(ValueError, match="do not lie within"):
+        BatchBuilder().append_many((b"abcdefgh", np.array(offsets, dtype=np.int64)))

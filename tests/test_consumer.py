@@ -125,8 +125,8 @@ def test_auto_offset_reset_none(store):
     with pytest.raises(errors.NoOffsetForPartitionError):
         store.consumer(group=None, topics=["t"], auto_offset_reset="none").poll(timeout=0)
     # With committed offsets (or a seek) there is a position to start from.
-    store.consumer(group="g2", topics=["t"], enable_auto_commit=False).commit(
-        {("t", 0): 1, ("t", 1): 2})
+    with store.consumer(group="g2", topics=["t"], enable_auto_commit=False) as setter:
+        setter.commit({("t", 0): 1, ("t", 1): 2})
     c2 = store.consumer(group="g2", topics=["t"], auto_offset_reset="none")
     assert sorted(ids(drain(c2))) == [("t", 0, 1), ("t", 0, 2)]
     c3 = store.consumer(group=None, topics=["t"], auto_offset_reset="none")
@@ -235,11 +235,12 @@ def test_no_lost_wakeup_when_data_lands_between_the_fetch_and_the_wait(store):
 
     c._fetch = fetch_then_append
     t, box = run_in_thread(lambda: c.poll(timeout=None))
-    t.join(DEADLINE)
+    t.join(DEADLINE / 2)  # waking takes microseconds; half the usual deadline spots a hang
     hung = t.is_alive()
     if hung:
         c.wakeup()
         t.join(DEADLINE)
+    assert appended, "the forced interleaving did not happen"
     assert not hung, "poll slept through a record appended just before it waited"
     assert [r.value for r in box["result"]] == [b"late"]
     producer.close()

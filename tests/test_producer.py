@@ -507,11 +507,12 @@ def test_existing_producer_sees_added_partitions(store):
 
 def test_existing_producer_follows_altered_topic_config(store):
     store.create_topic("t")
-    with store.producer(linger_ms=0) as p:
+    with store.producer(linger_ms=60_000) as p:
         p.send("t", b"x" * 500)
+        p.flush()
         store.alter_topic_config("t", {"max.message.bytes": 300, "compression.type": "gzip"})
         with pytest.raises(errors.RecordTooLargeError):
-            p.send("t", b"y" * 500)
+            p.send("t", b"y" * 500)  # at send, as for any record over max.message.bytes
         p.send("t", b"z" * 100)
     lg = store.partition("t", 0)
     assert values(lg) == [b"x" * 500, b"z" * 100]

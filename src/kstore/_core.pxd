@@ -182,6 +182,7 @@ cdef struct _Col:
     const int64_t *offs
     Py_ssize_t n
     Py_ssize_t data_len
+    int is_key
 
 
 cdef class Columns:

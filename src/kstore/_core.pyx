@@ -1121,8 +1121,10 @@ def stamp_batches(buf, int64_t next_offset, int64_t log_append_time=-1,
 # Building batches
 
 
-cdef int _item(PyObject *o, const uint8_t **p, Py_ssize_t *n, Py_buffer *view) except -1:
-    """Pointer and length of a value; -1 length for None. Returns 1 when view must be released."""
+cdef int _item(PyObject *o, const uint8_t **p, Py_ssize_t *n, Py_buffer *view,
+               str what="value") except -1:
+    """Pointer and length of a value; -1 length for None. Returns 1 when view must be released.
+    ``what`` names the argument in the TypeError."""
     cdef object obj = <object>o
     cdef int held = 0
     if obj is None:
@@ -1137,14 +1139,14 @@ cdef int _item(PyObject *o, const uint8_t **p, Py_ssize_t *n, Py_buffer *view) e
         try:
             PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
         except TypeError:
-            raise TypeError(f"keys and values must be bytes-like, str or None, not {type(obj).__name__}") from None
+            raise TypeError(f"{what} must be bytes-like, str or None, not {type(obj).__name__}") from None
         held = 1
         p[0] = <const uint8_t *>view.buf
         n[0] = view.len
     if n[0] > 0x7fffffff:
         if held:
             PyBuffer_Release(view)
-        raise errors.RecordTooLargeError(f"a key or value of {n[0]} bytes does not fit in a record")
+        raise errors.RecordTooLargeError(f"a {what} of {n[0]} bytes does not fit in a record")
     return held
 
 
@@ -1153,6 +1155,7 @@ cdef object _column(object values, _Col *c, str what):
     cdef cnp.ndarray arr, offs
     c.kind = 0
     c.n = -1
+    c.is_key = what == "keys"
     if values is None:
         return None
     if PyList_CheckExact(values) or (PyTuple_CheckExact(values) and not (
@@ -1197,8 +1200,8 @@ cdef inline int _col_get(_Col *c, Py_ssize_t i, const uint8_t **p, Py_ssize_t *n
                          Py_buffer *view) except -1:
     if c.kind == 1:
         if PyList_CheckExact(<object>c.seq):
-            return _item(PyList_GET_ITEM(<object>c.seq, i), p, n, view)
-        return _item(PyTuple_GET_ITEM(<object>c.seq, i), p, n, view)
+            return _item(PyList_GET_ITEM(<object>c.seq, i), p, n, view, "a key" if c.is_key else "a value")
+        return _item(PyTuple_GET_ITEM(<object>c.seq, i), p, n, view, "a key" if c.is_key else "a value")
     if c.kind == 2:
         p[0] = c.base + i * c.width
         n[0] = c.width
@@ -1410,7 +1413,7 @@ cdef class BatchBuilder:
             hkey = bytes(hkey)
             kn = len(hkey)
             kp = PyBytes_AS_STRING(hkey)
-            held = _item(<PyObject *>hval, &vp, &vn, &view)
+            held = _item(<PyObject *>hval, &vp, &vn, &view, "a header value")
             try:
                 need = ks_header_size(kn, <int32_t>vn)
                 if ks_buf_reserve(&self.scratch, need) != KS_OK:
@@ -1443,9 +1446,9 @@ cdef class BatchBuilder:
         if headers:
             self._encode_headers(headers, &hn, &hcount)
         cdef int kheld, vheld
-        kheld = _item(<PyObject *>key, &kp, &kn, &kview)
+        kheld = _item(<PyObject *>key, &kp, &kn, &kview, "key")
         try:
-            vheld = _item(<PyObject *>value, &vp, &vn, &vview)
+            vheld = _item(<PyObject *>value, &vp, &vn, &vview, "value")
             try:
                 added = self._add(kp, kn, vp, vn, ts, self.scratch.data, hn, hcount)
             finally:

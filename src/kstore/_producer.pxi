@@ -44,6 +44,7 @@ cdef class ProducerCore:
     cdef readonly bint closed
     cdef object _rng
     cdef readonly int64_t pending_records
+    cdef object _epoch
 
     def __cinit__(self):
         self._lock = PyThread_allocate_lock()
@@ -66,6 +67,7 @@ cdef class ProducerCore:
                              "consistent": _P_CONSISTENT, "random": _P_RANDOM}[partitioner]
         self._rng = _random.Random()
         self.closed = False
+        self._epoch = store.topic_epoch
 
     cdef inline void _acquire(self) noexcept:
         if not PyThread_acquire_lock(self._lock, NOWAIT_LOCK):
@@ -73,8 +75,11 @@ cdef class ProducerCore:
                 PyThread_acquire_lock(self._lock, WAIT_LOCK)
 
     cdef _TopicState _state(self, str topic):
-        cdef _TopicState st = self._topics.get(topic)
+        cdef _TopicState st
         cdef int n
+        if self.store.topic_epoch != self._epoch:
+            self._refresh()
+        st = self._topics.get(topic)
         if st is not None and st.num_partitions == len(st.logs):
             return st
         info = self.store._producer_topic(topic)  # (num_partitions, max.message.bytes, codec)
@@ -90,13 +95,44 @@ cdef class ProducerCore:
             self._topics[topic] = st
         st.num_partitions = n
         st.max_message_bytes = info[1]
-        st.codec = self.compression if self.compression is not None else info[2]
+        # A topic codec other than 'producer' wins, as Kafka's broker recompresses to it.
+        st.codec = info[2] if info[2] is not None else (self.compression or "none")
         st.logs = [None] * n
         while len(st.builders) < n:
             st.builders.append(None)
             st.callbacks.append(None)
             st.opened_ms.append(0)
         return st
+
+    cdef int _refresh(self) except -1:
+        """Topics changed in the store: seal what is pending for topics that still exist (with
+        the config they were built under), drop state of deleted ones (their pending records
+        fail: callbacks get the error), and look every topic up again on next use."""
+        cdef _TopicState st
+        cdef int p
+        self._epoch = self.store.topic_epoch
+        for name, st in list(self._topics.items()):
+            try:
+                self.store._producer_topic(name)
+                alive = True
+            except errors.UnknownTopicOrPartitionError as exc:
+                alive = False
+                err = exc
+            for p in range(len(st.builders)):
+                if st.builders[p] is None:
+                    continue
+                if alive and p < len(st.logs):
+                    self._seal(st, p)
+                else:
+                    self.pending_records -= st.builders[p].count
+                    cbs = st.callbacks[p]
+                    st.builders[p] = None
+                    st.callbacks[p] = None
+                    if cbs:
+                        for cb, i, ts in cbs:
+                            cb(err, None)
+            del self._topics[name]
+        return 0
 
     cdef object _log(self, _TopicState st, int p):
         log = st.logs[p]
@@ -150,8 +186,8 @@ cdef class ProducerCore:
             if self.closed:
                 raise errors.ClosedError("send on a closed producer")
             st = self._state(topic)
-            kheld = _item(<PyObject *>key, &kp, &kn, &kview)
-            vheld = _item(<PyObject *>value, &vp, &vn, &vview)
+            kheld = _item(<PyObject *>key, &kp, &kn, &kview, "key")
+            vheld = _item(<PyObject *>value, &vp, &vn, &vview, "value")
             if partition is None:
                 p = self._choose(st, kp, kn, key, (kn if kn > 0 else 0) + (vn if vn > 0 else 0) + 8)
             else:
@@ -176,8 +212,6 @@ cdef class ProducerCore:
                 # whatever its size): drop the builder, refuse the record.
                 size = b.length - b.start
                 st.builders[p] = None
-                if b.count > 1:
-                    raise AssertionError("oversized batch with several records")
                 raise errors.RecordTooLargeError(
                     f"a record of about {size} bytes exceeds max.message.bytes="
                     f"{st.max_message_bytes} of topic {topic!r}")
@@ -186,7 +220,7 @@ cdef class ProducerCore:
                 cbs = st.callbacks[p]
                 if cbs is None:
                     cbs = st.callbacks[p] = []
-                cbs.append((on_delivery, b.count - 1))
+                cbs.append((on_delivery, b.count - 1, ts))
             if <int64_t>(b.length - b.start) >= self.batch_size:
                 self._seal(st, p)
             elif self.linger_ms == 0:
@@ -200,7 +234,10 @@ cdef class ProducerCore:
             PyThread_release_lock(self._lock)
 
     cdef BatchBuilder _new_builder(self, _TopicState st, int p):
-        cdef BatchBuilder b = BatchBuilder(st.codec, 0, max_batch_bytes=self.batch_size)
+        # Never build a batch the topic would refuse (Kafka's producer keeps batches under
+        # max.message.bytes too): a lone record over it is refused at send.
+        cdef BatchBuilder b = BatchBuilder(st.codec, 0, max_batch_bytes=max(
+            min(self.batch_size, st.max_message_bytes), KS_BATCH_HEADER_SIZE))
         st.builders[p] = b
         st.opened_ms[p] = _now_ms()
         return b
@@ -223,13 +260,13 @@ cdef class ProducerCore:
                                                              verify_crc=False)
         except errors.KStoreError as exc:
             if cbs:
-                for cb, i in cbs:
+                for cb, i, ts in cbs:
                     cb(exc, None)
                 return 0
             raise type(exc)(f"{exc} ({n} records for {st.name}-{p} were not written)") from exc
         if cbs:
-            for cb, i in cbs:
-                cb(None, RecordMetadata(st.name, p, first + i, lat))
+            for cb, i, ts in cbs:
+                cb(None, RecordMetadata(st.name, p, first + i, lat if lat >= 0 else ts))
         return 0
 
     def flush(self):
@@ -283,3 +320,30 @@ cdef class ProducerCore:
         self._acquire()
         self.closed = True
         PyThread_release_lock(self._lock)
+
+
+def max_record_size(values, keys=None):
+    """Upper bound of the encoded size of the largest record (key + value + overhead) in the
+    given columns (lists, 2-D arrays or (data, offsets)): send_many checks it against
+    max.message.bytes before writing anything."""
+    cdef _Col vals, ks
+    cdef Py_ssize_t i, best = 0, size, kn, vn
+    cdef const uint8_t *p
+    cdef Py_buffer view
+    cdef int held
+    keep_v = _column(values, &vals, "values")
+    keep_k = _column(keys, &ks, "keys")
+    for i in range(vals.n):
+        if i + _PREFETCH < vals.n:
+            _prefetch_item(&vals, i + _PREFETCH)
+            _prefetch_item(&ks, i + _PREFETCH)
+        held = _col_get(&vals, i, &p, &vn, &view)
+        if held:
+            PyBuffer_Release(&view)
+        held = _col_get(&ks, i, &p, &kn, &view)
+        if held:
+            PyBuffer_Release(&view)
+        size = max(vn, 0) + max(kn, 0)
+        if size > best:
+            best = size
+    return best + KS_RECORD_MAX_OVERHEAD + 3 * 5 + KS_BATCH_HEADER_SIZE

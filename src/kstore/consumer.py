@@ -97,6 +97,10 @@ class GroupState:
         self.members: list[Consumer] = []
         self.generation = 0
         self.assignments: dict[str, list[TopicPartition]] = {}
+        # Who reads each partition now. A partition moved by a rebalance goes to its new
+        # member only after the old one committed its position and let go (Kafka's rebalance
+        # barrier): otherwise the new member starts from an older commit and repeats records.
+        self.holders: dict[TopicPartition, str] = {}
         self.lock = threading.Lock()
 
     def join(self, member: "Consumer") -> None:
@@ -104,12 +108,44 @@ class GroupState:
             if member not in self.members:
                 self.members.append(member)
             self._rebalance(member.store)
+        self._sync_others(member)
 
     def leave(self, member: "Consumer") -> None:
         with self.lock:
             if member in self.members:
                 self.members.remove(member)
-                self._rebalance(member.store)
+            for tp, holder in list(self.holders.items()):
+                if holder == member.member_id:
+                    del self.holders[tp]
+            self._rebalance(member.store)
+        self._sync_others(member)
+
+    def _sync_others(self, member: "Consumer") -> None:
+        """Let the other members commit and release what they lose now, unless one is inside a
+        poll (it does so itself on its next pass, woken by the notify below)."""
+        for m in list(self.members):
+            if m is not member and m._sync_lock.acquire(blocking=False):
+                try:
+                    m._sync_assignment()
+                finally:
+                    m._sync_lock.release()
+        member.store.signal.notify()
+
+    def claim(self, member: "Consumer", tp: TopicPartition) -> bool:
+        """Take a partition assigned to ``member`` unless its previous owner still holds it."""
+        with self.lock:
+            holder = self.holders.get(tp)
+            if holder is None or holder == member.member_id:
+                self.holders[tp] = member.member_id
+                return True
+            return False
+
+    def release(self, member: "Consumer", parts: Iterable[TopicPartition]) -> None:
+        with self.lock:
+            for tp in parts:
+                if self.holders.get(tp) == member.member_id:
+                    del self.holders[tp]
+        member.store.signal.notify()  # the new owner may be waiting for it
 
     def _rebalance(self, store: Any) -> None:
         """Kafka's RangeAssignor: per topic, partitions in order, members sorted by id, the
@@ -160,6 +196,8 @@ class Consumer:
         self._positions: dict[TopicPartition, int] = {}
         self._committed_positions: dict[TopicPartition, int] = {}
         self._pending: dict[TopicPartition, list[_core.Record]] = {}
+        self._unclaimed: set[TopicPartition] = set()
+        self._sync_lock = threading.RLock()  # held while this consumer fetches
         self._rr = 0
         self._woken = False
         self._closed = False
@@ -228,11 +266,27 @@ class Consumer:
         with state.lock:
             mine = list(state.assignments.get(self.member_id, []))
             generation = state.generation
+        before = set(self._assigned)
         revoked = [tp for tp in self._assigned if tp not in set(mine)]
         if revoked and self.enable_auto_commit:
             self._commit_positions([tp for tp in revoked if tp in self._positions])
         self._set_assignment(mine)
         self._generation = generation
+        if revoked:
+            state.release(self, revoked)
+        # Partitions new to this member wait for their previous owner to let go; the ones it
+        # kept it holds already (or is still waiting for).
+        self._unclaimed = (self._unclaimed & set(mine)) | (set(mine) - before)
+
+    def _usable(self, tp: TopicPartition) -> bool:
+        """False while a partition new to this member is still held by its previous owner."""
+        if tp not in self._unclaimed:
+            return True
+        state = self.store._groups.get(self.group)
+        if state is None or state.claim(self, tp):
+            self._unclaimed.discard(tp)
+            return True
+        return False
 
     # ==========================================================================================
     # Positions
@@ -340,6 +394,8 @@ class Consumer:
             if len(out) >= max_records:
                 break
             tp = parts[(self._rr + i) % n]
+            if self._unclaimed and not self._usable(tp):
+                continue
             out += self._fetch_partition(tp, max_records - len(out))
         if n:
             self._rr = (self._rr + 1) % n
@@ -353,9 +409,10 @@ class Consumer:
         deadline = None if timeout is None else time.monotonic() + timeout
         sig = self.store.signal
         while True:
-            self._maybe_auto_commit()
             version = sig.version
-            recs = self._fetch(max_records)
+            with self._sync_lock:
+                self._maybe_auto_commit()
+                recs = self._fetch(max_records)
             if recs or self._woken or self._closed:
                 self._woken = False
                 return recs
@@ -381,9 +438,10 @@ class Consumer:
         deadline = None if timeout is None else time.monotonic() + timeout
         sig = self.store.signal
         while True:
-            self._maybe_auto_commit()
             version = sig.version
-            out = self._fetch_columns(max_records)
+            with self._sync_lock:
+                self._maybe_auto_commit()
+                out = self._fetch_columns(max_records)
             if out or self._woken or self._closed:
                 self._woken = False
                 return out
@@ -400,6 +458,8 @@ class Consumer:
             if left <= 0:
                 break
             tp = parts[(self._rr + i) % n]
+            if self._unclaimed and not self._usable(tp):
+                continue
             pending = self._pending.pop(tp, None)
             if pending:
                 self._positions[tp] = pending[0].offset
@@ -446,9 +506,10 @@ class Consumer:
         deadline = None if timeout is None else loop.time() + timeout
         sig = self.store.signal
         while True:
-            self._maybe_auto_commit()
             version = sig.version
-            recs = self._fetch(max_records)
+            with self._sync_lock:
+                self._maybe_auto_commit()
+                recs = self._fetch(max_records)
             if recs or self._woken or self._closed:
                 self._woken = False
                 return recs

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from kstore import _core
-from kstore.errors import ClosedError, UnknownTopicOrPartitionError
+from kstore.errors import ClosedError, RecordTooLargeError, UnknownTopicOrPartitionError
 from kstore.topic import validate_partitioner
 
 RecordMetadata = _core.RecordMetadata
@@ -67,15 +67,22 @@ class Producer(_core.ProducerCore):
         """
         if self.closed:
             raise ClosedError("send_many on a closed producer")
-        nparts, _, codec = self.store._producer_topic(topic)
-        codec = self.compression if self.compression is not None else codec
+        nparts, max_message_bytes, codec = self.store._producer_topic(topic)
+        codec = codec if codec is not None else (self.compression or "none")
         self._flush_topic(topic)  # keep each partition's order with earlier send() calls
         n = _count(values)
         if n == 0:
             return 0
         if keys is not None and _count(keys) != n:
             raise ValueError(f"{_count(keys)} keys for {n} values")
-        kw = dict(compression=codec, max_batch_bytes=self.batch_size)
+        biggest = _core.max_record_size(values, keys)
+        if biggest > max_message_bytes:
+            # Checked before anything is written: send_many writes all of its records or none.
+            raise RecordTooLargeError(
+                f"a record of up to {biggest} bytes (with its batch header) exceeds "
+                f"max.message.bytes={max_message_bytes} of topic {topic!r}; nothing was written")
+        kw = dict(compression=codec,
+                  max_batch_bytes=max(min(self.batch_size, max_message_bytes), _core.HEADER_SIZE))
         if partition is not None:
             if not 0 <= partition < nparts:
                 raise UnknownTopicOrPartitionError(

@@ -132,6 +132,7 @@ class Store:
         self._groups: dict[str, Any] = {}  # in-process consumer groups (kstore.consumer)
         self._committed: dict[str, dict[tuple[str, int], offsets.OffsetCommit]] | None = None
         self._committed_lock = threading.Lock()
+        self.topic_epoch = 0  # moves on every topic change; producers drop cached topic state
         self._open()
 
     # ==========================================================================================
@@ -214,6 +215,7 @@ class Store:
             self._topics[name] = {"partitions": partitions, "config": _jsonable(cfg),
                                   "topic_id": uuid.uuid4().hex}
             self._write_registry()
+            self.topic_epoch += 1
 
     def topics(self, internal: bool = False) -> list[str]:
         """Topic names (``internal=True`` includes ``__consumer_offsets``)."""
@@ -269,6 +271,7 @@ class Store:
             merged.update(_jsonable(cfg))
             t["config"] = merged
             self._write_registry()
+            self.topic_epoch += 1
             full = resolve_config(merged)
             for (tn, _), lg in self._logs.items():
                 if tn == name:
@@ -285,6 +288,7 @@ class Store:
                     f"larger, not {count!r}")
             t["partitions"] = count
             self._write_registry()
+            self.topic_epoch += 1
 
     def delete_topic(self, name: str) -> None:
         """Delete a topic and its data (committed offsets for it are kept until they expire)."""
@@ -297,6 +301,7 @@ class Store:
                     lg.close()
             del self._topics[name]
             self._write_registry()
+            self.topic_epoch += 1
             for p in range(t["partitions"]):
                 d = self.path / f"{name}-{p}"
                 if d.exists():
@@ -334,12 +339,13 @@ class Store:
     def partitions_for(self, topic: str) -> int:
         return self._topic(topic)["partitions"]
 
-    def _producer_topic(self, topic: str) -> tuple[int, int, str]:
+    def _producer_topic(self, topic: str) -> tuple[int, int, str | None]:
+        """(partitions, max.message.bytes, codec the topic imposes or None for 'producer')."""
         self._check_writable()
         t = self._topic(topic)
         cfg = resolve_config(t.get("config"))
         codec = cfg["compression.type"]
-        codec = "none" if codec in ("producer", "uncompressed") else codec
+        codec = None if codec == "producer" else "none" if codec == "uncompressed" else codec
         return t["partitions"], cfg["max.message.bytes"], codec
 
     # ==========================================================================================

@@ -420,8 +420,12 @@ class PartitionLog:
         if self._async_waiters:
             self._wake_async()
         sig = self._signal
-        if sig is not None and sig.waiters:
-            sig.notify()
+        if sig is not None:
+            # The version moves on every append, waiters or not: a consumer that found nothing
+            # and is about to wait compares it and returns (no lost wake-up).
+            sig.version += 1
+            if sig.waiters:
+                sig.notify()
         return result
 
     append_batch = append_batches

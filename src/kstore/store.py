@@ -159,7 +159,13 @@ class Store:
                 raise LogLockedError(
                     f"{p} is already open for writing by another process (or another Store in "
                     f"this one); open it with read_only=True to read alongside") from None
-        self._topics = self._read_registry()
+        try:
+            self._topics = self._read_registry()
+        except BaseException:
+            if self._lock_fd >= 0:  # a failed open must not keep the directory locked
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+            raise
 
     def _read_registry(self) -> dict[str, dict[str, Any]]:
         path = self.path / REGISTRY
@@ -305,7 +311,8 @@ class Store:
             for p in range(t["partitions"]):
                 d = self.path / f"{name}-{p}"
                 if d.exists():
-                    gone = self.path / f"{name}-{p}.{uuid.uuid4().hex}-delete"
+                    # Kafka shortens the topic in the "-delete" name so it stays under 255 bytes.
+                    gone = self.path / f"{name[:180]}-{p}.{uuid.uuid4().hex}-delete"
                     os.replace(d, gone)
                     shutil.rmtree(gone, ignore_errors=True)
 

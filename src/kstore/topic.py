@@ -10,7 +10,7 @@ from kstore import _core
 from kstore.errors import InvalidTopicError
 
 MAX_NAME_LENGTH = 249
-_LEGAL = re.compile(r"^[a-zA-Z0-9._-]+$")
+_LEGAL = re.compile(r"[a-zA-Z0-9._-]+")
 PARTITIONERS = ("murmur2", "murmur2_random", "consistent_random", "consistent", "random")
 
 
@@ -25,7 +25,7 @@ def validate_topic_name(name: object) -> str:
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidTopicError(
             f"topic name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")
-    if not _LEGAL.match(name):
+    if not _LEGAL.fullmatch(name):  # fullmatch: "$" would let a trailing newline through
         bad = sorted({c for c in name if not re.match(r"[a-zA-Z0-9._-]", c)})
         raise InvalidTopicError(
             f"topic name {name!r} has illegal characters {''.join(bad)!r}: use ASCII letters, "

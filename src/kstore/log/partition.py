@@ -227,9 +227,8 @@ class PartitionLog:
         self.recovery = RecoveryReport(clean, scanned, cut, why, time.perf_counter() - started)
 
     def _open_read_only(self) -> None:
+        # A partition the writer has not created yet reads as empty until it appears.
         d = self.directory
-        if not d.is_dir():
-            raise KafkaStorageError(f"log directory {d} does not exist")
         segs = [Segment.load(d, b, self.config) for b in self._segment_bases()]
         for i, seg in enumerate(segs):
             seg.read_only = True
@@ -248,7 +247,13 @@ class PartitionLog:
 
     def _segment_bases(self) -> list[int]:
         bases = []
-        for name in os.listdir(self.directory):
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            if self.read_only:
+                return []
+            raise
+        for name in names:
             if name.endswith(".log"):
                 stem = name[:-4]
                 if stem.isdigit():

@@ -30,6 +30,7 @@ from kstore import _core, offsets
 from kstore.config import TOPIC_CONFIG, resolve_config, validate_config
 from kstore.errors import (
     ClosedError,
+    InvalidConfigError,
     InvalidPartitionsError,
     InvalidRequestError,
     KafkaStorageError,
@@ -116,7 +117,8 @@ class Store:
 
     def __init__(self, path: str | os.PathLike = "./kstore-data", read_only: bool = False, *,
                  auto_create_topics: bool = False, num_partitions: int = 1,
-                 clock: Callable[[], int] | None = None) -> None:
+                 clock: Callable[[], int] | None = None,
+                 retention_check_interval_ms: int = 300_000) -> None:
         self.path = Path(path)
         self.read_only = read_only
         self.auto_create_topics = auto_create_topics
@@ -133,7 +135,18 @@ class Store:
         self._committed: dict[str, dict[tuple[str, int], offsets.OffsetCommit]] | None = None
         self._committed_lock = threading.Lock()
         self.topic_epoch = 0  # moves on every topic change; producers drop cached topic state
+        if not isinstance(retention_check_interval_ms, int) or retention_check_interval_ms < 0:
+            raise InvalidConfigError(
+                f"log.retention.check.interval.ms must be a non-negative int (0: no background "
+                f"maintenance), not {retention_check_interval_ms!r}")
+        self.retention_check_interval_ms = retention_check_interval_ms
+        self._maintenance_stop = threading.Event()
+        self._maintenance_thread: threading.Thread | None = None
         self._open()
+        if not read_only and retention_check_interval_ms > 0:
+            self._maintenance_thread = threading.Thread(
+                target=self._maintenance_loop, name="kstore-maintenance", daemon=True)
+            self._maintenance_thread.start()
 
     # ==========================================================================================
     # Opening and the registry
@@ -479,6 +492,57 @@ class Store:
                 "partitions": parts}
 
     # ==========================================================================================
+    # Retention and maintenance
+
+    def now_ms(self) -> int:
+        return self._clock() if self._clock else _core.now_ms()
+
+    def delete_records(self, offsets: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        """Kafka's DeleteRecords: move each partition's log start offset up to the given offset
+        (-1: the log end), deleting the segments wholly below it. Returns the new log start
+        offsets. Reads below them raise OffsetOutOfRangeError."""
+        self._check_writable()
+        out = {}
+        for (t, p), off in offsets.items():
+            lg = self.partition(t, p)
+            if not isinstance(off, int) or isinstance(off, bool) or off < -1:
+                raise OffsetOutOfRangeError(f"cannot delete records of {t}-{p} before {off!r}")
+            lg.delete_segments_before(lg.log_end_offset if off == -1 else off)
+            out[(t, p)] = lg.log_start_offset
+        return out
+
+    def run_maintenance(self) -> dict[str, Any]:
+        """Apply retention to every partition now. Returns what was deleted, per partition."""
+        from kstore.retention import enforce_retention
+
+        self._check_writable()
+        now = self.now_ms()
+        report: dict[str, Any] = {}
+        for name, t in list(self._topics.items()):
+            for p in range(t["partitions"]):
+                if (name, p) not in self._logs and not (self.path / f"{name}-{p}").exists():
+                    continue  # never written: nothing to do, nothing to open
+                try:
+                    res = enforce_retention(self.partition(name, p), now)
+                except UnknownTopicOrPartitionError:
+                    continue  # deleted meanwhile
+                if res.deleted_segments:
+                    report[f"{name}-{p}"] = res
+        return report
+
+    def _maintenance_loop(self) -> None:
+        interval = self.retention_check_interval_ms / 1000
+        while not self._maintenance_stop.wait(interval):
+            if self._closed:
+                return
+            try:
+                self.run_maintenance()
+            except ClosedError:
+                return
+            except Exception as exc:  # keep the thread alive; say what failed
+                log.warning("maintenance of %s failed: %s", self.path, exc)
+
+    # ==========================================================================================
     # Life cycle
 
     def flush(self) -> None:
@@ -492,6 +556,9 @@ class Store:
         every partition log (clean shutdown)."""
         if self._closed:
             return
+        self._maintenance_stop.set()
+        if self._maintenance_thread is not None and self._maintenance_thread is not threading.current_thread():
+            self._maintenance_thread.join()
         for c in list(self._clients):
             try:
                 c.close()

@@ -23,6 +23,7 @@ class SegmentFile:
     __slots__ = ("fd", "path", "__weakref__")
 
     def __init__(self, path: str | os.PathLike) -> None:
+        self.fd = -1  # so that __del__ of a failed open has nothing to close
         self.path = os.fspath(path)
         self.fd = os.open(self.path, os.O_RDONLY)
 

@@ -735,6 +735,10 @@ class PartitionLog:
         problems = []
         for seg in list(self._segments):
             size = seg.size
+            if not seg.log_path.exists():
+                problems.append(f"{seg.log_path}: missing (deleted outside kstore); offsets "
+                                f"{seg.base_offset}.. cannot be read")
+                continue
             res = _scan_file(seg.log_path, 0, size, check_crc=True)
             if res is None:
                 continue

@@ -359,7 +359,12 @@ class Segment:
             if self._map is not None and self._map_size >= size:
                 return self._map
             if self._file is None:
-                self._file = SegmentFile(self.log_path)
+                try:
+                    self._file = SegmentFile(self.log_path)
+                except FileNotFoundError:
+                    raise KafkaStorageError(
+                        f"segment {self.log_path} is missing (deleted outside kstore); its "
+                        f"offsets from {self.base_offset} cannot be read") from None
             full = os.fstat(self._file.fd).st_size
             # Map only what is committed: a read-only process must never touch bytes the
             # writer could still cut (a torn tail), and the active segment keeps growing.

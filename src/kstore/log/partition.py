@@ -270,18 +270,19 @@ class PartitionLog:
                 (d / n).unlink(missing_ok=True)
         swaps = sorted(n for n in os.listdir(d) if n.endswith(".swap"))
         if swaps:
-            # A finished compaction output replaces the originals it covers.
-            swap_logs = [n for n in swaps if n.endswith(".log.swap")]
-            if swap_logs:
-                lo = min(int(n.split(".")[0]) for n in swap_logs)
-                hi_files = self._segment_bases()
-                for b in hi_files:
-                    if b >= lo and f"{b:020d}.log.swap" not in swaps:
-                        pass
-                for n in swap_logs:
-                    b = int(n.split(".")[0])
-                    for ext in (".log", ".index", ".timeindex"):
-                        (d / f"{b:020d}{ext}").unlink(missing_ok=True)
+            # A finished compaction output (.swap) replaces every original segment whose base
+            # lies in the range it covers, [its base, its next offset): Kafka's load step 2a.
+            for n in swaps:
+                if not n.endswith(".log.swap"):
+                    continue
+                base = int(n.split(".")[0])
+                size = os.path.getsize(d / n)
+                res = _scan_file(d / n, 0, size, check_crc=False) if size else None
+                end = int(res.last_offsets[-1]) + 1 if res is not None and len(res) else base + 1
+                for b in self._segment_bases():
+                    if base <= b < end:
+                        for ext in (".log", ".index", ".timeindex"):
+                            (d / f"{b:020d}{ext}").unlink(missing_ok=True)
             for n in swaps:
                 os.replace(d / n, d / n[: -len(".swap")])
             fsync_dir(d)
@@ -714,6 +715,56 @@ class PartitionLog:
                 renamed += s.rename_deleted()
             self._schedule_unlink(renamed)
             return n
+
+    def closed_segments(self) -> list[SegmentInfo]:
+        """The segments a cleaner may rewrite: every one but the active segment."""
+        return [i for i in self.segments() if not i.active]
+
+    def replace_segments(self, old_bases: list[int], cleaned: list[Path]) -> None:
+        """Swap compacted segments in for closed ones, crash-safely (Kafka's LogCleaner).
+
+        ``cleaned`` are ``<base>.log.cleaned`` files already written and fsynced, in offset
+        order, together covering exactly the offsets of the segments ``old_bases`` (consecutive
+        closed segments). Under the log's lock: each ``.cleaned`` becomes ``.swap`` (fsync the
+        directory), the old files become ``*.deleted``, each ``.swap`` drops its suffix, and the
+        new segments take the old ones' place. A crash at any point leaves either the old
+        segments or the new ones: opening the log deletes ``.cleaned`` files and completes a
+        swap that reached ``.swap``. Readers holding slices of the old files keep them.
+        """
+        self._check_writable()
+        with self._lock:
+            segs = self._segments
+            idx = {s.base_offset: i for i, s in enumerate(segs)}
+            pos = [idx.get(b) for b in old_bases]
+            if (None in pos or not pos or pos != list(range(pos[0], pos[0] + len(pos)))
+                    or segs[pos[-1]].is_active):
+                raise ValueError(f"segments {old_bases} are not consecutive closed segments of "
+                                 f"{self.directory}")
+            swaps = []
+            for p in cleaned:
+                if not p.name.endswith(".log.cleaned"):
+                    raise ValueError(f"{p} is not a .log.cleaned file")
+                q = p.with_name(p.name[: -len(".cleaned")] + ".swap")
+                os.replace(p, q)
+                swaps.append(q)
+            fsync_dir(self.directory)
+            dead = [segs[i] for i in pos]
+            renamed: list[Path] = []
+            for s in dead:
+                s.ensure_unmapped_or_keep()
+                renamed += s.rename_deleted()
+            fresh = []
+            for q in swaps:
+                final = q.with_name(q.name[: -len(".swap")])
+                os.replace(q, final)
+                base = int(final.name.split(".")[0])
+                seg = Segment.load(self.directory, base, self.config)
+                seg._rebuild_indexes()
+                seg._indexes_checked = True
+                fresh.append(seg)
+            fsync_dir(self.directory)
+            self._set_segments(segs[: pos[0]] + fresh + segs[pos[-1] + 1:])
+            self._schedule_unlink(renamed)
 
     def _schedule_unlink(self, paths: list[Path]) -> None:
         delay = self.config["file.delete.delay.ms"] / 1000

@@ -376,6 +376,14 @@ class Segment:
             self._map_size = len(m)
             return m
 
+    def ensure_unmapped_or_keep(self) -> None:
+        """Forget this segment's mappings without closing them: slices already handed out
+        keep reading the old (renamed, later unlinked) file, which stays valid."""
+        with self._map_lock:
+            self._maps = []
+            self._map = None
+            self._map_size = 0
+
     def ensure_unmapped(self) -> None:
         """Close every mapping of the .log; refuse while a view over it is still exported.
         Slices that held a closed mapping raise ValueError instead of touching cut pages."""

@@ -469,7 +469,7 @@ size_t ks_span_batches(const uint8_t *buf, size_t len, size_t start, size_t max_
 }
 
 int ks_records_check(const uint8_t *area, size_t len, int32_t count, int sequential,
-                     size_t *err_pos)
+                     int require_keys, size_t *err_pos)
 {
     size_t pos = 0;
     ks_record r;
@@ -487,6 +487,10 @@ int ks_records_check(const uint8_t *area, size_t len, int32_t count, int sequent
         if (sequential && r.offset_delta != i) {
             *err_pos = start;
             return KS_ERR_OFFSET;
+        }
+        if (require_keys && r.key_length < 0) {
+            *err_pos = start;
+            return KS_ERR_NULL_KEY;
         }
     }
     if (pos != len) {

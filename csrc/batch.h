@@ -68,6 +68,7 @@
 #define KS_ERR_NOMEM       (-9)
 #define KS_ERR_OFFSET      (-10) /* offsets not increasing, or lastOffsetDelta inconsistent */
 #define KS_ERR_TOO_LARGE   (-11) /* a field does not fit in its type */
+#define KS_ERR_NULL_KEY    (-12) /* a record without a key where keys are required (compaction) */
 
 typedef struct {
     int64_t base_offset;
@@ -159,7 +160,7 @@ int ks_records_columns(const uint8_t *area, size_t len, int32_t count, int64_t b
  * deltas run 0, 1, ..., count - 1 as a producer writes them (KS_ERR_OFFSET otherwise).
  */
 int ks_records_check(const uint8_t *area, size_t len, int32_t count, int sequential,
-                     size_t *err_pos);
+                     int require_keys, size_t *err_pos);
 
 /* Encoded size of one record with the given parts (headers already encoded, headers_size bytes). */
 size_t ks_record_size(int64_t timestamp_delta, int32_t offset_delta, int32_t key_length,

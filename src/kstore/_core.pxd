@@ -67,6 +67,7 @@ cdef extern from "batch.h" nogil:
         KS_ERR_NOMEM
         KS_ERR_OFFSET
         KS_ERR_TOO_LARGE
+        KS_ERR_NULL_KEY
 
     ctypedef struct ks_batch_header:
         int64_t base_offset
@@ -122,7 +123,7 @@ cdef extern from "batch.h" nogil:
     int ks_batch_check(const uint8_t *buf, size_t len, int check_crc, ks_batch_header *h,
                        size_t *size, size_t *err_pos)
     int ks_records_check(const uint8_t *area, size_t len, int32_t count, int sequential,
-                         size_t *err_pos)
+                         int require_keys, size_t *err_pos)
     int ks_record_parse(const uint8_t *area, size_t len, size_t *pos, ks_record *r)
     int ks_header_parse(const uint8_t *area, size_t end, size_t *pos, int32_t *key_length,
                         size_t *key_pos, int32_t *value_length, size_t *value_pos)

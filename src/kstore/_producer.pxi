@@ -25,6 +25,7 @@ cdef class _TopicState:
     cdef list opened_ms
     cdef int64_t max_message_bytes
     cdef object codec
+    cdef bint require_keys
     cdef int sticky
     cdef int64_t sticky_bytes
 
@@ -95,6 +96,7 @@ cdef class ProducerCore:
             self._topics[topic] = st
         st.num_partitions = n
         st.max_message_bytes = info[1]
+        st.require_keys = info[3]
         # A topic codec other than 'producer' wins, as Kafka's broker recompresses to it.
         st.codec = info[2] if info[2] is not None else (self.compression or "none")
         st.logs = [None] * n
@@ -188,6 +190,8 @@ cdef class ProducerCore:
             st = self._state(topic)
             kheld = _item(<PyObject *>key, &kp, &kn, &kview, "key")
             vheld = _item(<PyObject *>value, &vp, &vn, &vview, "value")
+            if kn < 0 and st.require_keys:
+                raise errors.InvalidRecordError(f"topic {topic!r}: {_NULL_KEY}")
             if partition is None:
                 p = self._choose(st, kp, kn, key, (kn if kn > 0 else 0) + (vn if vn > 0 else 0) + 8)
             else:

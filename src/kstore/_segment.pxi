@@ -70,8 +70,12 @@ def index_entry(buf, Py_ssize_t slot, bint time_index=False):
             ks_load_be32(p.ptr + slot * KS_OFFSET_INDEX_ENTRY + 4))
 
 
+cdef str _NULL_KEY = ("compacted topic cannot accept a record without a key (INVALID_RECORD): "
+                      "give every record a key, or use cleanup.policy=delete")
+
+
 cdef int _check_records(Pinned src, Py_ssize_t pos, Py_ssize_t size, int32_t count,
-                        int16_t attributes) except -1:
+                        int16_t attributes, bint require_keys=False) except -1:
     """Deep check of one producer batch: records parse, count matches, deltas run 0..n-1."""
     cdef int codec = attributes & KS_ATTR_COMPRESSION_MASK
     cdef size_t err_pos = 0
@@ -79,8 +83,12 @@ cdef int _check_records(Pinned src, Py_ssize_t pos, Py_ssize_t size, int32_t cou
     cdef Pinned area
     cdef Py_ssize_t start = pos + KS_BATCH_HEADER_SIZE
     if codec == KS_CODEC_NONE:
-        rc = ks_records_check(src.ptr + start, size - KS_BATCH_HEADER_SIZE, count, 1, &err_pos)
+        rc = ks_records_check(src.ptr + start, size - KS_BATCH_HEADER_SIZE, count, 1,
+                              require_keys, &err_pos)
         if rc != KS_OK:
+            if rc == KS_ERR_NULL_KEY:
+                raise errors.InvalidRecordError(
+                    f"{_NULL_KEY} (record at byte {start + <Py_ssize_t>err_pos})")
             if rc == KS_ERR_OFFSET:
                 raise errors.InvalidRecordError(
                     f"batch at byte {pos}: record offset deltas must run 0..{count - 1} "
@@ -89,7 +97,9 @@ cdef int _check_records(Pinned src, Py_ssize_t pos, Py_ssize_t size, int32_t cou
         return 0
     area = _pin(_decompress(codec, src.ptr + start, size - KS_BATCH_HEADER_SIZE,
                             DEFAULT_MAX_DECOMPRESSED_BYTES, start))
-    rc = ks_records_check(area.ptr, area.length, count, 1, &err_pos)
+    rc = ks_records_check(area.ptr, area.length, count, 1, require_keys, &err_pos)
+    if rc == KS_ERR_NULL_KEY:
+        raise errors.InvalidRecordError(f"{_NULL_KEY} ({CODECS[codec]} batch at byte {pos})")
     if rc == KS_ERR_OFFSET:
         raise errors.InvalidRecordError(
             f"batch at byte {pos}: record offset deltas must run 0..{count - 1}")
@@ -332,14 +342,16 @@ cdef class SegmentAppender:
     def append(self, buf, int64_t next_offset, int64_t log_append_time=-1,
                int32_t partition_leader_epoch=0, bint deep=True,
                int64_t max_message_bytes=1048588, int64_t segment_bytes=1073741824,
-               int64_t segment_ms=604800000, int64_t now_ms=-1, bint verify_crc=True):
+               int64_t segment_ms=604800000, int64_t now_ms=-1, bint verify_crc=True,
+               bint require_keys=False):
         return self._append(buf, next_offset, log_append_time, partition_leader_epoch, deep,
-                            max_message_bytes, segment_bytes, segment_ms, now_ms, verify_crc)
+                            max_message_bytes, segment_bytes, segment_ms, now_ms, verify_crc,
+                            require_keys)
 
     cdef int _append(self, object buf, int64_t next_offset, int64_t log_append_time,
                      int32_t partition_leader_epoch, bint deep, int64_t max_message_bytes,
                      int64_t segment_bytes, int64_t segment_ms, int64_t now_ms,
-                     bint verify_crc=True) except -1:
+                     bint verify_crc=True, bint require_keys=False) except -1:
         """Validate the batches in ``buf``, give them offsets from ``next_offset`` and write them
         at the end of the segment with one writev. ``buf`` itself is never modified.
 
@@ -389,7 +401,8 @@ cdef class SegmentAppender:
             if deep:
                 _check_records(src, self.scan.position[i], self.scan.size[i],
                                self.scan.records_count[i],
-                               <int16_t>ks_load_be16(src.ptr + self.scan.position[i] + KS_BATCH_ATTRIBUTES_OFFSET))
+                               <int16_t>ks_load_be16(src.ptr + self.scan.position[i] + KS_BATCH_ATTRIBUTES_OFFSET),
+                               require_keys)
             total += self.scan.size[i]
             ts = self.scan.max_timestamp[i]
             if ts > in_max_ts:
@@ -497,6 +510,7 @@ cdef class AppendPath:
     cdef public bint log_append_time
     cdef public object clock
     cdef public bint needs_flush
+    cdef public bint require_keys
 
     def __init__(self, SegmentAppender appender, int64_t leo):
         self.appender = appender
@@ -514,6 +528,7 @@ cdef class AppendPath:
         self.flush_messages = config["flush.messages"]
         self.flush_ms = config["flush.ms"]
         self.log_append_time = config["message.timestamp.type"] == "LogAppendTime"
+        self.require_keys = "compact" in config["cleanup.policy"]
         self.clock = clock
 
     def append(self, buf, bint deep, bint verify_crc=True):
@@ -521,7 +536,8 @@ cdef class AppendPath:
         cdef int64_t lat = now if self.log_append_time else -1
         cdef SegmentAppender app = self.appender
         cdef int rc = app._append(buf, self.leo, lat, 0, deep, self.max_message_bytes,
-                                  self.segment_bytes, self.segment_ms, now, verify_crc)
+                                  self.segment_bytes, self.segment_ms, now, verify_crc,
+                                  self.require_keys)
         if rc:
             return rc
         self.leo = app.next_offset

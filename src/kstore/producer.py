@@ -19,7 +19,12 @@ from typing import Any
 import numpy as np
 
 from kstore import _core
-from kstore.errors import ClosedError, RecordTooLargeError, UnknownTopicOrPartitionError
+from kstore.errors import (
+    ClosedError,
+    InvalidRecordError,
+    RecordTooLargeError,
+    UnknownTopicOrPartitionError,
+)
 from kstore.topic import validate_partitioner
 
 RecordMetadata = _core.RecordMetadata
@@ -67,7 +72,7 @@ class Producer(_core.ProducerCore):
         """
         if self.closed:
             raise ClosedError("send_many on a closed producer")
-        nparts, max_message_bytes, codec = self.store._producer_topic(topic)
+        nparts, max_message_bytes, codec, require_keys = self.store._producer_topic(topic)
         codec = codec if codec is not None else (self.compression or "none")
         self._flush_topic(topic)  # keep each partition's order with earlier send() calls
         n = _count(values)
@@ -75,6 +80,10 @@ class Producer(_core.ProducerCore):
             return 0
         if keys is not None and _count(keys) != n:
             raise ValueError(f"{_count(keys)} keys for {n} values")
+        if require_keys and (keys is None or (isinstance(keys, list) and None in keys)):
+            raise InvalidRecordError(
+                f"topic {topic!r} is compacted: it cannot accept records without a key "
+                f"(INVALID_RECORD); nothing was written")
         biggest = _core.max_record_size(values, keys)
         if biggest > max_message_bytes:
             # Checked before anything is written: send_many writes all of its records or none.

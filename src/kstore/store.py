@@ -359,14 +359,15 @@ class Store:
     def partitions_for(self, topic: str) -> int:
         return self._topic(topic)["partitions"]
 
-    def _producer_topic(self, topic: str) -> tuple[int, int, str | None]:
-        """(partitions, max.message.bytes, codec the topic imposes or None for 'producer')."""
+    def _producer_topic(self, topic: str) -> tuple[int, int, str | None, bool]:
+        """(partitions, max.message.bytes, codec the topic imposes or None for 'producer',
+        whether records need keys: compacted topics)."""
         self._check_writable()
         t = self._topic(topic)
         cfg = resolve_config(t.get("config"))
         codec = cfg["compression.type"]
         codec = None if codec == "producer" else "none" if codec == "uncompressed" else codec
-        return t["partitions"], cfg["max.message.bytes"], codec
+        return t["partitions"], cfg["max.message.bytes"], codec, "compact" in cfg["cleanup.policy"]
 
     # ==========================================================================================
     # Clients

@@ -169,3 +169,27 @@ def test_a_segment_deleted_by_hand_under_a_running_store(store):
     with pytest.raises(errors.KafkaStorageError, match="missing"):
         lg.read(victim.base_offset)
     assert any(victim.path.name in p and "missing" in p for p in lg.verify())
+
+
+def test_committed_offsets_expire_for_groups_without_members(tmp_path, clock):
+    s = kstore.open(tmp_path / "d", clock=clock, retention_check_interval_ms=0,
+                    offsets_retention_minutes=60)
+    s.create_topic("t", partitions=2)
+    p = s.producer(linger_ms=0)
+    for i in range(4):
+        p.send("t", b"v", partition=i % 2)
+    c = s.consumer(group="live", topics=["t"], auto_offset_reset="earliest")
+    c.poll(timeout=1)
+    c.commit()
+    s.commit_offsets("gone", {("t", 0): (1, "", 0)})
+    clock.now += 59 * 60_000
+    assert s.run_maintenance().get("expired_offsets") is None  # not yet
+    clock.now += 2 * 60_000
+    report = s.run_maintenance()
+    assert report["expired_offsets"] == {"gone": [("t", 0)]}  # "live" has a member
+    assert "gone" not in s.groups() and s.committed("gone", "t", 0) is None
+    c.close()
+    s.close()
+    with kstore.open(tmp_path / "d", clock=clock, retention_check_interval_ms=0) as s2:
+        assert s2.committed("gone", "t", 0) is None  # the tombstone is on disk
+        assert s2.committed("live", "t", 0) == 2

@@ -118,7 +118,8 @@ class Store:
     def __init__(self, path: str | os.PathLike = "./kstore-data", read_only: bool = False, *,
                  auto_create_topics: bool = False, num_partitions: int = 1,
                  clock: Callable[[], int] | None = None,
-                 retention_check_interval_ms: int = 300_000) -> None:
+                 retention_check_interval_ms: int = 300_000,
+                 offsets_retention_minutes: int = 10080) -> None:
         self.path = Path(path)
         self.read_only = read_only
         self.auto_create_topics = auto_create_topics
@@ -140,6 +141,10 @@ class Store:
                 f"log.retention.check.interval.ms must be a non-negative int (0: no background "
                 f"maintenance), not {retention_check_interval_ms!r}")
         self.retention_check_interval_ms = retention_check_interval_ms
+        if not isinstance(offsets_retention_minutes, int) or offsets_retention_minutes < 1:
+            raise InvalidConfigError(f"offsets.retention.minutes must be a positive int, not "
+                                     f"{offsets_retention_minutes!r}")
+        self.offsets_retention_ms = offsets_retention_minutes * 60_000
         self._maintenance_stop = threading.Event()
         self._maintenance_thread: threading.Thread | None = None
         self._open()
@@ -529,7 +534,38 @@ class Store:
                     continue  # deleted meanwhile
                 if res.deleted_segments:
                     report[f"{name}-{p}"] = res
+        expired = self.expire_offsets(now)
+        if expired:
+            report["expired_offsets"] = expired
         return report
+
+    def expire_offsets(self, now_ms: int | None = None) -> dict[str, list[tuple[str, int]]]:
+        """Drop committed offsets older than offsets.retention.minutes for groups with no
+        member in this process (Kafka: Empty groups and standalone consumers), by writing
+        tombstones to __consumer_offsets. Returns what went, per group."""
+        self._check_writable()
+        now = self.now_ms() if now_ms is None else now_ms
+        committed = self._load_committed()
+        out: dict[str, list[tuple[str, int]]] = {}
+        for group, entries in list(committed.items()):
+            state = self._groups.get(group)
+            if state is not None and state.members:
+                continue
+            old = [tp for tp, c in entries.items() if now - c.commit_timestamp >= self.offsets_retention_ms]
+            if not old:
+                continue
+            b = _core.BatchBuilder()
+            for t, p in old:
+                b.append(None, key=offsets.encode_offset_commit_key(group, t, p), timestamp=now)
+            self.partition(offsets.OFFSETS_TOPIC, offsets.group_partition(group)).append_batch(
+                b.build(), validate_records=False, verify_crc=False)
+            with self._committed_lock:
+                for tp in old:
+                    entries.pop(tp, None)
+                if not entries:
+                    committed.pop(group, None)
+            out[group] = sorted(old)
+        return out
 
     def _maintenance_loop(self) -> None:
         interval = self.retention_check_interval_ms / 1000

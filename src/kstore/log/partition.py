@@ -735,9 +735,10 @@ class PartitionLog:
         with self._lock:
             segs = self._segments
             idx = {s.base_offset: i for i, s in enumerate(segs)}
-            pos = [idx.get(b) for b in old_bases]
-            if (None in pos or not pos or pos != list(range(pos[0], pos[0] + len(pos)))
-                    or segs[pos[-1]].is_active):
+            found = [idx.get(b) for b in old_bases]
+            pos = [i for i in found if i is not None]
+            if (len(pos) != len(found) or not pos
+                    or pos != list(range(pos[0], pos[0] + len(pos))) or segs[pos[-1]].is_active):
                 raise ValueError(f"segments {old_bases} are not consecutive closed segments of "
                                  f"{self.directory}")
             swaps = []

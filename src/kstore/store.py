@@ -14,15 +14,13 @@ topic registry is ``kstore.json`` (replaced atomically). One process may hold a 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
 import os
 import shutil
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +32,13 @@ from kstore.errors import (
     InvalidPartitionsError,
     InvalidRequestError,
     KafkaStorageError,
-    LogLockedError,
     OffsetOutOfRangeError,
     ReadOnlyError,
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
 )
 from kstore.log import PartitionLog
-from kstore.log.checkpoint import atomic_write
+from kstore.log.checkpoint import atomic_write, lock_directory
 from kstore.topic import validate_topic_name
 
 log = logging.getLogger("kstore.store")
@@ -164,19 +161,7 @@ class Store:
             if not p.is_dir():
                 raise KafkaStorageError(f"data directory {p} does not exist")
         else:
-            try:
-                p.mkdir(parents=True, exist_ok=True)
-                self._lock_fd = os.open(p / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise KafkaStorageError(f"cannot use {p} as a data directory: {exc}") from exc
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(self._lock_fd)
-                self._lock_fd = -1
-                raise LogLockedError(
-                    f"{p} is already open for writing by another process (or another Store in "
-                    f"this one); open it with read_only=True to read alongside") from None
+            self._lock_fd = lock_directory(p, "data directory")
         try:
             self._topics = self._read_registry()
         except BaseException:

@@ -6,6 +6,7 @@ Format: ``0\\n<count>\\n`` then one ``topic partition offset`` line per entry. W
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -130,3 +131,31 @@ class CheckpointFile:
                 atomic_write(self.path, format_checkpoint(entries))
             finally:
                 os.close(dfd)  # releases the flock
+
+
+def lock_directory(directory: Path, what: str) -> int:
+    """Create ``directory`` if needed and take the exclusive writer lock on ``<dir>/.lock``
+    (flock: per open file, so a second open in this process is refused too). Returns the fd
+    holding the lock. Raises LogLockedError when another writer has it, KafkaStorageError when
+    the directory cannot be used."""
+    from kstore.errors import KafkaStorageError, LogLockedError
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError as exc:
+        raise KafkaStorageError(f"cannot write to {what} {directory}: {exc.strerror}; check its "
+                                f"permissions or open it with read_only=True") from exc
+    except OSError as exc:
+        raise KafkaStorageError(f"cannot use {directory} as a {what}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise LogLockedError(
+                f"{what} {directory} is already open for writing (by this or another process); "
+                f"one writer at a time: close the other, or open this one with read_only=True"
+            ) from None
+        raise KafkaStorageError(f"cannot lock {directory}: {exc}") from exc
+    return fd

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import errno
-import fcntl
 import logging
 import os
 import threading
@@ -38,7 +37,6 @@ from kstore.errors import (
     ClosedError,
     InvalidRecordError,
     KafkaStorageError,
-    LogLockedError,
     OffsetOutOfRangeError,
     ReadOnlyError,
 )
@@ -47,8 +45,8 @@ from kstore.log.checkpoint import (
     RECOVERY_POINT,
     CheckpointFile,
     atomic_write,
-    format_checkpoint,
     fsync_dir,
+    lock_directory,
 )
 from kstore.log.fileslice import FileSlice
 from kstore.log.segment import Segment, _NeedsRecovery, _scan_file
@@ -152,22 +150,7 @@ class PartitionLog:
 
     def _open_writer(self) -> None:
         d = self.directory
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = os.open(d / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        except PermissionError as exc:
-            raise KafkaStorageError(f"cannot write to log directory {d}: {exc.strerror}; check "
-                                    f"its permissions or open it with read_only=True") from exc
-        except OSError as exc:
-            raise KafkaStorageError(f"cannot open log directory {d}: {exc}") from exc
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
-            raise LogLockedError(
-                f"{d} is already open for writing (by this or another process); one writer per "
-                f"partition: close the other, or open this one with read_only=True") from None
+        self._lock_fd = lock_directory(d, "log directory")
         if not os.access(d, os.W_OK):
             raise KafkaStorageError(f"log directory {d} is not writable")
         started = time.perf_counter()

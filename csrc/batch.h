@@ -232,4 +232,13 @@ int ks_find_timestamp(const uint8_t *buf, size_t len, size_t start, int64_t targ
 size_t ks_span_batches(const uint8_t *buf, size_t len, size_t start, size_t max_bytes,
                        int64_t max_offset);
 
+/*
+ * Like ks_span_batches, but the walk starts at `from` (a batch boundary at or after start,
+ * e.g. found through the offset index) instead of at start, so the headers between are not
+ * read. Returns the end position of the span and sets *last_pos to the start of its last batch
+ * (start itself when the span holds one batch).
+ */
+size_t ks_span_batches_from(const uint8_t *buf, size_t len, size_t start, size_t from,
+                            size_t max_bytes, int64_t max_offset, size_t *last_pos);
+
 #endif

@@ -31,6 +31,19 @@ int64_t ks_time_index_lookup(const uint8_t *index, size_t entries, int64_t targe
     return (int64_t)lo - 1;
 }
 
+int64_t ks_offset_index_floor_position(const uint8_t *index, size_t entries, uint32_t position)
+{
+    size_t lo = 0, hi = entries;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (ks_load_be32(index + mid * KS_OFFSET_INDEX_ENTRY + 4) <= position)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return (int64_t)lo - 1;
+}
+
 size_t ks_offset_index_valid_entries(const uint8_t *index, size_t entries)
 {
     uint32_t last_rel = 0, last_pos = 0;

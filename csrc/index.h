@@ -15,6 +15,8 @@
 
 int64_t ks_offset_index_lookup(const uint8_t *index, size_t entries, uint32_t relative_offset);
 int64_t ks_time_index_lookup(const uint8_t *index, size_t entries, int64_t timestamp);
+/* Slot of the largest offset-index entry whose file position <= position, or -1. */
+int64_t ks_offset_index_floor_position(const uint8_t *index, size_t entries, uint32_t position);
 
 /*
  * Entries in use in an index file that may hold zero-filled slots past its end (an untrimmed

@@ -21,6 +21,7 @@ cdef extern from "index.h" nogil:
         KS_TIME_INDEX_ENTRY
     int64_t ks_offset_index_lookup(const uint8_t *index, size_t entries, uint32_t relative_offset)
     int64_t ks_time_index_lookup(const uint8_t *index, size_t entries, int64_t timestamp)
+    int64_t ks_offset_index_floor_position(const uint8_t *index, size_t entries, uint32_t position)
     size_t ks_offset_index_valid_entries(const uint8_t *index, size_t entries)
     size_t ks_time_index_valid_entries(const uint8_t *index, size_t entries)
 
@@ -153,6 +154,8 @@ cdef extern from "batch.h" nogil:
                           size_t *found_pos)
     size_t ks_span_batches(const uint8_t *buf, size_t len, size_t start, size_t max_bytes,
                            int64_t max_offset)
+    size_t ks_span_batches_from(const uint8_t *buf, size_t len, size_t start, size_t walk_from,
+                                size_t max_bytes, int64_t max_offset, size_t *last_pos)
 
 
 cdef class Pinned:

@@ -544,3 +544,40 @@ cdef class AppendPath:
         self.needs_flush = (self.leo - self.recovery_point >= self.flush_messages
                             or now - self.last_flush_ms >= self.flush_ms)
         return (app.last_first_offset, app.last_last_offset, lat)
+
+
+def span_with_index(buf, Py_ssize_t start, Py_ssize_t max_bytes, int64_t max_offset,
+                    Py_ssize_t end, index, Py_ssize_t entries, int64_t base_offset):
+    """Whole batches from ``start`` within ``max_bytes`` and below ``max_offset``, like
+    span_batches, but jumping through the offset index to the entry nearest the byte limit so
+    that only the headers near the end of the span are read: walking every header of a 64 MiB
+    slice faulted in a page per batch, and sendfile of the log ran at 0.89x of plain sendfile.
+    Returns ``(length, position of the last batch)``."""
+    cdef Pinned src = _pin(buf)
+    cdef Pinned idx
+    cdef size_t last_pos = start, stop, frm = start
+    cdef int64_t slot, limit
+    cdef uint32_t rel, epos
+    if end < 0 or end > src.length:
+        end = src.length
+    if index is not None and entries > 0 and max_bytes > 65536:
+        idx = _pin(index)
+        limit = min(<int64_t>end, <int64_t>start + max_bytes)
+        slot = ks_offset_index_floor_position(idx.ptr, entries, <uint32_t>min(limit, 0xffffffff))
+        # Step back one entry: that batch ends where the next indexed one starts, within the
+        # limit, so the walk from it always takes at least one batch.
+        slot -= 1
+        if slot >= 0:
+            rel = ks_load_be32(idx.ptr + slot * KS_OFFSET_INDEX_ENTRY)
+            epos = ks_load_be32(idx.ptr + slot * KS_OFFSET_INDEX_ENTRY + 4)
+            # The entry's batch ends at offset base + rel; every batch before it is lower, so
+            # skipping them cannot skip past max_offset.
+            if epos > <uint32_t>start and base_offset + rel < max_offset:
+                frm = epos
+    with nogil:
+        stop = ks_span_batches_from(src.ptr, end, start, frm, max_bytes, max_offset, &last_pos)
+    if frm > <size_t>start and stop == frm:
+        # Nothing fitted after the jump point: the span ends just before it.
+        with nogil:
+            stop = ks_span_batches_from(src.ptr, end, start, start, frm - start, max_offset, &last_pos)
+    return stop - start, last_pos

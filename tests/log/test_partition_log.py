@@ -476,3 +476,36 @@ def test_reader_in_another_process_follows_the_writer(tmp_path):
         assert len(lg.segments()) > 5
     assert proc.returncode == 0
     assert int(out) == n
+
+
+def test_read_spans_match_a_plain_walk_of_the_headers(tmp_path):
+    """read() jumps through the offset index to the end of a large span; the slice must be
+    exactly what walking every header gives (whole batches, max_bytes, max_offset), and its
+    next_offset what a scan of the slice gives."""
+    import random
+
+    from kstore import _core
+
+    rng = random.Random(5)
+    with PartitionLog.open(tmp_path / "t-0", {"index.interval.bytes": 300,
+                                               "segment.bytes": 400_000}) as lg:
+        off = 0
+        for _ in range(600):
+            n = rng.randint(1, 12)
+            lg.append_batch(batch(n, off, size=rng.choice([5, 50, 400])))
+            off += n
+        for _ in range(400):
+            start = rng.randrange(0, off)
+            max_bytes = rng.choice([1, 100, 5000, 70_000, 300_000, 1 << 22])
+            max_offset = rng.choice([None, rng.randrange(start, off + 1)])
+            fs = lg.read(start, max_bytes, max_offset)
+            if len(fs) == 0:
+                continue
+            mm = fs._map
+            seg_size = next(s.size for s in lg.segments() if str(s.path) == fs.file.path)
+            limit = off if max_offset is None else max_offset
+            want = _core.span_batches(mm, fs.position, max_bytes, limit, seg_size)
+            assert len(fs) == want, (start, max_bytes, max_offset)
+            res = _core.scan(fs.memoryview(), 0, -1, False, False)
+            assert fs.next_offset == int(res.last_offsets[-1]) + 1
+            assert res.base_offsets[0] <= start <= res.last_offsets[0] or res.base_offsets[0] > start

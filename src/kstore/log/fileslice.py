@@ -44,7 +44,7 @@ class FileSlice:
     a socket or file descriptor with ``os.sendfile``; ``read()`` copies them.
     """
 
-    __slots__ = ("file", "position", "length", "base_offset", "_map")
+    __slots__ = ("file", "position", "length", "base_offset", "_map", "_next")
 
     def __init__(self, file: SegmentFile, position: int, length: int, mapping: mmap.mmap,
                  base_offset: int) -> None:
@@ -53,6 +53,7 @@ class FileSlice:
         self.length = length
         self._map = mapping
         self.base_offset = base_offset  # of the first batch in the slice
+        self._next = -1
 
     @classmethod
     def empty(cls, offset: int) -> "FileSlice":
@@ -78,8 +79,10 @@ class FileSlice:
         """The offset after the slice's last batch (headers only: nothing is decoded)."""
         if self.length == 0:
             return self.base_offset
-        res = _core.scan(self.memoryview(), 0, -1, False, False)
-        return int(res.last_offsets[-1]) + 1
+        if self._next < 0:
+            res = _core.scan(self.memoryview(), 0, -1, False, False)
+            self._next = int(res.last_offsets[-1]) + 1
+        return self._next
 
     def batches(self) -> Iterator[Batch]:
         return _core.iter_batches(self.memoryview())

@@ -421,12 +421,21 @@ class Segment:
         start = _core.find_offset(mm, offset, pos, size)
         if start >= size:
             return None
-        n = _core.span_batches(mm, start, max_bytes, max_offset, size)
+        app = self.appender
+        idx = self.offset_index
+        entries = app.offset_entries if app is not None else idx.entries
+        n, last_pos = _core.span_with_index(mm, start, max_bytes, max_offset, size,
+                                            idx.mm if entries else None, entries,
+                                            self.base_offset)
         if n == 0:
             return None
         assert self._file is not None
         base = int.from_bytes(mm[start:start + 8], "big")
-        return FileSlice(self._file, start, n, mm, base)
+        fs = FileSlice(self._file, start, n, mm, base)
+        # The last batch's header gives the next offset without walking the others.
+        fs._next = (int.from_bytes(mm[last_pos:last_pos + 8], "big")
+                    + int.from_bytes(mm[last_pos + 23:last_pos + 27], "big") + 1)
+        return fs
 
     def find_time(self, timestamp: int) -> tuple[int, int] | None:
         """(offset, timestamp) of the first record with timestamp >= ``timestamp``, or None."""

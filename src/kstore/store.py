@@ -618,8 +618,10 @@ def _apply_offset_record(committed: dict, key: bytes | None, value: bytes | None
         return
     kind, obj = rec
     if kind == "offset":
+        assert isinstance(obj, offsets.OffsetCommit)
         committed.setdefault(obj.group, {})[(obj.topic, obj.partition)] = obj
     elif kind == "offset_delete":
+        assert isinstance(obj, offsets.OffsetCommitKey)
         committed.get(obj.group, {}).pop((obj.topic, obj.partition), None)
 
 

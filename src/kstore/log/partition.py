@@ -393,10 +393,11 @@ class PartitionLog:
             fast = self._fast
             if fast is None:
                 self._check_writable()
-            result = fast.append(buf, validate_records, verify_crc)
+                raise ClosedError(f"log {self.directory} is closed")
+            result: Any = fast.append(buf, validate_records, verify_crc)
             if result.__class__ is int:
-                self._roll(result)
-                result = self._fast.append(buf, False, False)
+                self._roll(result)  # the same AppendPath now points at the new segment
+                result = fast.append(buf, False, False)
                 if result.__class__ is int:
                     raise InvalidRecordError(
                         f"batches of {len(memoryview(buf))} bytes cannot go into a fresh segment "

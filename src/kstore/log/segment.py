@@ -193,11 +193,11 @@ class Segment:
                     bad = np.nonzero((res.base_offsets < self.base_offset) |
                                      (res.last_offsets - self.base_offset > INT32_MAX))[0]
                     if bad.size:
-                        res = _core.scan(mm, start, size, True, True, int(bad[0])) if bad[0] else None
+                        head = _core.scan(mm, start, size, True, True, int(bad[0])) if bad[0] else None
                         why = (f"batch at byte {int(_first(bad, start, mm, size))} has offsets outside "
                                f"segment {self.base_offset}")
-                        if res is not None:
-                            app.track_scanned(res)
+                        if head is not None:
+                            app.track_scanned(head)
                         break
                     app.track_scanned(res)
                     if not res.ok:
@@ -210,9 +210,9 @@ class Segment:
         valid = app.size
         cut = size - valid
         if cut:
-            with open(self.log_path, "r+b") as f:
-                f.truncate(valid)
-                os.fsync(f.fileno())
+            with open(self.log_path, "r+b") as w:
+                w.truncate(valid)
+                os.fsync(w.fileno())
             if why is None:
                 why = "partial batch at the end"
         if not active:
@@ -511,9 +511,9 @@ class Segment:
         if was_active:
             self.deactivate()
         self.close_files()
-        with open(self.log_path, "r+b") as f:
-            f.truncate(mm_pos)
-            os.fsync(f.fileno())
+        with open(self.log_path, "r+b") as w:
+            w.truncate(mm_pos)
+            os.fsync(w.fileno())
         self.recover(active=True)
         return mm_pos
 

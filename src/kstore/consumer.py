@@ -28,6 +28,7 @@ import numpy as np
 from kstore import _core
 from kstore.errors import (
     ClosedError,
+    CorruptRecordError,
     InvalidGroupIdError,
     NoOffsetForPartitionError,
     OffsetOutOfRangeError,
@@ -373,8 +374,12 @@ class Consumer:
             fs = lg.read(pos, self.fetch_max_bytes)
         recs: list[_core.Record] = []
         topic, part = tp
-        for b in fs.batches():
-            recs += b.records(True, _core.DEFAULT_MAX_DECOMPRESSED_BYTES, topic, part, pos)
+        try:
+            for b in fs.batches():
+                recs += b.records(True, _core.DEFAULT_MAX_DECOMPRESSED_BYTES, topic, part, pos)
+        except CorruptRecordError as exc:
+            raise type(exc)(f"{topic}-{part}: {exc}; byte positions count from byte "
+                            f"{fs.position} of {fs.file.path}; run 'kstore verify'") from None
         if not recs:
             if len(fs):
                 self._positions[tp] = max(pos, fs.next_offset)

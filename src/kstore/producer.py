@@ -127,9 +127,19 @@ class Producer(_core.ProducerCore):
                 idx: np.ndarray, kw: dict) -> None:
         log = self.store.partition(topic, partition)
         step = self.CHUNK_RECORDS
+        seg_bytes = log.config["segment.bytes"]
         for a in range(0, len(idx), step):
             raw = _core.encode_batches(values, keys, timestamps, indices=idx[a:a + step], **kw)
-            log.append_batches(raw, validate_records=False, verify_crc=False)
+            if len(raw) <= seg_bytes:
+                log.append_batches(raw, validate_records=False, verify_crc=False)
+                continue
+            # One append may not exceed segment.bytes: cut the chunk at batch boundaries.
+            view = memoryview(raw)
+            pos = 0
+            while pos < len(raw):
+                n = _core.span_batches(view, pos, seg_bytes)
+                log.append_batches(view[pos:pos + n], validate_records=False, verify_crc=False)
+                pos += n
 
     def close(self) -> None:
         """Flush every pending batch and stop the linger thread."""

@@ -553,7 +553,7 @@ class PartitionLog:
         for seg in self._segments:
             if seg.max_timestamp[0] < timestamp:
                 continue
-            found = seg.find_time(timestamp)
+            found = seg.find_time(timestamp, self._log_start)
             if found is not None and found[0] >= self._log_start:
                 return found[0]
         return None
@@ -775,15 +775,27 @@ class PartitionLog:
                 problems.append(f"{seg.log_path}: missing (deleted outside kstore); offsets "
                                 f"{seg.base_offset}.. cannot be read")
                 continue
+            bad_at, first_bad = [], None
             res = _scan_file(seg.log_path, 0, size, check_crc=True)
             if res is None:
                 continue
-            if not res.ok:
+            parts = [res]
+            while not res.ok:
                 problems.append(f"{seg.log_path}: {res.error}")
-            if len(res) and res.base_offsets[0] < seg.base_offset:
-                problems.append(f"{seg.log_path}: first batch offset {res.base_offsets[0]} is "
+                bad = res.valid_end
+                first_bad = bad if first_bad is None else first_bad
+                # A bad CRC leaves the length usable: step over that batch and keep checking.
+                step = _core.span_batches(_read_at(seg.log_path, bad, size), 0, 1, 2**63 - 1)
+                if res.error_code != -3 or step == 0:
+                    break
+                res = _scan_file(seg.log_path, bad + step, size, check_crc=True)
+                if res is None:
+                    break
+                parts.append(res)
+            if len(parts[0]) and parts[0].base_offsets[0] < seg.base_offset:
+                problems.append(f"{seg.log_path}: first batch offset {parts[0].base_offsets[0]} is "
                                 f"below the segment base {seg.base_offset}")
-            problems += seg.verify_indexes(res)
+            problems += seg.verify_indexes(parts, first_bad)
         return problems
 
     # ==========================================================================================
@@ -858,6 +870,12 @@ class PartitionLog:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def _read_at(path: Path, position: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(position)
+        return f.read(min(size - position, 1 << 20))
 
 
 def _resolve(fut: asyncio.Future) -> None:

@@ -272,6 +272,11 @@ class Segment:
         self._size = last[1] if last is not None else 0
         self.next_offset = None
         self.ro_advance()
+        if self.next_offset is None and self._size > 0:
+            # The last entry points at a torn batch (the writer died mid-write, the index got
+            # there first): count the whole batches from the start instead.
+            self._size = 0
+            self.ro_advance()
 
     def _ro_load_indexes_guarded(self, size: int) -> None:
         self._size = os.path.getsize(self.log_path)
@@ -295,15 +300,20 @@ class Segment:
         if self.next_offset is None and self._size == 0:
             self.next_offset = self.base_offset
 
-    def verify_indexes(self, res: _core.ScanResult) -> list[str]:
-        """Problems with this segment's index entries, given a scan of its data."""
+    def verify_indexes(self, scans: list[_core.ScanResult], first_bad: int | None = None) -> list[str]:
+        """Problems with this segment's index entries, given scans of its data; entries at or
+        past a corrupt batch are not judged (what they point at is already reported)."""
         problems = []
         self._ensure_indexes()
-        by_pos = dict(zip(res.positions.tolist(), res.last_offsets.tolist(), strict=True))
+        by_pos: dict[int, int] = {}
+        for res in scans:
+            by_pos.update(zip(res.positions.tolist(), res.last_offsets.tolist(), strict=True))
         app = self.appender
         n = app.offset_entries if app is not None else self.offset_index.entries
         for slot in range(n):
             rel, pos = _core.index_entry(self.offset_index.mm, slot, False)
+            if first_bad is not None and pos >= first_bad:
+                break
             if by_pos.get(pos) != self.base_offset + rel:
                 problems.append(f"{self.offset_index.path}: entry {slot} ({rel}, {pos}) does not "
                                 f"point at the batch whose last offset is {self.base_offset + rel}")
@@ -437,8 +447,10 @@ class Segment:
                     + int.from_bytes(mm[last_pos + 23:last_pos + 27], "big") + 1)
         return fs
 
-    def find_time(self, timestamp: int) -> tuple[int, int] | None:
-        """(offset, timestamp) of the first record with timestamp >= ``timestamp``, or None."""
+    def find_time(self, timestamp: int, min_offset: int = 0) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record at or after ``min_offset`` (the log start)
+        with timestamp >= ``timestamp``, or None. The time index only says where to start
+        scanning: records of the batch it points into that share the timestamp count too."""
         size = self.size
         if size == 0:
             return None
@@ -459,7 +471,7 @@ class Segment:
                 return None
             batch = _core.read_batch(mm, pos)
             for r in batch.records():
-                if r.timestamp >= timestamp and r.offset >= start_offset:
+                if r.timestamp >= timestamp and r.offset >= min_offset:
                     return r.offset, r.timestamp
             pos += batch.size
 

@@ -775,7 +775,7 @@ class PartitionLog:
                 problems.append(f"{seg.log_path}: missing (deleted outside kstore); offsets "
                                 f"{seg.base_offset}.. cannot be read")
                 continue
-            bad_at, first_bad = [], None
+            first_bad: int | None = None
             res = _scan_file(seg.log_path, 0, size, check_crc=True)
             if res is None:
                 continue

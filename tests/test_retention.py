@@ -193,3 +193,25 @@ def test_committed_offsets_expire_for_groups_without_members(tmp_path, clock):
     with kstore.open(tmp_path / "d", clock=clock, retention_check_interval_ms=0) as s2:
         assert s2.committed("gone", "t", 0) is None  # the tombstone is on disk
         assert s2.committed("live", "t", 0) == 2
+
+
+def test_run_maintenance_compacts_compacted_topics(store, clock):
+    store.create_topic("c", config={"cleanup.policy": "compact", "segment.bytes": 2000,
+                                    "min.cleanable.dirty.ratio": 0.1})
+    with store.producer(linger_ms=0) as p:
+        for i in range(400):
+            p.send("c", b"value-%d" % i, key=b"key-%d" % (i % 10))
+    lg = store.partition("c", 0)
+    lg.roll()
+    before = lg.size_bytes
+    report = store.run_maintenance()
+    assert "c-0 compaction" in report
+    assert lg.size_bytes < before / 3
+    latest = {}
+    off = lg.log_start_offset
+    while off < lg.log_end_offset:
+        fs = lg.read(off, 1 << 20)
+        for r in fs.records():
+            latest[r.key] = r.value
+        off = fs.next_offset
+    assert latest == {b"key-%d" % k: b"value-%d" % (390 + k) for k in range(10)}

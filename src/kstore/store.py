@@ -503,7 +503,10 @@ class Store:
         return out
 
     def run_maintenance(self) -> dict[str, Any]:
-        """Apply retention to every partition now. Returns what was deleted, per partition."""
+        """Apply retention and compaction to every partition now (compacted topics, including
+        __consumer_offsets, are cleaned when their dirty ratio calls for it). Returns what was
+        deleted or cleaned, per partition."""
+        from kstore.cleaner import clean_log
         from kstore.retention import enforce_retention
 
         self._check_writable()
@@ -514,7 +517,12 @@ class Store:
                 if (name, p) not in self._logs and not (self.path / f"{name}-{p}").exists():
                     continue  # never written: nothing to do, nothing to open
                 try:
-                    res = enforce_retention(self.partition(name, p), now)
+                    lg = self.partition(name, p)
+                    if "compact" in lg.config["cleanup.policy"]:
+                        cleaned = clean_log(lg, now)
+                        if cleaned is not None and cleaned.cleaned_segments:
+                            report[f"{name}-{p} compaction"] = cleaned
+                    res = enforce_retention(lg, now)
                 except UnknownTopicOrPartitionError:
                     continue  # deleted meanwhile
                 if res.deleted_segments:

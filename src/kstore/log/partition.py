@@ -215,6 +215,7 @@ class PartitionLog:
         segs = [Segment.load(d, b, self.config) for b in self._segment_bases()]
         for i, seg in enumerate(segs):
             seg.read_only = True
+            seg.ro_inode = _inode(seg.log_path)
             if i < len(segs) - 1:
                 # Closed by the writer: its size is final; no need to scan it.
                 seg.ro_complete = True
@@ -493,10 +494,13 @@ class PartitionLog:
         with self._lock:
             upto = self._leo
             rp = self._recovery_point
-            segs = [s for s in self._segments if s.next_offset is None or s.is_active
-                    or (s.next_offset or 0) > rp]
-            for s in segs:
-                s.flush()
+            # Only segments holding offsets at or above the recovery point: a segment ends where
+            # the next one starts (the active one at the log end).
+            all_segs = self._segments
+            ends = [n.base_offset for n in all_segs[1:]] + [upto]
+            for seg, end in zip(all_segs, ends, strict=True):
+                if end > rp:
+                    seg.flush()
             if self._fast is not None:
                 self._fast.last_flush_ms = self._clock()
             if upto > self._recovery_point:
@@ -807,12 +811,17 @@ class PartitionLog:
             bases = self._segment_bases()
             if not bases:
                 return
-            known = set(self._bases)
-            segs = [s for s in self._segments if s.base_offset in set(bases)]
+            # A segment is known by its base and its file: compaction swaps in a new file under
+            # the same base, and segments merged into it disappear.
+            current = {b: _inode(self.directory / f"{b:020d}.log") for b in bases}
+            segs = [s for s in self._segments
+                    if s.base_offset in current and s.ro_inode == current[s.base_offset]]
+            known = {s.base_offset for s in segs}
             for b in bases:
                 if b not in known:
                     seg = Segment.load(self.directory, b, self.config)
                     seg.read_only = True
+                    seg.ro_inode = current[b]
                     seg._size = 0
                     segs.append(seg)
             segs.sort(key=lambda s: s.base_offset)
@@ -870,6 +879,13 @@ class PartitionLog:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def _inode(path: Path) -> int:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return -1
 
 
 def _read_at(path: Path, position: int, size: int) -> bytes:

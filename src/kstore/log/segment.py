@@ -55,6 +55,7 @@ class Segment:
         # Read-only opens (another process writes): no writes, indexes read with pread.
         self.read_only = False
         self.ro_complete = False
+        self.ro_inode = -1  # read-only: the file this object reads (compaction swaps files)
 
     # -- state ----------------------------------------------------------------------------
 

@@ -26,11 +26,25 @@ from kstore.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class Ran:
+    def __init__(self, proc: subprocess.CompletedProcess) -> None:
+        self.exit_code = proc.returncode
+        self.stdout = proc.stdout.decode("utf-8", "replace")
+        self.stderr = proc.stderr.decode("utf-8", "replace")
+
+    def __repr__(self) -> str:
+        return f"<Ran exit={self.exit_code} stderr={self.stderr[-500:]!r}>"
+
+
 def run(data: Path, *args: str, input: bytes | str | None = None, env: dict | None = None):
-    """Invoke the CLI in-process with --data DATA; returns click's Result."""
-    runner = CliRunner()
-    return runner.invoke(main, ["--data", str(data), *args], input=input, env=env,
-                         catch_exceptions=False)
+    """Run `python -m kstore --data DATA ARGS` as a real process, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    if isinstance(input, str):
+        input = input.encode()
+    proc = subprocess.run([sys.executable, "-m", "kstore", "--data", str(data), *args],
+                          input=input if input is not None else b"", capture_output=True,
+                          env=full_env, timeout=120)
+    return Ran(proc)
 
 
 def count_records(data: Path, topic: str) -> int:

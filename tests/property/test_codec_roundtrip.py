@@ -66,3 +66,16 @@ def test_append_many_forms_agree(width, n):
         assert b.append_many(values, timestamps=np.full(n, 5, dtype=np.int64)) == n
         outs.append(b.build())
     assert outs[0] == outs[1] == outs[2]
+
+
+def test_timestamp_delta_that_overflows_int64_wraps_like_java():
+    """Found by hypothesis in CI: timestamps 2**63 apart. The delta wraps in 64 bits (Java's long
+    arithmetic); the decoder adds it back with the same wrap and gets the original timestamps."""
+    records = [(-(2**62), None, b"a", []), (2**62, None, b"b", [])]
+    b = BatchBuilder()
+    for ts, k, v, h in records:
+        b.append(v, key=k, headers=h, timestamp=ts)
+    raw = b.build()
+    assert raw == reference.encode_batch(records)
+    (batch,) = list(iter_batches(raw))
+    assert [r.timestamp for r in batch.records()] == [-(2**62), 2**62]

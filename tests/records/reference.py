@@ -11,6 +11,8 @@ import crc32c
 
 
 def zigzag_varint(n: int) -> bytes:
+    # Java computes deltas in 64-bit longs, which wrap: so must the reference.
+    n = ((n + 2**63) % 2**64) - 2**63
     u = (n << 1) ^ (n >> 63)
     u &= (1 << 64) - 1
     out = bytearray()

@@ -201,10 +201,14 @@ fail:
     return rc;
 }
 
-int ks_records_columns(const uint8_t *area, size_t len, int32_t count, int64_t base_offset,
-                       int64_t base_timestamp, int64_t log_append_timestamp, int use_log_append,
-                       int64_t pos_base, int64_t *offsets, int64_t *timestamps, int64_t *key_pos,
-                       int32_t *key_len, int64_t *value_pos, int32_t *value_len, size_t *err_pos)
+/* The one walk over a records area: parse `count` records, apply the producer checks asked
+ * for, and fill whichever columns are given. */
+static int walk_records(const uint8_t *area, size_t len, int32_t count, int sequential,
+                        int require_keys, int64_t base_offset, int64_t base_timestamp,
+                        int64_t log_append_timestamp, int use_log_append, int64_t pos_base,
+                        int64_t *offsets, int64_t *timestamps, int64_t *key_pos,
+                        int32_t *key_len, int64_t *value_pos, int32_t *value_len,
+                        size_t *err_pos)
 {
     size_t pos = 0;
     ks_record r;
@@ -218,6 +222,14 @@ int ks_records_columns(const uint8_t *area, size_t len, int32_t count, int64_t b
         if (rc != KS_OK) {
             *err_pos = rc == KS_ERR_TRUNCATED ? start : pos;
             return rc == KS_ERR_TRUNCATED ? KS_ERR_COUNT : rc;
+        }
+        if (sequential && r.offset_delta != i) {
+            *err_pos = start;
+            return KS_ERR_OFFSET;
+        }
+        if (require_keys && r.key_length < 0) {
+            *err_pos = start;
+            return KS_ERR_NULL_KEY;
         }
         if (offsets)
             offsets[i] = base_offset + r.offset_delta;
@@ -238,6 +250,23 @@ int ks_records_columns(const uint8_t *area, size_t len, int32_t count, int64_t b
         return KS_ERR_COUNT;
     }
     return KS_OK;
+}
+
+int ks_records_columns(const uint8_t *area, size_t len, int32_t count, int64_t base_offset,
+                       int64_t base_timestamp, int64_t log_append_timestamp, int use_log_append,
+                       int64_t pos_base, int64_t *offsets, int64_t *timestamps, int64_t *key_pos,
+                       int32_t *key_len, int64_t *value_pos, int32_t *value_len, size_t *err_pos)
+{
+    return walk_records(area, len, count, 0, 0, base_offset, base_timestamp,
+                        log_append_timestamp, use_log_append, pos_base, offsets, timestamps,
+                        key_pos, key_len, value_pos, value_len, err_pos);
+}
+
+int ks_records_check(const uint8_t *area, size_t len, int32_t count, int sequential,
+                     int require_keys, size_t *err_pos)
+{
+    return walk_records(area, len, count, sequential, require_keys, 0, 0, 0, 0, 0, NULL, NULL,
+                        NULL, NULL, NULL, NULL, err_pos);
 }
 
 size_t ks_record_size(int64_t timestamp_delta, int32_t offset_delta, int32_t key_length,
@@ -466,38 +495,6 @@ size_t ks_span_batches(const uint8_t *buf, size_t len, size_t start, size_t max_
         pos += size;
     }
     return pos - start;
-}
-
-int ks_records_check(const uint8_t *area, size_t len, int32_t count, int sequential,
-                     int require_keys, size_t *err_pos)
-{
-    size_t pos = 0;
-    ks_record r;
-    if (count < 0 || (size_t)count > len / KS_RECORD_MIN_SIZE) {
-        *err_pos = 0;
-        return KS_ERR_COUNT;
-    }
-    for (int32_t i = 0; i < count; i++) {
-        size_t start = pos;
-        int rc = ks_record_parse(area, len, &pos, &r);
-        if (rc != KS_OK) {
-            *err_pos = rc == KS_ERR_TRUNCATED ? start : pos;
-            return rc == KS_ERR_TRUNCATED ? KS_ERR_COUNT : rc;
-        }
-        if (sequential && r.offset_delta != i) {
-            *err_pos = start;
-            return KS_ERR_OFFSET;
-        }
-        if (require_keys && r.key_length < 0) {
-            *err_pos = start;
-            return KS_ERR_NULL_KEY;
-        }
-    }
-    if (pos != len) {
-        *err_pos = pos;
-        return KS_ERR_COUNT;
-    }
-    return KS_OK;
 }
 
 size_t ks_span_batches_from(const uint8_t *buf, size_t len, size_t start, size_t from,

@@ -509,3 +509,29 @@ def test_read_spans_match_a_plain_walk_of_the_headers(tmp_path):
             res = _core.scan(fs.memoryview(), 0, -1, False, False)
             assert fs.next_offset == int(res.last_offsets[-1]) + 1
             assert res.base_offsets[0] <= start <= res.last_offsets[0] or res.base_offsets[0] > start
+
+
+def test_swap_builds_new_indexes_outside_the_log_lock(tmp_path, monkeypatch):
+    """Producers wait only for the renames of a compaction swap, not for index building."""
+    from kstore.log import segment as segmod
+
+    with PartitionLog.open(tmp_path / "t-0", {"segment.bytes": 1000,
+                                               "file.delete.delay.ms": 0}) as lg:
+        for i in range(30):
+            lg.append_batch(batch(5, i * 5))
+        old = [s.base_offset for s in lg.closed_segments()[:2]]
+        data = b"".join(s.path.read_bytes() for s in lg.closed_segments()[:2])
+        cleaned = tmp_path / "t-0" / f"{old[0]:020d}.log.cleaned"
+        cleaned.write_bytes(data)
+        held = []
+        real = segmod.Segment._rebuild_indexes
+
+        def spy(self):
+            held.append(lg._lock._is_owned())
+            return real(self)
+
+        monkeypatch.setattr(segmod.Segment, "_rebuild_indexes", spy)
+        lg.replace_segments(old, [cleaned])
+        assert held and not any(held)
+        assert lg.verify() == []
+        assert [r.offset for r in lg.read_records(0, 1 << 20)][:3] == [0, 1, 2]

@@ -293,12 +293,34 @@ def _seqs(pc: Any) -> np.ndarray:
 @click.option("--keep/--no-keep", default=True, show_default=True,
               help="Keep the topic afterwards (inspect it with `kstore topics describe`).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.option("--compare", is_flag=True,
+              help="Compare with the stores a user would pick instead (os.write, SQLite, LMDB, "
+                   "Redis Streams, persist-queue, diskcache, kafka-python's codec) on one "
+                   "workload; needs pip install 'kstore[bench]' (missing peers are skipped). "
+                   "--records defaults to 1,000,000 here.")
+@click.option("--runs", type=click.IntRange(1), default=5, show_default=True,
+              help="With --compare: runs per peer (the median and min-max are shown).")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="With --compare: write a PNG plot to this file.")
 @_data_option
 def bench(n: int, value_size: int, partitions: int, compression: str, topic: str, keep: bool,
-          as_json: bool, data: Path | None) -> None:
+          as_json: bool, compare: bool, runs: int, plot_file: Path | None,
+          data: Path | None) -> None:
     """The main job: produce N events (keys, values, P partitions), consume them back as
     records and as numpy columns, verify count, contents and CRCs, and time it all against a
-    plain os.write of the same bytes on the same disk."""
+    plain os.write of the same bytes on the same disk.
+
+    With --compare: one workload (N records, 8-16 byte keys, --value-size values, timestamps)
+    through kstore and its peers, write / read as objects / (kstore) read as columns, median
+    of --runs runs, in a temporary folder of the current directory."""
+    if compare:
+        ctx = click.get_current_context()
+        if ctx.get_parameter_source("n") is click.core.ParameterSource.DEFAULT:
+            n = 1_000_000
+        _bench_compare(n, value_size, runs, plot_file, as_json)
+        return
+    if plot_file is not None:
+        raise _usage("--plot goes with --compare")
     wall0 = time.perf_counter()
     data = _data_dir(data)
     chunk = max(1, min(500_000, 50_000_000 // value_size))
@@ -475,6 +497,32 @@ def bench(n: int, value_size: int, partitions: int, compression: str, topic: str
          "timing (page cache, as Kafka by default); the log is fsynced at the end"),
         f"verified: {checks}. Wall time {wall:.1f} s.",
     ]))
+
+
+def _bench_compare(n: int, value_size: int, runs: int, plot_file: Path | None,
+                   as_json: bool) -> None:
+    from kstore import peers
+
+    def say(msg: str) -> None:
+        if as_json or msg.startswith("skipped"):
+            _note(msg)
+        else:
+            _err().print(msg, markup=False, highlight=False)
+
+    report = peers.run(n, runs, value_size, root=Path.cwd(), log=say)
+    if plot_file is not None:
+        try:
+            peers.plot(report, plot_file)
+        except ImportError:
+            _note(f"plot skipped: matplotlib is not installed ({peers.INSTALL_HINT})")
+        else:
+            say(f"plot written to {plot_file}")
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    _out().print(peers.table(report))
+    for name, why in report.skipped:
+        _out().print(f"skipped {name}: {why}", markup=False, highlight=False)
 
 
 def _os_write_baseline(data: Path, size: int, advance: Callable[[int], None],

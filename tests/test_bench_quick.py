@@ -1,0 +1,169 @@
+"""Quick mode of the benchmark suites, so they cannot rot: the peer comparison with a tiny N
+and one run (whichever peers are installed), `kstore bench --compare`, and every asv
+benchmark class's setup plus each timing method once with a small workload (called
+directly, without asv)."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import itertools
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kstore import peers
+from kstore.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+N = 2000
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("peers")
+    lines: list[str] = []
+    rep = peers.run(N, 1, root=root, log=lines.append)
+    rep.log_lines = lines
+    assert list(root.iterdir()) == []  # the temporary data folder is removed
+    return rep
+
+
+def test_peers_table_has_kstore_floor_and_sqlite(report):
+    rows = report.rows()
+    got = {(r["peer"], r["phase"]) for r in rows}
+    for want in [("kstore", "write"), ("kstore", "read"), ("kstore", "columnar"),
+                 ("os.write log", "write"), ("os.write log", "read"),
+                 ("SQLite", "write"), ("SQLite", "read")]:
+        assert want in got
+    for r in rows:
+        assert r["records"] == N and r["records_per_s"] > 0 and r["mb_per_s"] > 0
+        assert r["records_per_s_min"] <= r["records_per_s"] <= r["records_per_s_max"]
+    assert all(r["ratio_to_kstore"] == 1.0 for r in rows if r["peer"] == "kstore")
+    rendered = peers.markdown(report)
+    assert "| write | kstore |" in rendered and "| read | SQLite |" in rendered
+    from rich.console import Console
+    console = Console(record=True, width=140)
+    console.print(peers.table(report))
+    assert "os.write log" in console.export_text()
+
+
+def test_peers_installed_ones_ran_and_missing_ones_say_why(report):
+    ran = {r["peer"] for r in report.rows()}
+    skipped = dict(report.skipped)
+    for name in peers.PEERS:
+        assert (name in ran) != (name in skipped), name
+    if shutil.which("redis-server") is None:
+        assert "redis-server is not installed" in skipped.get("Redis Streams", "")
+        pytest.skip("redis-server is not installed: Redis Streams was skipped (as it should)")
+    for why in skipped.values():
+        assert "kstore[bench]" in why or "redis-server" in why
+
+
+def test_missing_peer_package_is_skipped_naming_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "lmdb", None)  # import lmdb now raises ImportError
+    lines: list[str] = []
+    rep = peers.run(300, 1, peers=["LMDB"], root=tmp_path, log=lines.append)
+    assert {r["peer"] for r in rep.rows()} == {"kstore"}
+    assert rep.skipped == [("LMDB", "lmdb is not installed (pip install 'kstore[bench]')")]
+    assert "skipped LMDB: lmdb is not installed (pip install 'kstore[bench]')" in lines
+
+
+def test_kstore_does_not_import_peers():
+    import subprocess
+    code = ("import sys, kstore, kstore.cli; bad = [m for m in ('kstore.peers', 'lmdb', 'redis', "
+            "'persistqueue', 'diskcache', 'matplotlib', 'kafka') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_peers_plot_is_written(report, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = peers.plot(report, tmp_path / "peers.png")
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_benchmarks_peers_script(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    spec = importlib.util.spec_from_file_location("bench_peers", ROOT / "benchmarks" / "peers.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.chdir(tmp_path)
+    assert mod.main(["--records", "500", "--runs", "1", "--peers", "os.write log,SQLite",
+                     "--plot", "p.png", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {r["peer"] for r in out["results"]} == {"kstore", "os.write log", "SQLite"}
+    assert (tmp_path / "p.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]
+
+
+def test_cli_bench_compare(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["bench", "--compare", "--records", "500", "--runs", "1",
+                                    "--plot", "c.png", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert {"kstore", "os.write log", "SQLite"} <= {r["peer"] for r in out["results"]}
+    assert (tmp_path / "c.png").exists()
+    assert "kstore.peers" in sys.modules  # the CLI uses the installed module, not benchmarks/
+    assert not any(m.startswith("benchmarks") and "peers" in m for m in sys.modules)
+
+
+def test_cli_plot_needs_compare(tmp_path):
+    res = CliRunner().invoke(main, ["--data", str(tmp_path / "d"), "bench", "--plot", "x.png"])
+    assert res.exit_code == 1 and "--compare" in res.output  # usage errors exit 1 here
+
+
+# ---- asv suite, each benchmark once ---------------------------------------------------------
+
+def _load_asv_module():
+    path = ROOT / "benchmarks" / "asv" / "bench_kstore.py"
+    spec = importlib.util.spec_from_file_location("kstore_asv_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ASV = _load_asv_module()
+CLASSES = [c for _, c in inspect.getmembers(ASV, inspect.isclass)
+           if c.__module__ == ASV.__name__ and not c.__name__.startswith("_")]
+
+
+def test_asv_covers_the_issue():
+    names = {c.__name__ for c in CLASSES}
+    assert {"Codec", "LogAppend", "LogRead", "Producer", "Consumer", "Recovery",
+            "Compaction"} <= names
+    methods = {m for c in CLASSES for m in dir(c) if m.startswith(("time_", "track_"))}
+    assert {"time_encode", "time_decode_records", "time_sendfile", "time_send",
+            "time_send_many", "time_iterate", "time_poll_batches",
+            "time_open_after_unclean_close", "time_clean_log"} <= methods
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_asv_benchmark_once(cls, tmp_path, monkeypatch):
+    monkeypatch.setattr(ASV, "ROOT", tmp_path)
+    monkeypatch.setattr(ASV, "MB", 1)  # tiny parameters
+    params = getattr(cls, "params", None)
+    if params is None:
+        combos = [()]
+    elif params and isinstance(params[0], list):
+        combos = list(itertools.product(*params))
+    else:
+        combos = [(p,) for p in params]
+    if cls.__name__ == "Codec":  # every codec, the small record size only
+        combos = [c for c in combos if c[1] == 100]
+    for args in combos:
+        for name in sorted(m for m in dir(cls) if m.startswith(("time_", "track_"))):
+            obj = cls()
+            obj.setup(*args)
+            try:
+                getattr(obj, name)(*args)
+            finally:
+                obj.teardown(*args) if hasattr(obj, "teardown") else None
+    assert list(tmp_path.iterdir()) == []

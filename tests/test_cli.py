@@ -26,6 +26,13 @@ from kstore.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _readable(f, timeout: float) -> bool:
+    """poll, not select: select refuses descriptors >= 1024 (a long test run opens many)."""
+    p = select.poll()
+    p.register(f.fileno(), select.POLLIN | select.POLLHUP)
+    return bool(p.poll(timeout * 1000))
+
+
 class Ran:
     def __init__(self, proc: subprocess.CompletedProcess) -> None:
         self.exit_code = proc.returncode
@@ -577,7 +584,7 @@ def test_consume_follow_sees_new_records_and_stops_on_ctrl_c(data: Path) -> None
         deadline = time.monotonic() + 15
         while text not in got:
             assert time.monotonic() < deadline, got
-            ready, _, _ = select.select([proc.stdout], [], [], 0.1)
+            ready = _readable(proc.stdout, 0.1)
             if ready:
                 got += os.read(proc.stdout.fileno(), 65536)
 

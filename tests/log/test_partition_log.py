@@ -535,3 +535,41 @@ def test_swap_builds_new_indexes_outside_the_log_lock(tmp_path, monkeypatch):
         assert held and not any(held)
         assert lg.verify() == []
         assert [r.offset for r in lg.read_records(0, 1 << 20)][:3] == [0, 1, 2]
+
+
+def test_sendfile_waits_on_a_socket_whose_descriptor_is_above_1024(log):
+    """select() refuses descriptors >= 1024; a server embedding kstore has that many."""
+    import resource
+    import socket
+    import threading
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.fail(f"cannot raise the open-file limit to 1200 (hard limit {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    for i in range(40):
+        log.append_batch(batch(20, i * 20, size=2000))
+    fs = log.read(0, max_bytes=1 << 30)
+    a, b = socket.socketpair()
+    hi = socket.socket(fileno=os.dup2(a.fileno(), 1100))  # a descriptor above select's limit
+    a.close()
+    hi.setblocking(False)
+    got = bytearray()
+
+    def drain():
+        while len(got) < len(fs):
+            chunk = b.recv(1 << 16)
+            if not chunk:
+                break
+            got.extend(chunk)
+
+    t = threading.Thread(target=drain)
+    t.start()
+    try:
+        assert fs.sendfile(hi, timeout=10) == len(fs)
+    finally:
+        t.join(10)
+        hi.close()
+        b.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert bytes(got) == fs.read()

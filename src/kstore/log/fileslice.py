@@ -102,8 +102,10 @@ class FileSlice:
             try:
                 sent = os.sendfile(out_fd, self.file.fd, offset, end - offset)
             except BlockingIOError:
-                _, writable, _ = select.select([], [out_fd], [], timeout)
-                if not writable:
+                # poll, not select: select refuses descriptors >= 1024, which a server has.
+                p = select.poll()
+                p.register(out_fd, select.POLLOUT)
+                if not p.poll(None if timeout is None else timeout * 1000):
                     raise TimeoutError(f"socket not writable within {timeout} s") from None
                 continue
             except InterruptedError:

@@ -482,28 +482,15 @@ int ks_find_timestamp(const uint8_t *buf, size_t len, size_t start, int64_t targ
 size_t ks_span_batches(const uint8_t *buf, size_t len, size_t start, size_t max_bytes,
                        int64_t max_offset)
 {
-    size_t pos = start;
-    while (pos < len) {
-        size_t size = batch_size_at(buf, len, pos);
-        if (!size)
-            break;
-        int64_t base = (int64_t)ks_load_be64(buf + pos + KS_BATCH_BASE_OFFSET_OFFSET);
-        if (base >= max_offset)
-            break;
-        if (pos > start && pos - start + size > max_bytes)
-            break;
-        pos += size;
-    }
-    return pos - start;
+    size_t last_pos;
+    return ks_span_batches_from(buf, len, start, start, max_bytes, max_offset, &last_pos) - start;
 }
 
 size_t ks_span_batches_from(const uint8_t *buf, size_t len, size_t start, size_t from,
                             size_t max_bytes, int64_t max_offset, size_t *last_pos)
 {
     size_t pos = from;
-    *last_pos = start;
-    if (pos > start)
-        *last_pos = start; /* refined below once a batch at or after `from` is taken */
+    *last_pos = start; /* refined as batches at or after `from` are taken */
     while (pos < len) {
         size_t size = batch_size_at(buf, len, pos);
         if (!size)

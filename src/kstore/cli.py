@@ -1606,5 +1606,122 @@ def maintenance(as_json: bool, data: Path | None) -> None:
               + ", ".join(f"{t}-{p}" for t, p in tps))
 
 
+# ==============================================================================================
+# serve
+
+
+def _parse_listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"expected HOST:PORT, like 127.0.0.1:9092, not {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:9092", show_default=True, callback=_parse_listen,
+              help="Address to listen on, HOST:PORT (port 0: any free port, printed at start).")
+@click.option("--advertise", default=None, help="HOST:PORT clients should connect to, if not the "
+              "address they dialled (Kafka's advertised.listeners).")
+@click.option("--partitions", "num_partitions", type=click.IntRange(1), default=1,
+              show_default=True, help="Partitions of auto-created topics (num.partitions).")
+@click.option("--auto-create/--no-auto-create", default=True, show_default=True,
+              help="Create unknown topics on Metadata and Produce (auto.create.topics.enable).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM certificate (chain) for TLS.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM private key for TLS.")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM CA bundle: require client certificates signed by it.")
+@click.option("--sasl-users", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Require SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) with the users in this "
+              "file: one 'user:password' per line, or lines from `kstore scram-credential`.")
+@click.option("--max-connections", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--max-request-bytes", type=click.IntRange(1024), default=104_857_600,
+              show_default=True, help="Largest request accepted (socket.request.max.bytes).")
+@click.option("--idle-timeout", type=click.FloatRange(0.1), default=600.0, show_default=True,
+              help="Seconds before an idle connection is closed (connections.max.idle.ms).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+@_data_option
+def serve(listen: tuple[str, int], advertise: str | None, num_partitions: int, auto_create: bool,
+          tls_cert: str | None, tls_key: str | None, tls_ca: str | None, sasl_users: str | None,
+          max_connections: int, max_request_bytes: int, idle_timeout: float, log_level: str,
+          data: Path | None) -> None:
+    """Serve the data directory over the Kafka protocol until Ctrl-C or SIGTERM.
+
+    Kafka's clients (kcat, confluent-kafka, kafka-python, aiokafka, ...) connect with
+    bootstrap.servers set to the --listen address. Topics, records and committed offsets are
+    the same ones the embedded API sees.
+    """
+    import asyncio
+    import logging
+    import signal
+
+    from kstore.server import Server, ServerConfig
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if (tls_cert is None) != (tls_key is None):
+        raise _usage("--tls-cert and --tls-key go together")
+    ssl_context = users = None
+    if tls_cert is not None:
+        from kstore.server.auth import server_ssl_context
+        ssl_context = server_ssl_context(tls_cert, tls_key, tls_ca)  # type: ignore[arg-type]
+    if sasl_users is not None:
+        from kstore.server.auth import Users
+        try:
+            users = Users.load(sasl_users)
+        except kerr.KStoreError as exc:
+            raise DataError(str(exc)) from None
+    adv_host = adv_port = None
+    if advertise is not None:
+        adv_host, adv_port = _parse_listen(click.get_current_context(), None, advertise)  # type: ignore[arg-type]
+    path = _data_dir(data)
+    try:
+        store = kstore.open(path)
+    except kerr.LogLockedError:
+        raise DataError(_locked_message(f"the data directory {path}")) from None
+    cfg = ServerConfig(host=listen[0], port=listen[1], advertised_host=adv_host,
+                       advertised_port=adv_port, num_partitions=num_partitions,
+                       auto_create_topics=auto_create, ssl_context=ssl_context, sasl_users=users,
+                       max_connections=max_connections, max_request_bytes=max_request_bytes,
+                       idle_timeout_s=idle_timeout)
+
+    async def run() -> None:
+        server = Server(store, cfg)
+        try:
+            await server.start()
+        except OSError as exc:
+            raise DataError(f"cannot listen on {listen[0]}:{listen[1]}: {exc.strerror or exc}") from None
+        click.echo(f"kstore serving {path} on {listen[0]}:{server.port}", err=True)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        task = asyncio.ensure_future(server.serve_forever())
+        await stop.wait()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        store.close()
+    click.echo("kstore serve: stopped", err=True)
+
+
+@main.command("scram-credential")
+@click.argument("user")
+@click.option("--mechanism", type=click.Choice(["SCRAM-SHA-256", "SCRAM-SHA-512"]),
+              default="SCRAM-SHA-256", show_default=True)
+@click.option("--iterations", type=click.IntRange(4096), default=4096, show_default=True)
+@click.password_option("--password", prompt=True, help="Read from the terminal when not given.")
+def scram_credential(user: str, mechanism: str, iterations: int, password: str) -> None:
+    """Print a users-file line holding a SCRAM credential (salted keys, no password)."""
+    from kstore.server.auth import scram_credential_line
+
+    click.echo(scram_credential_line(user, password, mechanism, iterations))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

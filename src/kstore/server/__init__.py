@@ -1,0 +1,379 @@
+"""kstore serve: the Kafka wire protocol over a Store, so Kafka's clients work unchanged.
+
+    store = kstore.open("./kstore-data")
+    await kstore.server.serve(store, "127.0.0.1", 9092)      # until cancelled
+
+or ``kstore serve --data ./kstore-data --listen 127.0.0.1:9092``. One asyncio task per
+connection reads frames and answers them in order, one at a time (as Kafka does; clients
+pipeline and keep a separate connection for the group coordinator). Fetch responses send the
+records with ``sendfile`` straight from the segment files (over TLS they are copied, as TLS
+must encrypt them). See docs in kstore.server.broker for the APIs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from kstore.errors import KStoreError
+from kstore.server import protocol
+from kstore.server.broker import Broker, BrokerConfig, _CloseConnection, new_cluster_id
+from kstore.server.protocol import MalformedRequestError
+
+if TYPE_CHECKING:
+    from kstore.store import Store
+
+__all__ = ["Server", "ServerConfig", "serve"]
+
+log = logging.getLogger("kstore.server")
+
+_I32 = struct.Struct(">i")
+API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
+UNSUPPORTED_VERSION = 35
+UNSUPPORTED_SASL_MECHANISM = 33
+ILLEGAL_SASL_STATE = 34
+SASL_AUTHENTICATION_FAILED = 58
+
+
+@dataclass
+class ServerConfig:
+    """Settings of a server (Kafka's broker config names in the comments)."""
+
+    host: str = "127.0.0.1"
+    port: int = 9092
+    advertised_host: str | None = None  # advertised.listeners; default: the address dialled
+    advertised_port: int | None = None
+    node_id: int = 1  # node.id
+    auto_create_topics: bool = True  # auto.create.topics.enable
+    num_partitions: int = 1  # num.partitions
+    delete_topic_enable: bool = True  # delete.topic.enable
+    max_request_bytes: int = 104_857_600  # socket.request.max.bytes
+    max_connections: int = 1000  # max.connections
+    idle_timeout_s: float = 600.0  # connections.max.idle.ms
+    ssl_context: ssl.SSLContext | None = None
+    sasl_users: Any = None  # kstore.server.auth.Users: SASL required when set
+    sasl_mechanisms: tuple[str, ...] = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+    group_initial_rebalance_delay_ms: int = 3000  # group.initial.rebalance.delay.ms
+    group_min_session_timeout_ms: int = 6000
+    group_max_session_timeout_ms: int = 1_800_000
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class _Conn:
+    """One client connection's state."""
+
+    __slots__ = (
+        "authenticated",
+        "client_id",
+        "closing",
+        "endpoint",
+        "peer",
+        "peer_host",
+        "reader",
+        "sasl",
+        "sasl_raw",
+        "sock",
+        "tls",
+        "writer",
+    )
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 authenticated: bool) -> None:
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        self.peer = f"{peer[0]}:{peer[1]}"
+        self.peer_host = f"/{peer[0]}"
+        sock = writer.get_extra_info("sockname") or ("127.0.0.1", 9092)
+        self.endpoint = (sock[0], sock[1])
+        self.client_id = ""
+        self.closing = False
+        self.authenticated = authenticated
+        self.sasl: Any = None  # the SaslAuthenticator of a handshake in progress
+        self.sasl_raw = False  # SaslHandshake v0: tokens follow as bare frames
+        self.tls = writer.get_extra_info("sslcontext") is not None
+        self.sock: socket.socket | None = writer.get_extra_info("socket")
+
+
+class Server:
+    """A Kafka-protocol server over ``store``; ``await start()``, then ``await close()``."""
+
+    def __init__(self, store: Store, config: ServerConfig | None = None) -> None:
+        from kstore.server.groups import GroupCoordinator
+
+        self.store = store
+        self.config = config or ServerConfig()
+        cfg = self.config
+        self.coordinator = GroupCoordinator(
+            store, initial_rebalance_delay_ms=cfg.group_initial_rebalance_delay_ms,
+            min_session_timeout_ms=cfg.group_min_session_timeout_ms,
+            max_session_timeout_ms=cfg.group_max_session_timeout_ms)
+        self.broker = Broker(store, BrokerConfig(
+            node_id=cfg.node_id, cluster_id=_cluster_id(store), advertised_host=cfg.advertised_host,
+            advertised_port=cfg.advertised_port, auto_create_topics=cfg.auto_create_topics,
+            num_partitions=cfg.num_partitions, allow_delete_topics=cfg.delete_topic_enable,
+            broker_config=dict(cfg.extra)), self.coordinator)
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: set[asyncio.Task] = set()
+        self._versions = protocol.supported_versions()
+        self.port = cfg.port
+
+    async def start(self) -> None:
+        cfg = self.config
+        self._server = await asyncio.start_server(
+            self._on_client, cfg.host, cfg.port, ssl=cfg.ssl_context, limit=1 << 20,
+            reuse_address=True, backlog=1024)
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+        log.info("kstore serving %s on %s:%d%s%s", self.store.path, cfg.host, self.port,
+                 " (TLS)" if cfg.ssl_context else "", " (SASL)" if cfg.sasl_users else "")
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        try:
+            await self._server.serve_forever()
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for t in list(self._conns):
+            t.cancel()
+        if self._conns:
+            await asyncio.gather(*self._conns, return_exceptions=True)
+        await self.coordinator.close()
+
+    # ==========================================================================================
+    # Connections
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._conns) >= self.config.max_connections:
+            log.warning("refusing a connection from %s: %d connections is the limit",
+                        writer.get_extra_info("peername"), self.config.max_connections)
+            writer.close()
+            return
+        self._conns.add(task)
+        conn = _Conn(reader, writer, authenticated=self.config.sasl_users is None)
+        sock = conn.sock
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await self._serve_conn(conn)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client went away
+        except asyncio.CancelledError:
+            pass
+        except _Close as exc:
+            log.warning("closing connection from %s (%s): %s", conn.peer, conn.client_id, exc)
+        except Exception:
+            log.exception("closing connection from %s (%s) after an internal error", conn.peer,
+                          conn.client_id)
+        finally:
+            conn.closing = True
+            self._conns.discard(task)
+            writer.close()
+
+    async def _read_frame(self, conn: _Conn) -> bytes:
+        head = await asyncio.wait_for(conn.reader.readexactly(4), self.config.idle_timeout_s)
+        (size,) = _I32.unpack(head)
+        if size < 0 or size > self.config.max_request_bytes:
+            raise _Close(f"request of {size} bytes (socket.request.max.bytes is "
+                         f"{self.config.max_request_bytes})")
+        return await asyncio.wait_for(conn.reader.readexactly(size), self.config.idle_timeout_s)
+
+    async def _serve_conn(self, conn: _Conn) -> None:
+        while True:
+            try:
+                frame = await self._read_frame(conn)
+            except TimeoutError:
+                log.info("closing idle connection from %s (%s)", conn.peer, conn.client_id)
+                return
+            if conn.sasl_raw:
+                await self._sasl_raw_token(conn, frame)
+                continue
+            try:
+                hdr = protocol.parse_request_header(frame)
+            except MalformedRequestError as exc:
+                raise _Close(f"malformed request header: {exc}") from None
+            conn.client_id = hdr.client_id
+            await self._handle(conn, hdr, frame)
+
+    async def _handle(self, conn: _Conn, hdr: protocol.RequestHeader, frame: bytes) -> None:
+        key, version = hdr.api_key, hdr.api_version
+        rng = self._versions.get(key)
+        if key == API_VERSIONS and (rng is None or version > rng[1]):
+            # KIP-511: a too-new ApiVersions gets error 35 in the v0 layout with key 18's range,
+            # so the client can retry with a version we know.
+            lo, hi = self._versions[API_VERSIONS]
+            err = struct.pack(">hiHhh", UNSUPPORTED_VERSION, 1, API_VERSIONS, lo, hi)
+            await self._write(conn, [_I32.pack(len(err) + 4) + _I32.pack(hdr.correlation_id) + err])
+            return
+        if rng is None or not rng[0] <= version <= rng[1] or (
+                key not in self.broker.handlers and key not in (SASL_HANDSHAKE, SASL_AUTHENTICATE)):
+            raise _Close(f"{protocol.api_name(key)} v{version} is not supported "
+                         f"(api key {key}; supported: {rng})")
+        if not conn.authenticated and key not in (API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE):
+            raise _Close(f"{protocol.api_name(key)} before SASL authentication")
+        try:
+            req = protocol.decode(key, False, version, frame, hdr.body_offset)
+        except MalformedRequestError as exc:
+            raise _Close(str(exc)) from None
+        if key == SASL_HANDSHAKE:
+            res: dict | None = self._sasl_handshake(conn, req, version)
+        elif key == SASL_AUTHENTICATE:
+            res = self._sasl_authenticate(conn, req, version)
+        else:
+            handler = self.broker.handlers[key]
+            try:
+                out = handler(req, version, conn)
+                res = await out if asyncio.iscoroutine(out) else out
+            except _CloseConnection as exc:
+                raise _Close(str(exc)) from None
+        if res is None:
+            return  # Produce with acks=0: no response at all
+        body = protocol.encode(key, True, version, res)
+        await self._write(conn, protocol.frame_response(key, version, hdr.correlation_id, body))
+        if conn.closing:
+            raise _Close("authentication failed")
+
+    async def _write(self, conn: _Conn, parts: Iterable[Any]) -> None:
+        w = conn.writer
+        loop: asyncio.AbstractEventLoop | None = None
+        for p in parts:
+            if isinstance(p, bytes | bytearray | memoryview):
+                w.write(p)
+                continue
+            # A FileSlice: sendfile from the segment file (plain TCP), a copy under TLS.
+            if conn.tls:
+                w.write(p.read())
+                continue
+            await w.drain()
+            if loop is None:
+                loop = asyncio.get_running_loop()
+            await loop.sendfile(w.transport, cast(Any, _SliceFile(p)), p.position, p.length,
+                                fallback=True)
+        await w.drain()
+
+    # ==========================================================================================
+    # SASL (kafka-protocol.md section 6)
+
+    def _sasl_handshake(self, conn: _Conn, req: dict, version: int) -> dict:
+        mechs = [m for m in self.config.sasl_mechanisms] if self.config.sasl_users else []
+        mech = req["mechanism"]
+        if conn.authenticated or mech not in mechs:
+            conn.closing = True
+            return {"error_code": UNSUPPORTED_SASL_MECHANISM if not conn.authenticated
+                    else ILLEGAL_SASL_STATE, "mechanisms": mechs}
+        from kstore.server.auth import SaslAuthenticator
+
+        conn.sasl = SaslAuthenticator(self.config.sasl_users, mech)
+        conn.sasl_raw = version == 0
+        return {"error_code": 0, "mechanisms": mechs}
+
+    def _sasl_step(self, conn: _Conn, token: bytes) -> tuple[bytes | None, str | None]:
+        """One token: (server token, None), or (None, why) on failure."""
+        if conn.sasl is None or conn.authenticated:
+            return None, "SaslAuthenticate without a SaslHandshake"
+        try:
+            out = conn.sasl.step(bytes(token))
+        except KStoreError as exc:
+            log.warning("SASL authentication from %s failed: %s", conn.peer, exc)
+            return None, str(exc)
+        if conn.sasl.complete:
+            conn.authenticated = True
+            log.info("%s authenticated as %s", conn.peer, conn.sasl.principal)
+        return out, None
+
+    def _sasl_authenticate(self, conn: _Conn, req: dict, version: int) -> dict:
+        if conn.sasl is None or conn.sasl_raw or conn.authenticated:
+            conn.closing = True
+            return {"error_code": ILLEGAL_SASL_STATE, "error_message":
+                    "SaslAuthenticate is not expected now", "auth_bytes": b""}
+        out, why = self._sasl_step(conn, req["auth_bytes"])
+        if out is None:
+            conn.closing = True
+            return {"error_code": SASL_AUTHENTICATION_FAILED,
+                    "error_message": f"Authentication failed: {why}", "auth_bytes": b""}
+        return {"error_code": 0, "error_message": None, "auth_bytes": out,
+                "session_lifetime_ms": 0}
+
+    async def _sasl_raw_token(self, conn: _Conn, token: bytes) -> None:
+        """SaslHandshake v0: tokens travel as bare int32-length frames; failure is a close."""
+        out, why = self._sasl_step(conn, token)
+        if out is None:
+            raise _Close(f"SASL authentication failed: {why}")
+        if conn.authenticated:
+            conn.sasl_raw = False
+        await self._write(conn, [_I32.pack(len(out)) + out])
+
+
+class _Close(Exception):
+    """Close this connection, logging why; the others are not affected."""
+
+
+class _SliceFile:
+    """What loop.sendfile needs of a file: a descriptor; it never reads through this object
+    on a plain socket (the fallback path reads the slice's bytes)."""
+
+    mode = "rb"
+
+    def __init__(self, fs: Any) -> None:
+        self._fs = fs
+        self._pos = fs.position
+
+    def fileno(self) -> int:
+        fd: int = self._fs.file.fd
+        return fd
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self._pos = pos
+        return pos
+
+    def readinto(self, buf: Any) -> int:  # fallback (e.g. a transport without sendfile)
+        mv = self._fs._map
+        end = self._fs.position + self._fs.length
+        n = max(0, min(len(buf), end - self._pos))
+        buf[:n] = mv[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+
+def _cluster_id(store: Store) -> str:
+    """Stable across restarts: kept in meta.properties as Kafka does."""
+    path = Path(store.path) / "meta.properties"
+    props: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if "=" in line and not line.startswith("#"):
+                k, v = line.split("=", 1)
+                props[k.strip()] = v.strip()
+    cid = props.get("cluster.id")
+    if cid:
+        return cid
+    cid = new_cluster_id()
+    if not store.read_only:
+        from kstore.log.checkpoint import atomic_write
+
+        atomic_write(path, f"#kstore\nversion=1\ncluster.id={cid}\n".encode())
+    return cid
+
+
+async def serve(store: Store, host: str = "127.0.0.1", port: int = 9092,
+                **options: Any) -> None:
+    """Serve ``store`` on host:port until cancelled. ``options`` are ServerConfig fields."""
+    server = Server(store, ServerConfig(host=host, port=port, **options))
+    await server.start()
+    await server.serve_forever()

@@ -1,0 +1,737 @@
+"""The Kafka APIs over a Store: one method per API, taking the decoded request dict and
+returning the response dict (kstore.server.protocol encodes both).
+
+The broker is one more client of the Store (never a second storage path): produced batches go
+through ``PartitionLog.append_batches`` (validated in C and appended as they are), fetches
+return ``FileSlice`` objects that the connection sends with ``sendfile``, and offsets are
+committed to the same ``__consumer_offsets`` the embedded Consumer uses.
+
+Everything runs on the server's event loop. Appends and reads are page-cache operations of a few
+microseconds; nothing here waits for the disk except an explicit fsync policy of the topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kstore.config import TOPIC_CONFIG
+from kstore.errors import (
+    CorruptRecordError,
+    InvalidPartitionsError,
+    InvalidReplicationFactorError,
+    InvalidTopicError,
+    KStoreError,
+    OffsetOutOfRangeError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+)
+from kstore.log.partition import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
+from kstore.offsets import OFFSETS_TOPIC
+from kstore.server import protocol
+from kstore.server.producers import ProducerStates
+from kstore.topic import validate_topic_name
+
+if TYPE_CHECKING:
+    from kstore.store import Store
+
+log = logging.getLogger("kstore.server")
+
+# Kafka error codes answered here (kafka-protocol.md section 7).
+NONE = 0
+OFFSET_OUT_OF_RANGE = 1
+UNKNOWN_TOPIC_OR_PARTITION = 3
+COORDINATOR_NOT_AVAILABLE = 15
+INVALID_TOPIC_EXCEPTION = 17
+INVALID_REQUIRED_ACKS = 21
+CLUSTER_AUTHORIZATION_FAILED = 31
+UNSUPPORTED_VERSION = 35
+TOPIC_ALREADY_EXISTS = 36
+INVALID_PARTITIONS = 37
+INVALID_REPLICATION_FACTOR = 38
+INVALID_CONFIG = 40
+INVALID_REQUEST = 42
+UNSUPPORTED_FOR_MESSAGE_FORMAT = 43
+INVALID_TXN_STATE = 48
+FENCED_LEADER_EPOCH = 74
+UNKNOWN_LEADER_EPOCH = 75
+UNSUPPORTED_COMPRESSION_TYPE = 76
+INVALID_RECORD = 87
+UNKNOWN_SERVER_ERROR = -1
+
+LEADER_EPOCH = 0  # one node, one epoch, forever (kafka-protocol.md rule 9)
+AUTHORIZED_OPERATIONS_OMITTED = -(2**31)
+MAX_TIMESTAMP = -3
+
+_BATCH_HEADER = struct.Struct(">qiiBiHiqqqhi")  # base offset .. base sequence (57 bytes)
+_ATTR_CODEC = 0x07
+_ATTR_TRANSACTIONAL = 0x10
+_ZSTD = 4
+
+
+@dataclass
+class BrokerConfig:
+    node_id: int = 1
+    cluster_id: str = ""
+    advertised_host: str | None = None
+    advertised_port: int | None = None
+    auto_create_topics: bool = True
+    num_partitions: int = 1
+    allow_delete_topics: bool = True
+    broker_config: dict[str, str] = field(default_factory=dict)
+
+
+class Broker:
+    """Answers requests for one Store. ``endpoint`` gives (host, port) as clients reach us."""
+
+    def __init__(self, store: Store, config: BrokerConfig, coordinator: Any) -> None:
+        self.store = store
+        self.config = config
+        self.coordinator = coordinator
+        self.producers = ProducerStates()
+        self.handlers: dict[int, Any] = {
+            0: self.produce, 1: self.fetch, 2: self.list_offsets, 3: self.metadata,
+            8: self.offset_commit, 9: self.offset_fetch, 10: self.find_coordinator,
+            11: self.join_group, 12: self.heartbeat, 13: self.leave_group, 14: self.sync_group,
+            15: self.describe_groups, 16: self.list_groups, 18: self.api_versions,
+            19: self.create_topics, 20: self.delete_topics, 21: self.delete_records,
+            22: self.init_producer_id, 23: self.offset_for_leader_epoch,
+            32: self.describe_configs, 33: self.alter_configs, 37: self.create_partitions,
+            42: self.delete_groups, 60: self.describe_cluster,
+        }
+
+    # ==========================================================================================
+    # Cluster
+
+    def api_versions(self, req: dict, version: int, conn: Any) -> dict:
+        if version >= 3:
+            log.debug("%s: client software %s %s", conn.peer, req.get("client_software_name"),
+                      req.get("client_software_version"))
+        keys = [{"api_key": k, "min_version": lo, "max_version": hi}
+                for k, (lo, hi) in protocol.supported_versions().items()]
+        return {"error_code": NONE, "api_keys": keys}
+
+    def _broker(self, conn: Any) -> dict:
+        host, port = conn.endpoint
+        return {"node_id": self.config.node_id, "host": self.config.advertised_host or host,
+                "port": self.config.advertised_port or port, "rack": None}
+
+    def metadata(self, req: dict, version: int, conn: Any) -> dict:
+        store = self.store
+        wanted = req["topics"]
+        all_topics = wanted is None or (version == 0 and not wanted)
+        allow_create = (self.config.auto_create_topics and not all_topics
+                        and (version < 4 or req["allow_auto_topic_creation"]))
+        names = store.topics(internal=True) if all_topics else [t["name"] for t in wanted]
+        topics = []
+        for name in names:
+            topics.append(self._topic_metadata(name, allow_create))
+        b = self._broker(conn)
+        return {"brokers": [b], "cluster_id": self.config.cluster_id,
+                "controller_id": self.config.node_id, "topics": topics,
+                "cluster_authorized_operations": AUTHORIZED_OPERATIONS_OMITTED}
+
+    def _topic_metadata(self, name: str, allow_create: bool) -> dict:
+        node = self.config.node_id
+        if name is None:
+            return {"error_code": INVALID_TOPIC_EXCEPTION, "name": None, "partitions": []}
+        try:
+            validate_topic_name(name)
+            if allow_create and name not in self.store._topics:
+                self._auto_create(name)
+            n = self.store.partitions_for(name)
+        except InvalidTopicError:
+            return {"error_code": INVALID_TOPIC_EXCEPTION, "name": name, "partitions": []}
+        except UnknownTopicOrPartitionError:
+            return {"error_code": UNKNOWN_TOPIC_OR_PARTITION, "name": name, "partitions": []}
+        parts = [{"error_code": NONE, "partition_index": p, "leader_id": node,
+                  "leader_epoch": LEADER_EPOCH, "replica_nodes": [node], "isr_nodes": [node],
+                  "offline_replicas": []} for p in range(n)]
+        return {"error_code": NONE, "name": name, "is_internal": name == OFFSETS_TOPIC,
+                "partitions": parts, "topic_authorized_operations": AUTHORIZED_OPERATIONS_OMITTED}
+
+    def _auto_create(self, name: str) -> None:
+        if name.startswith("__"):
+            return
+        try:
+            self.store.create_topic(name, self.config.num_partitions)
+            log.info("auto-created topic %r with %d partition(s)", name, self.config.num_partitions)
+        except TopicAlreadyExistsError:
+            pass
+
+    def describe_cluster(self, req: dict, version: int, conn: Any) -> dict:
+        b = self._broker(conn)
+        return {"error_code": NONE, "endpoint_type": 1, "cluster_id": self.config.cluster_id,
+                "controller_id": self.config.node_id,
+                "brokers": [{"broker_id": b["node_id"], "host": b["host"], "port": b["port"],
+                             "rack": None}],
+                "cluster_authorized_operations": AUTHORIZED_OPERATIONS_OMITTED}
+
+    # ==========================================================================================
+    # Produce
+
+    def produce(self, req: dict, version: int, conn: Any) -> dict | None:
+        acks = req["acks"]
+        if acks not in (-1, 0, 1):
+            err = INVALID_REQUIRED_ACKS
+            return self._produce_all_failed(req, err) if acks != 0 else None
+        txn = req["transactional_id"]
+        responses = []
+        failed = False
+        for t in req["topic_data"]:
+            name = t["name"]
+            parts = []
+            for p in t["partition_data"]:
+                r = self._produce_partition(name, p["index"], p["records"], version,
+                                            txn is not None)
+                failed |= r["error_code"] != NONE
+                parts.append(r)
+            responses.append({"name": name, "partition_responses": parts})
+        if acks == 0:
+            if failed:
+                # Kafka closes the connection when an acks=0 append fails: the client has no
+                # other way to learn of it.
+                raise _CloseConnection("a Produce with acks=0 failed")
+            return None
+        return {"responses": responses}
+
+    def _produce_all_failed(self, req: dict, err: int) -> dict:
+        return {"responses": [
+            {"name": t["name"], "partition_responses": [
+                {"index": p["index"], "error_code": err, "base_offset": -1}
+                for p in t["partition_data"]]}
+            for t in req["topic_data"]]}
+
+    def _produce_partition(self, topic: str, partition: int, records: Any, version: int,
+                           transactional: bool) -> dict:
+        out: dict[str, Any] = {"index": partition, "error_code": NONE, "base_offset": -1,
+                               "log_append_time_ms": -1, "log_start_offset": -1}
+        try:
+            if self.config.auto_create_topics and topic not in self.store._topics:
+                validate_topic_name(topic)
+                self._auto_create(topic)
+            if topic.startswith("__"):
+                raise _Refused(INVALID_TOPIC_EXCEPTION, f"{topic} is internal")
+            lg = self.store.partition(topic, partition)
+            out["log_start_offset"] = lg.log_start_offset
+            mv = memoryview(records) if records is not None else memoryview(b"")
+            hdr = self._check_batches(mv, version, transactional)
+            pid, epoch, base_seq, last_delta = hdr
+            if pid >= 0:
+                dup = self.producers.check(pid, epoch, base_seq, last_delta, topic, partition)
+                if dup is not None:
+                    out["base_offset"] = dup.first_offset
+                    out["log_append_time_ms"] = dup.log_append_time
+                    return out
+            first, last, append_time = lg.append_batches(mv)
+            if pid >= 0:
+                self.producers.record(pid, epoch, base_seq, last_delta, topic, partition,
+                                      first, last, append_time)
+            out["base_offset"] = first
+            out["log_append_time_ms"] = append_time
+            out["log_start_offset"] = lg.log_start_offset
+        except _Refused as exc:
+            out["error_code"] = exc.code
+            out["error_message"] = exc.message
+            log.info("produce to %s-%d refused: %s", topic, partition, exc.message)
+        except KStoreError as exc:
+            out["error_code"] = exc.code
+            out["error_message"] = str(exc)
+            log.info("produce to %s-%d refused: %s", topic, partition, exc)
+        return out
+
+    def _check_batches(self, mv: memoryview, version: int,
+                       transactional: bool) -> tuple[int, int, int, int]:
+        """Checks the C append path does not make (they depend on the request): magic 2,
+        one batch per partition from v3, zstd from v7, no transactions. Returns the first
+        batch's (producer id, epoch, base sequence, last offset delta)."""
+        n = mv.nbytes
+        if n < _BATCH_HEADER.size:
+            if n >= 17 and mv[16] in (0, 1):
+                raise _Refused(UNSUPPORTED_FOR_MESSAGE_FORMAT, "magic 0/1 message sets are not stored")
+            raise _Refused(CORRUPT_MESSAGE, f"{n} bytes of records cannot hold a batch")
+        (_, length, _, magic, _, attrs, last_delta, _, _, pid, epoch,
+         base_seq) = _BATCH_HEADER.unpack_from(mv, 0)
+        if magic != 2:
+            raise _Refused(UNSUPPORTED_FOR_MESSAGE_FORMAT,
+                           f"message format v{magic} is not supported: send RecordBatch v2")
+        if version >= 3 and length + 12 != n:
+            raise _Refused(INVALID_RECORD, "Produce v3+ carries exactly one batch per partition")
+        if attrs & _ATTR_TRANSACTIONAL or transactional:
+            raise _Refused(INVALID_TXN_STATE, "transactions are not supported")
+        if attrs & _ATTR_CODEC == _ZSTD and version < 7:
+            raise _Refused(UNSUPPORTED_COMPRESSION_TYPE, "zstd needs Produce v7 or later")
+        return pid, epoch, base_seq, last_delta
+
+    def init_producer_id(self, req: dict, version: int, conn: Any) -> dict:
+        if req["transactional_id"] is not None:
+            return {"error_code": INVALID_REQUEST, "producer_id": -1, "producer_epoch": -1}
+        pid, epoch = req["producer_id"], req["producer_epoch"]
+        try:
+            if pid >= 0 and epoch >= 0:
+                pid, epoch = self.producers.bump_epoch(pid, epoch)
+            else:
+                pid, epoch = self.producers.new_producer_id()
+        except KStoreError as exc:
+            return {"error_code": exc.code, "producer_id": -1, "producer_epoch": -1}
+        return {"error_code": NONE, "producer_id": pid, "producer_epoch": epoch}
+
+    # ==========================================================================================
+    # Fetch
+
+    async def fetch(self, req: dict, version: int, conn: Any) -> dict:
+        if req["session_id"] != 0 or req["session_epoch"] > 0:
+            # No fetch sessions (KIP-227): every fetch is a full one.
+            return {"error_code": FETCH_SESSION_ID_NOT_FOUND, "session_id": 0, "responses": []}
+        max_wait = req["max_wait_ms"]
+        min_bytes = req["min_bytes"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(max_wait, 0) / 1000
+        signal = self.store.signal
+        while True:
+            seen = signal.version
+            responses, total, error = self._read_fetch(req)
+            remaining = deadline - loop.time()
+            if max_wait <= 0 or total >= min_bytes or error or remaining <= 0:
+                return {"error_code": NONE, "session_id": 0, "responses": responses}
+            # Parked until an append anywhere in the store moves the version, or the wait ends.
+            await signal.wait_async(seen, remaining)
+            if conn.closing:
+                return {"error_code": NONE, "session_id": 0, "responses": responses}
+
+    def _read_fetch(self, req: dict) -> tuple[list[dict], int, bool]:
+        budget = req["max_bytes"] if req["max_bytes"] > 0 else 2**31 - 1
+        total = 0
+        error = False
+        responses = []
+        for t in req["topics"]:
+            name = t["topic"]
+            parts = []
+            for p in t["partitions"]:
+                r: dict[str, Any] = {"partition_index": p["partition"], "error_code": NONE,
+                                     "high_watermark": -1, "last_stable_offset": -1,
+                                     "log_start_offset": -1, "aborted_transactions": None,
+                                     "preferred_read_replica": -1, "records": b""}
+                parts.append(r)
+                try:
+                    lg = self.store.partition(name, p["partition"])
+                except (UnknownTopicOrPartitionError, InvalidTopicError, TypeError):
+                    r["error_code"] = UNKNOWN_TOPIC_OR_PARTITION
+                    error = True
+                    continue
+                epoch = p["current_leader_epoch"]
+                if epoch != -1 and epoch != LEADER_EPOCH:
+                    r["error_code"] = UNKNOWN_LEADER_EPOCH if epoch > LEADER_EPOCH else FENCED_LEADER_EPOCH
+                    error = True
+                    continue
+                leo = lg.log_end_offset
+                r["high_watermark"] = r["last_stable_offset"] = leo
+                r["log_start_offset"] = lg.log_start_offset
+                offset = p["fetch_offset"]
+                if budget - total <= 0 and total > 0:
+                    continue  # the response is full: later partitions come next time
+                limit = min(p["partition_max_bytes"], budget - total) if total else p["partition_max_bytes"]
+                try:
+                    fs = lg.read(offset, max(limit, 1))
+                except OffsetOutOfRangeError:
+                    r["error_code"] = OFFSET_OUT_OF_RANGE
+                    error = True
+                    continue
+                r["high_watermark"] = r["last_stable_offset"] = max(leo, lg.log_end_offset)
+                if len(fs):
+                    r["records"] = fs
+                    total += len(fs)
+            responses.append({"topic": name, "partitions": parts})
+        return responses, total, error
+
+    # ==========================================================================================
+    # Offsets by time, leader epochs, records deletion
+
+    def list_offsets(self, req: dict, version: int, conn: Any) -> dict:
+        topics = []
+        for t in req["topics"]:
+            parts = []
+            for p in t["partitions"]:
+                parts.append(self._list_offset(t["name"], p))
+            topics.append({"name": t["name"], "partitions": parts})
+        return {"topics": topics}
+
+    def _list_offset(self, topic: str, p: dict) -> dict:
+        out = {"partition_index": p["partition_index"], "error_code": NONE, "timestamp": -1,
+               "offset": -1, "leader_epoch": -1}
+        epoch = p["current_leader_epoch"]
+        if epoch not in (-1, LEADER_EPOCH):
+            out["error_code"] = UNKNOWN_LEADER_EPOCH if epoch > LEADER_EPOCH else FENCED_LEADER_EPOCH
+            return out
+        try:
+            lg = self.store.partition(topic, p["partition_index"])
+        except (UnknownTopicOrPartitionError, InvalidTopicError):
+            out["error_code"] = UNKNOWN_TOPIC_OR_PARTITION
+            return out
+        ts = p["timestamp"]
+        if ts == LATEST_TIMESTAMP:
+            out["offset"] = lg.log_end_offset
+        elif ts == EARLIEST_TIMESTAMP:
+            out["offset"] = lg.log_start_offset
+        elif ts == MAX_TIMESTAMP:
+            best = (-1, -1)
+            for seg in lg._segments:
+                m = seg.max_timestamp
+                if m[0] > best[0] and m[1] >= lg.log_start_offset:
+                    best = m
+            out["timestamp"], out["offset"] = best
+        elif ts >= 0:
+            off = lg.offset_for_time(ts)
+            if off is not None:
+                out["offset"] = off
+                out["timestamp"] = _timestamp_at(lg, off)
+        else:
+            out["error_code"] = INVALID_REQUEST
+            return out
+        out["leader_epoch"] = LEADER_EPOCH if out["offset"] >= 0 else -1
+        return out
+
+    def offset_for_leader_epoch(self, req: dict, version: int, conn: Any) -> dict:
+        topics = []
+        for t in req["topics"]:
+            parts = []
+            for p in t["partitions"]:
+                r = {"error_code": NONE, "partition": p["partition"], "leader_epoch": -1,
+                     "end_offset": -1}
+                cur = p["current_leader_epoch"]
+                try:
+                    lg = self.store.partition(t["topic"], p["partition"])
+                except (UnknownTopicOrPartitionError, InvalidTopicError):
+                    r["error_code"] = UNKNOWN_TOPIC_OR_PARTITION
+                else:
+                    if cur not in (-1, LEADER_EPOCH):
+                        r["error_code"] = (UNKNOWN_LEADER_EPOCH if cur > LEADER_EPOCH
+                                           else FENCED_LEADER_EPOCH)
+                    elif p["leader_epoch"] == LEADER_EPOCH:
+                        # The only epoch there has been: it ends at the log end.
+                        r["leader_epoch"] = LEADER_EPOCH
+                        r["end_offset"] = lg.log_end_offset
+                    elif p["leader_epoch"] > LEADER_EPOCH:
+                        # A later epoch than any we had: Kafka answers with the latest epoch and
+                        # its end, so the client truncates to it.
+                        r["leader_epoch"] = LEADER_EPOCH
+                        r["end_offset"] = lg.log_end_offset
+                parts.append(r)
+            topics.append({"topic": t["topic"], "partitions": parts})
+        return {"topics": topics}
+
+    def delete_records(self, req: dict, version: int, conn: Any) -> dict:
+        topics = []
+        for t in req["topics"]:
+            parts = []
+            for p in t["partitions"]:
+                r = {"partition_index": p["partition_index"], "low_watermark": -1,
+                     "error_code": NONE}
+                try:
+                    lg = self.store.partition(t["name"], p["partition_index"])
+                    off = p["offset"]
+                    if off > lg.log_end_offset or off < -1:
+                        raise OffsetOutOfRangeError(f"offset {off} is beyond the log end")
+                    res = self.store.delete_records({(t["name"], p["partition_index"]): off})
+                    r["low_watermark"] = res[(t["name"], p["partition_index"])]
+                except (UnknownTopicOrPartitionError, InvalidTopicError):
+                    r["error_code"] = UNKNOWN_TOPIC_OR_PARTITION
+                except KStoreError as exc:
+                    r["error_code"] = exc.code
+                parts.append(r)
+            topics.append({"name": t["name"], "partitions": parts})
+        return {"topics": topics}
+
+    # ==========================================================================================
+    # Topics and configs
+
+    def create_topics(self, req: dict, version: int, conn: Any) -> dict:
+        out = []
+        for t in req["topics"]:
+            name = t["name"]
+            r: dict[str, Any] = {"name": name, "error_code": NONE, "error_message": None,
+                                 "num_partitions": -1, "replication_factor": -1, "configs": None}
+            try:
+                n = t["num_partitions"]
+                rf = t["replication_factor"]
+                if t["assignments"]:
+                    if n != -1 or rf != -1:
+                        raise InvalidRequestErrorLocal(
+                            "give either assignments or num_partitions/replication_factor")
+                    n = len(t["assignments"])
+                    if any(list(a["broker_ids"]) != [self.config.node_id] for a in t["assignments"]):
+                        raise InvalidReplicationFactorError(
+                            f"this server is one broker (id {self.config.node_id})")
+                    rf = 1
+                if n == -1:
+                    n = self.config.num_partitions
+                if rf == -1:
+                    rf = 1
+                if rf != 1:
+                    raise InvalidReplicationFactorError(
+                        f"replication factor {rf} is larger than the 1 available broker")
+                if n < 1:
+                    raise InvalidPartitionsError(f"number of partitions must be positive, not {n}")
+                configs = {c["name"]: c["value"] for c in t["configs"]}
+                validate_topic_name(name)
+                if name.startswith("__"):
+                    raise InvalidTopicError(f"{name!r}: names starting with '__' are internal")
+                if req["validate_only"]:
+                    from kstore.config import validate_config
+                    validate_config(configs)
+                    if name in self.store._topics:
+                        raise TopicAlreadyExistsError(f"topic {name!r} already exists")
+                else:
+                    self.store.create_topic(name, n, configs)
+                r["num_partitions"], r["replication_factor"] = n, rf
+                if version >= 5:
+                    r["configs"] = [self._config_entry(name, k, v, set(configs))
+                                    for k, v in self._topic_config(name, configs).items()]
+            except InvalidRequestErrorLocal as exc:
+                r["error_code"], r["error_message"] = INVALID_REQUEST, str(exc)
+            except KStoreError as exc:
+                r["error_code"], r["error_message"] = exc.code, str(exc)
+            out.append(r)
+        return {"topics": out}
+
+    def _topic_config(self, name: str, overrides: dict | None = None) -> dict[str, Any]:
+        if overrides is not None and name not in self.store._topics:
+            from kstore.config import resolve_config
+            return resolve_config(overrides)
+        return self.store.topic_config(name)
+
+    def _config_entry(self, topic: str, key: str, value: Any, explicit: set[str]) -> dict:
+        return {"name": key, "value": _config_string(value), "read_only": False,
+                "config_source": 1 if key in explicit else 5, "is_sensitive": False}
+
+    def delete_topics(self, req: dict, version: int, conn: Any) -> dict:
+        out = []
+        for name in req["topic_names"]:
+            r: dict[str, Any] = {"name": name, "error_code": NONE, "error_message": None}
+            try:
+                if name is None or name.startswith("__"):
+                    raise InvalidTopicError(f"{name!r} cannot be deleted")
+                if not self.config.allow_delete_topics:
+                    r["error_code"], r["error_message"] = 73, "topic deletion is disabled"
+                else:
+                    self.store.delete_topic(name)
+                    self.producers.forget_partition(name)
+            except KStoreError as exc:
+                r["error_code"], r["error_message"] = exc.code, str(exc)
+            out.append(r)
+        return {"responses": out}
+
+    def create_partitions(self, req: dict, version: int, conn: Any) -> dict:
+        out = []
+        for t in req["topics"]:
+            r: dict[str, Any] = {"name": t["name"], "error_code": NONE, "error_message": None}
+            try:
+                if t["assignments"] is not None and any(
+                        list(a["broker_ids"]) != [self.config.node_id] for a in t["assignments"]):
+                    raise InvalidReplicationFactorError("this server is one broker")
+                cur = self.store.partitions_for(t["name"])
+                if t["count"] <= cur:
+                    raise InvalidPartitionsError(
+                        f"topic {t['name']!r} has {cur} partitions; the new count must be larger, "
+                        f"not {t['count']}")
+                if not req["validate_only"]:
+                    self.store.create_partitions(t["name"], t["count"])
+            except KStoreError as exc:
+                r["error_code"], r["error_message"] = exc.code, str(exc)
+            out.append(r)
+        return {"results": out}
+
+    def describe_configs(self, req: dict, version: int, conn: Any) -> dict:
+        results = []
+        for res in req["resources"]:
+            rtype, rname, keys = res["resource_type"], res["resource_name"], res["configuration_keys"]
+            r: dict[str, Any] = {"error_code": NONE, "error_message": None,
+                                 "resource_type": rtype, "resource_name": rname, "configs": []}
+            try:
+                if rtype == 2:  # topic
+                    explicit = set(self.store._topic(rname).get("config", {}))
+                    values = self.store.topic_config(rname)
+                    entries = [(k, v, 1 if k in explicit else 5) for k, v in values.items()]
+                elif rtype == 4:  # broker
+                    if rname not in ("", str(self.config.node_id)):
+                        raise InvalidRequestErrorLocal(f"unknown broker {rname!r}")
+                    entries = [(k, v, 4) for k, v in self._broker_configs().items()]
+                else:
+                    raise InvalidRequestErrorLocal(f"resource type {rtype} is not supported")
+                for k, v, source in entries:
+                    if keys is not None and k not in keys:
+                        continue
+                    c = {"name": k, "value": _config_string(v), "read_only": rtype == 4,
+                         "is_default": source == 5, "config_source": source,
+                         "is_sensitive": False, "synonyms": [],
+                         "config_type": _config_type(v),
+                         "documentation": TOPIC_CONFIG[k].doc if k in TOPIC_CONFIG else None}
+                    if res_synonyms(req) and source != 5:
+                        c["synonyms"] = [{"name": k, "value": _config_string(v), "source": source}]
+                    r["configs"].append(c)
+            except InvalidRequestErrorLocal as exc:
+                r["error_code"], r["error_message"] = INVALID_REQUEST, str(exc)
+            except KStoreError as exc:
+                r["error_code"], r["error_message"] = exc.code, str(exc)
+            results.append(r)
+        return {"results": results}
+
+    def _broker_configs(self) -> dict[str, Any]:
+        base = {
+            "auto.create.topics.enable": self.config.auto_create_topics,
+            "num.partitions": self.config.num_partitions,
+            "default.replication.factor": 1,
+            "offsets.topic.num.partitions": 50,
+            "delete.topic.enable": self.config.allow_delete_topics,
+            "log.dirs": str(self.store.path),
+            "broker.id": self.config.node_id,
+        }
+        base.update(self.config.broker_config)
+        return base
+
+    def alter_configs(self, req: dict, version: int, conn: Any) -> dict:
+        out = []
+        for res in req["resources"]:
+            rtype, rname = res["resource_type"], res["resource_name"]
+            r: dict[str, Any] = {"error_code": NONE, "error_message": None,
+                                 "resource_type": rtype, "resource_name": rname}
+            try:
+                if rtype != 2:
+                    raise InvalidRequestErrorLocal("only topic configs can be altered here")
+                new = {c["name"]: c["value"] for c in res["configs"]}
+                from kstore.config import validate_config
+                validate_config({k: v for k, v in new.items() if v is not None})
+                # AlterConfigs replaces the topic's whole set: keys not given return to defaults.
+                old = set(self.store._topic(rname).get("config", {}))
+                change: dict[str, Any] = {k: None for k in old - set(new)}
+                change.update(new)
+                if not req["validate_only"]:
+                    self.store.alter_topic_config(rname, change)
+            except InvalidRequestErrorLocal as exc:
+                r["error_code"], r["error_message"] = INVALID_REQUEST, str(exc)
+            except KStoreError as exc:
+                r["error_code"], r["error_message"] = exc.code, str(exc)
+            out.append(r)
+        return {"responses": out}
+
+    # ==========================================================================================
+    # Groups: the coordinator does the work
+
+    def find_coordinator(self, req: dict, version: int, conn: Any) -> dict:
+        b = self._broker(conn)
+        keys = req["coordinator_keys"] if version >= 4 else [req["key"]]
+        coords = []
+        for key in keys:
+            if req["key_type"] != 0:
+                coords.append({"key": key, "node_id": -1, "host": "", "port": -1,
+                               "error_code": COORDINATOR_NOT_AVAILABLE,
+                               "error_message": "transactions are not supported"})
+            else:
+                coords.append({"key": key, "node_id": b["node_id"], "host": b["host"],
+                               "port": b["port"], "error_code": NONE, "error_message": None})
+        if version >= 4:
+            return {"coordinators": coords}
+        c = coords[0]
+        return {"error_code": c["error_code"], "error_message": c["error_message"],
+                "node_id": c["node_id"], "host": c["host"], "port": c["port"]}
+
+    async def join_group(self, req: dict, version: int, conn: Any) -> dict:
+        res: dict = await self.coordinator.join_group(req, version, conn.client_id, conn.peer_host)
+        return res
+
+    async def sync_group(self, req: dict, version: int, conn: Any) -> dict:
+        res: dict = await self.coordinator.sync_group(req, version)
+        return res
+
+    def heartbeat(self, req: dict, version: int, conn: Any) -> dict:
+        res: dict = self.coordinator.heartbeat(req, version)
+        return res
+
+    def leave_group(self, req: dict, version: int, conn: Any) -> dict:
+        res: dict = self.coordinator.leave_group(req, version)
+        return res
+
+    def offset_commit(self, req: dict, version: int, conn: Any) -> dict:
+        res: dict = self.coordinator.offset_commit(req, version)
+        return res
+
+    def offset_fetch(self, req: dict, version: int, conn: Any) -> dict:
+        res: dict = self.coordinator.offset_fetch(req, version)
+        return res
+
+    def list_groups(self, req: dict, version: int, conn: Any) -> dict:
+        res: dict = self.coordinator.list_groups(req, version)
+        return res
+
+    def describe_groups(self, req: dict, version: int, conn: Any) -> dict:
+        res: dict = self.coordinator.describe_groups(req, version)
+        return res
+
+    def delete_groups(self, req: dict, version: int, conn: Any) -> dict:
+        res: dict = self.coordinator.delete_groups(req, version)
+        return res
+
+
+# ==============================================================================================
+# Helpers
+
+CORRUPT_MESSAGE = CorruptRecordError.code
+FETCH_SESSION_ID_NOT_FOUND = 70
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _CloseConnection(Exception):
+    """The connection must be closed (the reason is logged)."""
+
+
+class InvalidRequestErrorLocal(Exception):
+    pass
+
+
+def res_synonyms(req: dict) -> bool:
+    return bool(req.get("include_synonyms"))
+
+
+def _config_string(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _config_type(v: Any) -> int:
+    # DescribeConfigsResponse ConfigType: 1 BOOLEAN, 2 STRING, 3 INT, 5 LONG, 6 DOUBLE
+    if isinstance(v, bool):
+        return 1
+    if isinstance(v, int):
+        return 5
+    if isinstance(v, float):
+        return 6
+    return 2
+
+
+def _timestamp_at(lg: Any, offset: int) -> int:
+    """The timestamp of the record at ``offset`` (ListOffsets answers with it)."""
+    fs = lg.read(offset, 1)
+    for b in fs.batches():
+        for rec in b.records(min_offset=offset):
+            if rec.offset == offset:
+                return int(rec.timestamp)
+    return -1
+
+
+def new_cluster_id() -> str:
+    """Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding."""
+    import base64
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+

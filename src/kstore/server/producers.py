@@ -1,0 +1,144 @@
+"""Idempotent producer state: the sequence checks Kafka's broker applies per producer and
+partition (kafka-storage.md section 9.1, kafka-protocol.md section 5).
+
+Kafka keeps the last five batches of each producer on each partition, which is why clients cap
+in-flight requests at five: a retried batch that already landed is recognised and answered with
+its first offsets instead of being appended twice.
+
+The state lives in memory. After a restart every producer is unknown again, and an unknown
+producer may start at any sequence (as Kafka does for a producer whose state expired); a
+retry that straddles a restart may then be appended twice. Kafka avoids that with producer
+state snapshots, which kstore does not write yet.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from kstore.errors import (
+    InvalidProducerEpochError,
+    InvalidRecordError,
+    OutOfOrderSequenceNumberError,
+)
+
+INT32_MAX = 2**31 - 1
+KEEP_BATCHES = 5
+
+
+@dataclass(frozen=True)
+class BatchMeta:
+    first_seq: int
+    last_seq: int
+    first_offset: int
+    last_offset: int
+    log_append_time: int
+
+
+class _Entry:
+    __slots__ = ("batches", "epoch")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.batches: deque[BatchMeta] = deque(maxlen=KEEP_BATCHES)
+
+
+def last_sequence(base_seq: int, last_offset_delta: int) -> int:
+    """A batch's last sequence: sequences wrap at INT32_MAX to 0."""
+    s = base_seq + last_offset_delta
+    return s - INT32_MAX - 1 if s > INT32_MAX else s
+
+
+class ProducerStates:
+    """Per (producer id, topic, partition): the epoch and the last five batches."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state: dict[tuple[int, str, int], _Entry] = {}
+        self._epochs: dict[int, int] = {}
+        # Ids must not repeat across restarts (a restarted server meeting an old producer id
+        # would match it against a new producer's sequences): start from the clock.
+        self._next_id = int(time.time() * 1000) << 8
+
+    def new_producer_id(self) -> tuple[int, int]:
+        with self._lock:
+            pid = self._next_id
+            self._next_id += 1
+            self._epochs[pid] = 0
+            return pid, 0
+
+    def bump_epoch(self, producer_id: int, epoch: int) -> tuple[int, int]:
+        """KIP-360: an idempotent producer re-initialising with its id gets epoch + 1 and a
+        fresh sequence space."""
+        with self._lock:
+            known = self._epochs.get(producer_id)
+            if known is not None and epoch < known:
+                raise InvalidProducerEpochError(
+                    f"producer {producer_id} asked to bump epoch {epoch}, but {known} is current")
+            new = (max(epoch, known or 0) + 1) if epoch < 32767 else 0
+            if new == 0:  # the epoch ran out: a new id
+                pid = self._next_id
+                self._next_id += 1
+                self._epochs[pid] = 0
+                return pid, 0
+            self._epochs[producer_id] = new
+            return producer_id, new
+
+    def check(self, producer_id: int, epoch: int, base_seq: int, last_offset_delta: int,
+              topic: str, partition: int) -> BatchMeta | None:
+        """Before an append: the earlier result for an exact duplicate, None for a batch in
+        sequence; raises OutOfOrderSequenceNumberError / InvalidProducerEpochError."""
+        if base_seq < 0:
+            raise InvalidRecordError(
+                f"producer {producer_id} sent a batch with sequence {base_seq}: an idempotent "
+                f"batch needs a sequence >= 0")
+        last_seq = last_sequence(base_seq, last_offset_delta)
+        with self._lock:
+            e = self._state.get((producer_id, topic, partition))
+            if e is None:
+                return None  # unknown here: any sequence starts it
+            if epoch < e.epoch:
+                raise InvalidProducerEpochError(
+                    f"producer {producer_id} epoch {epoch} is older than {e.epoch}")
+            if epoch > e.epoch:
+                if base_seq != 0:
+                    raise OutOfOrderSequenceNumberError(
+                        f"producer {producer_id}: a new epoch {epoch} must start at sequence 0, "
+                        f"not {base_seq} ({topic}-{partition})")
+                return None
+            for b in e.batches:
+                if b.first_seq == base_seq and b.last_seq == last_seq:
+                    return b
+            if not e.batches:
+                return None
+            expected = e.batches[-1].last_seq + 1
+            if expected > INT32_MAX:
+                expected = 0
+            if base_seq != expected:
+                raise OutOfOrderSequenceNumberError(
+                    f"producer {producer_id} epoch {epoch} on {topic}-{partition}: expected "
+                    f"sequence {expected}, got {base_seq}")
+            return None
+
+    def record(self, producer_id: int, epoch: int, base_seq: int, last_offset_delta: int,
+               topic: str, partition: int, first_offset: int, last_offset: int,
+               log_append_time: int) -> None:
+        """After a successful append."""
+        meta = BatchMeta(base_seq, last_sequence(base_seq, last_offset_delta), first_offset,
+                         last_offset, log_append_time)
+        with self._lock:
+            key = (producer_id, topic, partition)
+            e = self._state.get(key)
+            if e is None or e.epoch != epoch:
+                e = self._state[key] = _Entry(epoch)
+            e.batches.append(meta)
+            if self._epochs.get(producer_id, -1) < epoch:
+                self._epochs[producer_id] = epoch
+
+    def forget_partition(self, topic: str) -> None:
+        """A deleted topic's producer state goes with it."""
+        with self._lock:
+            for key in [k for k in self._state if k[1] == topic]:
+                del self._state[key]

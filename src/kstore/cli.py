@@ -1665,7 +1665,10 @@ def serve(listen: tuple[str, int], advertise: str | None, num_partitions: int, a
     ssl_context = users = None
     if tls_cert is not None:
         from kstore.server.auth import server_ssl_context
-        ssl_context = server_ssl_context(tls_cert, tls_key, tls_ca)  # type: ignore[arg-type]
+        try:
+            ssl_context = server_ssl_context(tls_cert, tls_key, tls_ca)  # type: ignore[arg-type]
+        except kerr.KStoreError as exc:
+            raise DataError(str(exc)) from None
     if sasl_users is not None:
         from kstore.server.auth import Users
         try:
@@ -1714,13 +1717,16 @@ def serve(listen: tuple[str, int], advertise: str | None, num_partitions: int, a
 @click.argument("user")
 @click.option("--mechanism", type=click.Choice(["SCRAM-SHA-256", "SCRAM-SHA-512"]),
               default="SCRAM-SHA-256", show_default=True)
-@click.option("--iterations", type=click.IntRange(4096), default=4096, show_default=True)
+@click.option("--iterations", type=click.IntRange(4096, 1_000_000), default=4096, show_default=True)
 @click.password_option("--password", prompt=True, help="Read from the terminal when not given.")
 def scram_credential(user: str, mechanism: str, iterations: int, password: str) -> None:
     """Print a users-file line holding a SCRAM credential (salted keys, no password)."""
     from kstore.server.auth import scram_credential_line
 
-    click.echo(scram_credential_line(user, password, mechanism, iterations))
+    try:
+        click.echo(scram_credential_line(user, password, mechanism, iterations))
+    except ValueError as exc:
+        raise _usage(str(exc)) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

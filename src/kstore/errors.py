@@ -108,6 +108,18 @@ class InvalidTimestampError(KStoreError, ValueError):
     code = 32
 
 
+class UnsupportedSaslMechanismError(KStoreError, ValueError):
+    """A SaslHandshake or authenticator asked for a mechanism this server does not enable."""
+
+    code = 33
+
+
+class IllegalSaslStateError(KStoreError):
+    """A SASL token out of sequence: after success, after a failure, or before the handshake."""
+
+    code = 34
+
+
 class UnsupportedVersionError(KStoreError):
     code = 35
 
@@ -155,6 +167,13 @@ class KafkaStorageError(KStoreError, OSError):
 
     code = 56
     retriable = True
+
+
+class SaslAuthenticationFailedError(KStoreError):
+    """Bad credentials or a malformed SASL token. For bad credentials the message never says
+    whether the user exists (Kafka answers a wrong password and an unknown user alike)."""
+
+    code = 58
 
 
 class UnknownProducerIdError(KStoreError):

@@ -9,7 +9,8 @@ Each (api key, request or response, version) is compiled once into a plan: the f
 in that version, whether strings, bytes and arrays are compact (flexible versions, KIP-482),
 nullability, and the tagged fields. ``records`` fields decode to a memoryview of the request
 (no copy) and encode from bytes, a memoryview or a FileSlice, which stays a separate piece of
-the output so the server can send it with ``sendfile``.
+the output so the server can send it with ``sendfile`` (bytes of 16 KiB or more also stay
+separate, uncopied). Decoded lists and dicts, defaults included, belong to the caller.
 
 Malformed input raises :class:`MalformedRequestError` naming the field and byte position.
 """
@@ -57,10 +58,16 @@ _CODES = {"string": _STRING, "bytes": _BYTES, "records": _RECORDS, "uuid": _UUID
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
 _HDR = struct.Struct(">hhi")
+# bytes values at least this long (fetched batches) become pieces of their own, uncopied.
+_OUT_OF_LINE = 16384
 
 
 class MalformedRequestError(InvalidRequestError, register=False):
     """Bytes that do not parse as the message they claim to be."""
+
+    # Set by parse_request_header when it got as far as reading them.
+    api_key: int | None = None
+    correlation_id: int | None = None
 
 
 class _Field:
@@ -83,7 +90,7 @@ class _Field:
 class _Plan:
     """The fields of one struct in one version."""
 
-    __slots__ = ("by_tag", "defaults", "fields", "flexible", "tagged")
+    __slots__ = ("by_tag", "defaults", "fields", "flexible", "fresh", "tagged")
 
     def __init__(self, fields: list[_Field], tagged: list[_Field], flexible: bool,
                  defaults: dict[str, Any]) -> None:
@@ -92,6 +99,9 @@ class _Plan:
         self.by_tag = {f.tag: f for f in tagged}
         self.flexible = flexible
         self.defaults = defaults
+        # Defaults that are lists or dicts: each decoded struct gets its own copy, since its
+        # handler may edit it.
+        self.fresh = tuple(k for k, v in defaults.items() if isinstance(v, (list, dict)))
 
 
 def _default(spec_default: Any, sub: _Plan | None, is_array: bool, nullable: bool) -> Any:
@@ -147,10 +157,15 @@ def _compile(fields: tuple, version: int, flexible: bool) -> _Plan:
 
 
 def _materialize(value: Any) -> Any:
+    """A default as a decoded value: lists and dicts are new objects on every call."""
     if isinstance(value, _DefaultStruct):
-        return {**value.plan.defaults, **{f.name: _materialize(f.default) for f in value.plan.fields}}
+        plan = value.plan
+        return {**{k: _materialize(v) for k, v in plan.defaults.items()},
+                **{f.name: _materialize(f.default) for f in plan.fields}}
     if isinstance(value, list):
         return []
+    if isinstance(value, dict):
+        return {k: _materialize(v) for k, v in value.items()}
     return value
 
 
@@ -282,6 +297,8 @@ def _read_value(r: _Reader, f: _Field) -> Any:
 
 def _read_struct(r: _Reader, plan: _Plan) -> dict[str, Any]:
     out = dict(plan.defaults)
+    for name in plan.fresh:
+        out[name] = _materialize(out[name])
     for f in plan.fields:
         out[f.name] = _read_value(r, f)
     if plan.flexible:
@@ -293,13 +310,13 @@ def _read_struct(r: _Reader, plan: _Plan) -> dict[str, Any]:
             if tag <= last:
                 raise r.fail("tagged fields", f"tag {tag} after {last} (must ascend)")
             last = tag
-            f = plan.by_tag.get(tag)
+            tf = plan.by_tag.get(tag)
             data = r.take(f"tag {tag}", size)
-            if f is not None:
+            if tf is not None:
                 sub = _Reader(data, 0, r.what)
-                out[f.name] = _read_value(sub, f)
+                out[tf.name] = _read_value(sub, tf)
                 if sub.pos != size:
-                    raise r.fail(f.name, f"tagged field holds {size} bytes, {sub.pos} parsed")
+                    raise r.fail(tf.name, f"tagged field holds {size} bytes, {sub.pos} parsed")
     return out
 
 
@@ -340,13 +357,18 @@ def parse_request_header(buf: Any) -> RequestHeader:
         raise MalformedRequestError(f"request of {len(mv)} bytes is shorter than a header")
     api_key, version, corr = _HDR.unpack_from(mv, 0)
     r = _Reader(mv, 8, f"request header ({api_name(api_key)} v{version})")
-    n = r.length("client_id", False, False)
-    client_id = "" if n == -1 else str(r.take("client_id", n), "utf-8", "replace")
-    if is_flexible(api_key, version) and not (api_key == API_VERSIONS and version > _max(API_VERSIONS)):
-        count = r.uvarint("header tagged fields")
-        for _ in range(count):
-            r.uvarint("tag")
-            r.take("header tag", r.uvarint("tag size"))
+    try:
+        n = r.length("client_id", False, False)
+        client_id = "" if n == -1 else str(r.take("client_id", n), "utf-8", "replace")
+        if is_flexible(api_key, version) and not (api_key == API_VERSIONS
+                                                  and version > _max(API_VERSIONS)):
+            count = r.uvarint("header tagged fields")
+            for _ in range(count):
+                r.uvarint("tag")
+                r.take("header tag", r.uvarint("tag size"))
+    except MalformedRequestError as exc:
+        exc.api_key, exc.correlation_id = api_key, corr
+        raise
     return RequestHeader(api_key, version, corr, client_id, r.pos)
 
 
@@ -380,7 +402,7 @@ class _Writer:
             self.buf += (_I32 if wide else _I16).pack(n)
 
     def piece(self, obj: Any, n: int) -> None:
-        """Append an out-of-line piece (a FileSlice) of n bytes."""
+        """Append an out-of-line piece (a FileSlice, or large bytes) of n bytes."""
         if self.buf:
             self.parts.append(bytes(self.buf))
             self.size += len(self.buf)
@@ -414,6 +436,9 @@ def _write_value(w: _Writer, f: _Field, v: Any) -> None:
             w.length(-1, f.compact, False)
         else:
             b = v.encode() if isinstance(v, str) else bytes(v)
+            if len(b) > 0x7FFF:  # Kafka's readers refuse longer strings, compact ones too
+                raise ValueError(f"field {f.name!r}: a string holds at most 32767 bytes, "
+                                 f"not {len(b)}")
             w.length(len(b), f.compact, False)
             w.buf += b
     elif code == _BYTES or code == _RECORDS:
@@ -426,6 +451,9 @@ def _write_value(w: _Writer, f: _Field, v: Any) -> None:
             w.length(n, f.compact, True)
             if n:
                 w.piece(v, n)
+        elif type(v) is bytes and len(v) >= _OUT_OF_LINE:
+            w.length(len(v), f.compact, True)
+            w.piece(v, len(v))
         else:
             mv = memoryview(v)
             w.length(mv.nbytes, f.compact, True)
@@ -471,10 +499,12 @@ def _write_struct(w: _Writer, plan: _Plan, value: dict[str, Any]) -> None:
             sub = _Writer()
             _write_value(sub, f, v)
             data = sub.finish()
-            assert len(data) == 1, "a tagged field cannot hold a FileSlice"
+            if not all(type(p) is bytes for p in data):
+                raise ValueError(f"field {f.name!r}: a tagged field cannot hold a FileSlice")
             w.uvarint(f.tag)
-            w.uvarint(len(data[0]))
-            w.buf += data[0]
+            w.uvarint(sub.size)
+            for p in data:
+                w.buf += p
 
 
 def encode(api_key: int, response: bool, version: int, value: dict[str, Any]) -> list[Any]:

@@ -524,3 +524,37 @@ def test_groups_and_describe_group_show_committed_offsets_and_lag(store):
     assert [x["committed"] for x in g["partitions"]] == [5, 4]
     other = store.describe_group("nobody")
     assert other["partitions"] == [] and other["members"] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Removing committed offsets: DeleteGroups and offsets.retention.minutes
+
+
+def test_delete_group_offsets_tombstones_every_commit_and_survives_reopen(tmp_path):
+    path = tmp_path / "data"
+    with kstore.open(path) as s:
+        s.create_topic("t", partitions=2)
+        s.commit_offsets("gone", {("t", 0): (0, "m", -1), ("t", 1): (0, "", 3)})
+        s.commit_offsets("kept", {("t", 0): (0, "", -1)})
+        assert s.delete_group_offsets("gone") == [("t", 0), ("t", 1)]
+        assert s.committed("gone", "t", 0) is None and s.committed("gone", "t", 1) is None
+        assert s.groups() == ["kept"]
+        assert s.delete_group_offsets("gone") == []  # nothing left: nothing written
+        assert s.delete_group_offsets("never") == []
+    with kstore.open(path) as s:  # replayed from __consumer_offsets
+        assert s.committed("gone", "t", 0) is None and s.committed("gone", "t", 1) is None
+        assert s.committed("kept", "t", 0) == 0
+        assert s.groups() == ["kept"]  # a group whose offsets were all tombstoned is gone
+
+
+def test_expire_offsets_tombstones_old_commits_and_survives_reopen(tmp_path):
+    path = tmp_path / "data"
+    with kstore.open(path, offsets_retention_minutes=1) as s:
+        s.create_topic("t")
+        s.commit_offsets("old", {("t", 0): (0, "", -1)})
+        now = s.now_ms()
+        assert s.expire_offsets(now) == {}  # not a minute old yet
+        assert s.expire_offsets(now + 60_000) == {"old": [("t", 0)]}
+        assert s.committed("old", "t", 0) is None and s.groups() == []
+    with kstore.open(path) as s:
+        assert s.committed("old", "t", 0) is None and s.groups() == []

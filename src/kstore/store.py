@@ -133,6 +133,9 @@ class Store:
         self._committed: dict[str, dict[tuple[str, int], offsets.OffsetCommit]] | None = None
         self._committed_lock = threading.Lock()
         self.topic_epoch = 0  # moves on every topic change; producers drop cached topic state
+        # Callables returning the names of groups with members elsewhere (a Kafka-protocol
+        # server's coordinator): their offsets do not expire, like in-process groups'.
+        self.live_group_hooks: list[Callable[[], set[str]]] = []
         if not isinstance(retention_check_interval_ms, int) or retention_check_interval_ms < 0:
             raise InvalidConfigError(
                 f"log.retention.check.interval.ms must be a non-negative int (0: no background "
@@ -540,25 +543,47 @@ class Store:
         now = self.now_ms() if now_ms is None else now_ms
         committed = self._load_committed()
         out: dict[str, list[tuple[str, int]]] = {}
+        live = set()
+        for hook in list(self.live_group_hooks):
+            live |= hook()
         for group, entries in list(committed.items()):
             state = self._groups.get(group)
-            if state is not None and state.members:
+            if (state is not None and state.members) or group in live:
                 continue
             old = [tp for tp, c in entries.items() if now - c.commit_timestamp >= self.offsets_retention_ms]
             if not old:
                 continue
-            b = _core.BatchBuilder()
-            for t, p in old:
-                b.append(None, key=offsets.encode_offset_commit_key(group, t, p), timestamp=now)
-            self.partition(offsets.OFFSETS_TOPIC, offsets.group_partition(group)).append_batch(
-                b.build(), validate_records=False, verify_crc=False)
-            with self._committed_lock:
-                for tp in old:
+            self._tombstone_offsets(group, old, now)
+            out[group] = sorted(old)
+        return out
+
+    def delete_group_offsets(self, group: str) -> list[tuple[str, int]]:
+        """Kafka's DeleteGroups, for the offsets: tombstone every committed offset of ``group``
+        so that ``committed()`` returns None for them, now and after a reopen. Returns the
+        (topic, partition) pairs removed, sorted; [] if the group had none. Whether the group
+        may be deleted (no members) is the caller's decision."""
+        self._check_writable()
+        parts = sorted(self._load_committed().get(group, {}))
+        if parts:
+            self._tombstone_offsets(group, parts, self.now_ms())
+        return parts
+
+    def _tombstone_offsets(self, group: str, parts: list[tuple[str, int]], now: int) -> None:
+        """Append one tombstone per partition to the group's __consumer_offsets partition
+        (replay and compaction then drop the commits) and forget them in memory."""
+        committed = self._load_committed()
+        b = _core.BatchBuilder()
+        for t, p in parts:
+            b.append(None, key=offsets.encode_offset_commit_key(group, t, p), timestamp=now)
+        self.partition(offsets.OFFSETS_TOPIC, offsets.group_partition(group)).append_batch(
+            b.build(), validate_records=False, verify_crc=False)
+        with self._committed_lock:
+            entries = committed.get(group)
+            if entries is not None:
+                for tp in parts:
                     entries.pop(tp, None)
                 if not entries:
                     committed.pop(group, None)
-            out[group] = sorted(old)
-        return out
 
     def _maintenance_loop(self) -> None:
         interval = self.retention_check_interval_ms / 1000
@@ -630,7 +655,11 @@ def _apply_offset_record(committed: dict, key: bytes | None, value: bytes | None
         committed.setdefault(obj.group, {})[(obj.topic, obj.partition)] = obj
     elif kind == "offset_delete":
         assert isinstance(obj, offsets.OffsetCommitKey)
-        committed.get(obj.group, {}).pop((obj.topic, obj.partition), None)
+        entries = committed.get(obj.group)
+        if entries is not None:
+            entries.pop((obj.topic, obj.partition), None)
+            if not entries:  # a group whose offsets are all gone is gone (groups(), reopen)
+                del committed[obj.group]
 
 
 def _jsonable(cfg: Mapping[str, Any]) -> dict[str, Any]:

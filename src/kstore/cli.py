@@ -1640,13 +1640,16 @@ def _parse_listen(ctx: click.Context, param: click.Parameter, value: str) -> tup
               show_default=True, help="Largest request accepted (socket.request.max.bytes).")
 @click.option("--idle-timeout", type=click.FloatRange(0.1), default=600.0, show_default=True,
               help="Seconds before an idle connection is closed (connections.max.idle.ms).")
+@click.option("--group-initial-rebalance-delay-ms", type=click.IntRange(0), default=3000,
+              show_default=True, help="How long a new consumer group waits for more members "
+              "before its first rebalance (group.initial.rebalance.delay.ms).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 @_data_option
 def serve(listen: tuple[str, int], advertise: str | None, num_partitions: int, auto_create: bool,
           tls_cert: str | None, tls_key: str | None, tls_ca: str | None, sasl_users: str | None,
-          max_connections: int, max_request_bytes: int, idle_timeout: float, log_level: str,
-          data: Path | None) -> None:
+          max_connections: int, max_request_bytes: int, idle_timeout: float,
+          group_initial_rebalance_delay_ms: int, log_level: str, data: Path | None) -> None:
     """Serve the data directory over the Kafka protocol until Ctrl-C or SIGTERM.
 
     Kafka's clients (kcat, confluent-kafka, kafka-python, aiokafka, ...) connect with
@@ -1687,7 +1690,8 @@ def serve(listen: tuple[str, int], advertise: str | None, num_partitions: int, a
                        advertised_port=adv_port, num_partitions=num_partitions,
                        auto_create_topics=auto_create, ssl_context=ssl_context, sasl_users=users,
                        max_connections=max_connections, max_request_bytes=max_request_bytes,
-                       idle_timeout_s=idle_timeout)
+                       idle_timeout_s=idle_timeout,
+                       group_initial_rebalance_delay_ms=group_initial_rebalance_delay_ms)
 
     async def run() -> None:
         server = Server(store, cfg)

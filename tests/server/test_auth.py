@@ -746,3 +746,22 @@ def test_tls_bad_files_raise_invalid_config(pki: tuple[Path, Path, Path], tmp_pa
     )  # fmt: skip
     with pytest.raises(InvalidConfigError, match="key is encrypted"):
         server_ssl_context(cert, protected)
+
+
+@pytest.mark.parametrize("mechanism", SCRAM)
+def test_librdkafka_2_0_doubled_nonce_is_accepted_and_nothing_looser(users: Users, mechanism: str) -> None:
+    """librdkafka <= 2.0 (Debian's kcat 1.7.1) sends r=<client nonce><client+server nonce> in
+    client-final (captured from kcat against kstore serve); Kafka let it in. Exactly that form is
+    accepted; other prefixes are not."""
+    first = b"n,,n=alice,r=kcatnonce"
+    for prefix, ok in ((b"kcatnonce", True), (b"x", False), (b"kcatnoncekcatnonce", False)):
+        server = SaslAuthenticator(users, mechanism)
+        server_first = server.step(first)
+        combined = server_first.split(b",")[0][2:]
+        final, expected = _client_final("wonder:land", mechanism, first, server_first,
+                                        r=prefix + combined)
+        if ok:
+            assert server.step(final) == expected and server.complete
+        else:
+            with pytest.raises(SaslAuthenticationFailedError):
+                server.step(final)

@@ -191,12 +191,31 @@ class Server:
             writer.close()
 
     async def _read_frame(self, conn: _Conn) -> bytes:
-        head = await asyncio.wait_for(conn.reader.readexactly(4), self.config.idle_timeout_s)
+        # One timeout scope per read (asyncio.wait_for makes a task and a timer for each
+        # await: 9% of a small request's time in a py-spy profile).
+        idle = self.config.idle_timeout_s
+        reader = conn.reader
+        try:
+            async with asyncio.timeout(idle):
+                head = await reader.readexactly(4)
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise  # a clean close between requests: nothing to say
+            raise _Close(f"the client closed the connection {len(exc.partial)} bytes into a "
+                         f"request's 4-byte size") from None
         (size,) = _I32.unpack(head)
         if size < 0 or size > self.config.max_request_bytes:
             raise _Close(f"request of {size} bytes (socket.request.max.bytes is "
                          f"{self.config.max_request_bytes})")
-        return await asyncio.wait_for(conn.reader.readexactly(size), self.config.idle_timeout_s)
+        try:
+            async with asyncio.timeout(idle):
+                return await reader.readexactly(size)
+        except asyncio.IncompleteReadError as exc:
+            raise _Close(f"the client closed the connection {len(exc.partial)} bytes into a "
+                         f"{size}-byte request") from None
+        except TimeoutError:
+            raise _Close(f"a {size}-byte request did not arrive within the idle timeout "
+                         f"({idle:g} s)") from None
 
     async def _serve_conn(self, conn: _Conn) -> None:
         while True:
@@ -232,7 +251,10 @@ class Server:
         if not conn.authenticated and key not in (API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE):
             raise _Close(f"{protocol.api_name(key)} before SASL authentication")
         try:
-            req = protocol.decode(key, False, version, frame, hdr.body_offset)
+            # Not exact: Kafka ignores bytes after a request body (RequestContext.parseRequest),
+            # and librdkafka 2.16's Metadata v9 for all topics (AdminClient.list_topics) has one
+            # more byte than its schema holds (captured in tests/server/test_hostile.py).
+            req = protocol.decode(key, False, version, frame, hdr.body_offset, exact=False)
         except MalformedRequestError as exc:
             raise _Close(str(exc)) from None
         if key == SASL_HANDSHAKE:

@@ -389,6 +389,7 @@ class SaslAuthenticator:
         self._credential: ScramCredential | None = None
         self._gs2_header = b""
         self._nonce = ""
+        self._client_nonce = ""
         self._auth_message_prefix = ""
 
     def step(self, token: bytes | bytearray | memoryview) -> bytes:
@@ -486,6 +487,7 @@ class SaslAuthenticator:
         self._user = user
         self._credential = cred
         self._gs2_header = text[: end + 1].encode("utf-8")
+        self._client_nonce = client_nonce
         self._nonce = client_nonce + self._server_nonce
         server_first = f"r={self._nonce},s={_b64encode(cred.salt)},i={cred.iterations}"
         self._auth_message_prefix = f"{bare},{server_first}"
@@ -506,7 +508,11 @@ class SaslAuthenticator:
             _fail("malformed SCRAM client-final message: expected c=<gs2>,r=<nonce>,p=<proof>")
         if _b64decode(attrs[0][2:], "channel binding") != self._gs2_header:
             _fail("malformed SCRAM client-final message: c= does not match the gs2 header")
-        if attrs[1][2:] != self._nonce:
+        nonce = attrs[1][2:]
+        # librdkafka <= 2.0 (Debian's kcat 1.7.1) repeats its own nonce in front of the
+        # combined one (r=<cnonce><cnonce+snonce>); Kafka accepted that by checking that the
+        # nonce ends with the server's. Accept exactly that form, nothing looser.
+        if nonce != self._nonce and nonce != self._client_nonce + self._nonce:
             _fail("malformed SCRAM client-final message: the nonce does not match")
         proof = _b64decode(attrs[2][2:], "proof")
         hash_name = _HASH_NAME[self.mechanism]

@@ -1,7 +1,8 @@
 """Quick mode of the benchmark suites, so they cannot rot: the peer comparison with a tiny N
-and one run (whichever peers are installed), `kstore bench --compare`, and every asv
-benchmark class's setup plus each timing method once with a small workload (called
-directly, without asv)."""
+and one run (whichever peers are installed), `kstore bench --compare`, the server benchmarks
+(benchmarks/test_bench_server.py, one round at a tiny N, then benchmarks/report.py on their
+JSON), and every asv benchmark class's setup plus each timing method once with a small
+workload (called directly, without asv)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import importlib.util
 import inspect
 import itertools
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -120,6 +123,61 @@ def test_cli_plot_needs_compare(tmp_path):
     assert res.exit_code == 1 and "--compare" in res.output  # usage errors exit 1 here
 
 
+# ---- benchmarks/test_bench_server.py at a tiny N -------------------------------------------
+
+SERVER_BENCHES = {
+    "confluent": ["test_serve_produce_confluent_acks_1", "test_serve_produce_confluent_acks_all",
+                  "test_serve_consume_confluent_assign", "test_serve_consume_confluent_group"],
+    "kafka": ["test_serve_consume_kafka_python"],
+    "redis": ["test_serve_produce_baseline_redis_xadd", "test_serve_consume_baseline_redis_xrange",
+              "test_serve_consume_baseline_redis_xread"],
+    None: ["test_serve_produce_raw_pipelined", "test_serve_fetch_baseline_os_sendfile"],
+}
+
+
+def _installed(what):
+    if what is None:
+        return True
+    if what == "redis":
+        return importlib.util.find_spec("redis") is not None and bool(shutil.which("redis-server"))
+    return importlib.util.find_spec(what + "_kafka" if what == "confluent" else what) is not None
+
+
+def test_server_benchmarks_quick(tmp_path, capsys):
+    """Every server benchmark once at N records (the installed clients' ones), then the
+    report with its ratios; the data folders and servers are gone afterwards."""
+    out = tmp_path / "server.json"
+    env = {**os.environ, "KSTORE_BENCH_RECORDS": str(N), "KSTORE_BENCH_ROUNDS": "1",
+           "KSTORE_BENCH_DIR": str(tmp_path), "KSTORE_SERVER_FETCH_MB": "1"}
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "benchmarks" / "test_bench_server.py"),
+         "--benchmark-only", f"--benchmark-json={out}", "-q", "-p", "no:cacheprovider", "-rs"],
+        check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    data = json.loads(out.read_text())
+    ran = {b["name"] for b in data["benchmarks"]}
+    for what, names in SERVER_BENCHES.items():
+        for name in names:
+            assert (name in ran) == _installed(what), (name, res.stdout[-2000:])
+    if _installed("confluent"):
+        assert "test_serve_fetch_sendfile" in ran
+    for b in data["benchmarks"]:
+        extra = b["extra_info"]
+        assert b["stats"]["rounds"] >= 1 and "load_1m" in extra
+        assert extra.get("records", N) == N
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["server.json"]
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    capsys.readouterr()
+    report.main(str(out))
+    text = capsys.readouterr().out
+    assert "## server produce" in text and "## server fetch" in text
+    assert "x vs os_sendfile" in text
+    if _installed("redis"):
+        assert "x vs redis_xadd" in text and "x vs redis_xrange" in text
+
+
 # ---- asv suite, each benchmark once ---------------------------------------------------------
 
 def _load_asv_module():
@@ -138,11 +196,12 @@ CLASSES = [c for _, c in inspect.getmembers(ASV, inspect.isclass)
 def test_asv_covers_the_issue():
     names = {c.__name__ for c in CLASSES}
     assert {"Codec", "LogAppend", "LogRead", "Producer", "Consumer", "Recovery",
-            "Compaction"} <= names
+            "Compaction", "Serve"} <= names
     methods = {m for c in CLASSES for m in dir(c) if m.startswith(("time_", "track_"))}
     assert {"time_encode", "time_decode_records", "time_sendfile", "time_send",
             "time_send_many", "time_iterate", "time_poll_batches",
-            "time_open_after_unclean_close", "time_clean_log"} <= methods
+            "time_open_after_unclean_close", "time_clean_log", "time_produce",
+            "time_consume"} <= methods
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
@@ -161,7 +220,10 @@ def test_asv_benchmark_once(cls, tmp_path, monkeypatch):
     for args in combos:
         for name in sorted(m for m in dir(cls) if m.startswith(("time_", "track_"))):
             obj = cls()
-            obj.setup(*args)
+            try:
+                obj.setup(*args)
+            except NotImplementedError as exc:  # asv's way to skip (a missing client)
+                pytest.skip(str(exc))
             try:
                 getattr(obj, name)(*args)
             finally:

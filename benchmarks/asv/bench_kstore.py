@@ -1,4 +1,5 @@
-"""asv benchmarks for kstore: codec, partition log, producer, consumer, recovery, compaction.
+"""asv benchmarks for kstore: codec, partition log, producer, consumer, recovery, compaction,
+and `kstore serve` through confluent-kafka.
 
     asv run --quick --show-stderr -E existing          # each benchmark once, nothing saved
     asv run -E existing --set-commit-hash HASH         # a result set for `asv compare`
@@ -11,12 +12,14 @@ record size and one for the codec, the same batches encoded and decoded on every
 
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -325,3 +328,59 @@ class Compaction(_TempDir):
         res = clean_log(self.log, NOW, force=True)
         self.dirty = False
         assert res is not None
+
+
+# ---- kstore serve -----------------------------------------------------------------------------
+
+class Serve(_TempDir):
+    """confluent-kafka Producer (acks=1, linger 10 ms, 1 MB batches) into a new topic, and
+    Consumer (assigned, consume() of 10,000) of a filled one, against ``kstore serve`` in its
+    own process on loopback (benchmarks/test_bench_server.py has the full comparison)."""
+    number = 1
+    repeat = (3, 10, 20.0)
+
+    def setup(self):
+        try:
+            import confluent_kafka as ck
+        except ImportError:
+            raise NotImplementedError("confluent-kafka is not installed") from None
+        self.ck, self.n = ck, 0
+        self._mkdir()
+        self.values = _records(100)
+        err = self.tmp / "serve.err"
+        with open(err, "w") as f:
+            self.proc = subprocess.Popen([sys.executable, "-m", "kstore", "serve", "--data",
+                                          str(self.tmp / "d"), "--listen", "127.0.0.1:0"],
+                                         stderr=f)
+        for _ in range(600):
+            m = re.search(r"serving .* on [\d.]+:(\d+)", err.read_text())
+            if m or self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert m, err.read_text()
+        self.conf = {"bootstrap.servers": f"127.0.0.1:{m.group(1)}"}
+        self.time_produce()  # topic "t1", read by time_consume
+
+    def teardown(self):
+        self.proc.terminate()
+        self.proc.wait(30)
+        super().teardown()
+
+    def time_produce(self):
+        self.n += 1
+        p = self.ck.Producer({**self.conf, "linger.ms": 10, "batch.size": 1_000_000, "acks": 1,
+                              "queue.buffering.max.messages": 10_000_000})
+        for i in range(0, len(self.values), 10_000):
+            for v in self.values[i:i + 10_000]:
+                p.produce(f"t{self.n}", v)
+            p.poll(0)
+        assert p.flush(60) == 0
+
+    def time_consume(self):
+        c = self.ck.Consumer({**self.conf, "group.id": "asv", "queued.min.messages": 1_000_000,
+                              "max.partition.fetch.bytes": 16 << 20})
+        c.assign([self.ck.TopicPartition("t1", 0, 0)])
+        n = 0
+        while n < len(self.values):
+            n += len(c.consume(num_messages=min(10_000, len(self.values) - n), timeout=10))
+        c.close()

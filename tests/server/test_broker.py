@@ -336,6 +336,8 @@ def test_offset_for_leader_epoch(client):
     assert (r["error_code"], r["leader_epoch"], r["end_offset"]) == (0, 0, 2)
     r = ask(-1)
     assert (r["leader_epoch"], r["end_offset"]) == (-1, -1)
+    r = ask(3)  # an epoch this log never had
+    assert (r["error_code"], r["leader_epoch"], r["end_offset"]) == (0, -1, -1)
     assert ask(0, current=2)["error_code"] == 75
 
 

@@ -412,12 +412,8 @@ class Broker:
                         r["error_code"] = (UNKNOWN_LEADER_EPOCH if cur > LEADER_EPOCH
                                            else FENCED_LEADER_EPOCH)
                     elif p["leader_epoch"] == LEADER_EPOCH:
-                        # The only epoch there has been: it ends at the log end.
-                        r["leader_epoch"] = LEADER_EPOCH
-                        r["end_offset"] = lg.log_end_offset
-                    elif p["leader_epoch"] > LEADER_EPOCH:
-                        # A later epoch than any we had: Kafka answers with the latest epoch and
-                        # its end, so the client truncates to it.
+                        # The only epoch there has been: it ends at the log end. Any other epoch
+                        # is unknown: (-1, -1), as Kafka's LeaderEpochFileCache.endOffsetFor.
                         r["leader_epoch"] = LEADER_EPOCH
                         r["end_offset"] = lg.log_end_offset
                 parts.append(r)

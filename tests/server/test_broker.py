@@ -195,8 +195,6 @@ def test_idempotent_producer_sequences(srv, client):
     # A gap in the sequence is fatal for the producer: 45.
     assert produce(client, "t", batch([b"d"], pid=pid, epoch=0, seq=9))["error_code"] == 45
     # An older epoch is fenced: 47. A new epoch must start at 0.
-    client.call(INIT_PRODUCER_ID, 4, {"transactional_id": None, "transaction_timeout_ms": 1,
-                                      "producer_id": pid, "producer_epoch": 0})
     assert produce(client, "t", batch([b"e"], pid=pid, epoch=1, seq=3))["error_code"] == 45
     assert produce(client, "t", batch([b"e"], pid=pid, epoch=1, seq=0))["error_code"] == 0
     assert produce(client, "t", batch([b"f"], pid=pid, epoch=0, seq=3))["error_code"] == 47
@@ -204,6 +202,25 @@ def test_idempotent_producer_sequences(srv, client):
     other = client.call(INIT_PRODUCER_ID, 0, {"transactional_id": None, "transaction_timeout_ms": 1})
     assert other["producer_id"] != pid
     assert produce(client, "t", batch([b"g"], pid=other["producer_id"], epoch=0, seq=100))["error_code"] == 0
+
+
+def test_init_producer_id_always_gives_a_new_id_without_a_transactional_id(client):
+    """Kafka's rule for idempotent producers: naming the old id does not bump its epoch (a
+    retried request would fence its own producer; anyone could fence anyone's id)."""
+    first = client.call(INIT_PRODUCER_ID, 4, {"transactional_id": None, "transaction_timeout_ms": 1,
+                                              "producer_id": -1, "producer_epoch": -1})
+    again = client.call(INIT_PRODUCER_ID, 4, {"transactional_id": None, "transaction_timeout_ms": 1,
+                                              "producer_id": first["producer_id"], "producer_epoch": 0})
+    assert again["error_code"] == 0 and again["producer_epoch"] == 0
+    assert again["producer_id"] != first["producer_id"]
+
+
+def test_idempotent_produce_carries_one_batch_even_below_v3(srv, client):
+    raw = batch([b"a"], pid=7, epoch=0, seq=0) + batch([b"b"], pid=7, epoch=0, seq=1)
+    assert produce(client, "t", raw, version=2)["error_code"] == 87
+    # Plain (non-idempotent) batches may still come several at a time below v3.
+    assert produce(client, "t", batch([b"a"]) + batch([b"b"]), version=2)["error_code"] == 0
+    assert srv.call_soon(lambda: srv.store.partition("t", 0).log_end_offset) == 2
 
 
 def test_init_producer_id_with_transactional_id_is_refused(client):
@@ -240,6 +257,100 @@ def test_fetch_errors(client, offset, epoch, code):
     produce(client, "t", batch([b"a"]))
     p = fetch(client, "t", offset, leader_epoch=epoch)["responses"][0]["partitions"][0]
     assert p["error_code"] == code
+
+
+def test_fetch_later_partitions_stay_within_max_bytes(srv, client):
+    create(client, "two", 2)
+    produce(client, "two", batch([b"x" * 5000]), partition=0)
+    produce(client, "two", batch([b"y" * 5000]), partition=1)
+    res = client.call(FETCH, 11, {
+        "replica_id": -1, "max_wait_ms": 0, "min_bytes": 1, "max_bytes": 6000,
+        "isolation_level": 0, "session_id": 0, "session_epoch": -1,
+        "topics": [{"topic": "two", "partitions": [
+            {"partition": p, "current_leader_epoch": -1, "fetch_offset": 0,
+             "log_start_offset": -1, "partition_max_bytes": 1 << 20} for p in (0, 1)]}],
+        "forgotten_topics_data": [], "rack_id": ""})
+    p0, p1 = res["responses"][0]["partitions"]
+    assert values_of(p0["records"]) == [b"x" * 5000]  # the first is whole
+    assert bytes(p1["records"]) == b"" and p1["high_watermark"] == 1  # next time
+
+
+def test_a_parked_fetch_of_a_vanished_client_is_dropped(srv):
+    with srv.client() as c:
+        produce(c, "t", batch([b"a"]))
+    c = srv.client()
+    c.send(FETCH, 11, {
+        "replica_id": -1, "max_wait_ms": 2**31 - 1, "min_bytes": 1, "max_bytes": 1 << 20,
+        "isolation_level": 0, "session_id": 0, "session_epoch": -1,
+        "topics": [{"topic": "t", "partitions": [{"partition": 0, "current_leader_epoch": -1,
+                                                  "fetch_offset": 1, "log_start_offset": -1,
+                                                  "partition_max_bytes": 1 << 20}]}],
+        "forgotten_topics_data": [], "rack_id": ""})
+    deadline = time.monotonic() + 5
+    while srv.call_soon(lambda: len(srv.server._conns)) != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    c.close()
+    while srv.call_soon(lambda: len(srv.server._conns)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert srv.call_soon(lambda: len(srv.server._conns)) == 0, "the parked fetch held its connection"
+
+
+def test_a_client_that_never_reads_its_response_is_dropped(tmp_path, caplog):
+    caplog.set_level("INFO", logger="kstore.server")
+    s = ServerThread(tmp_path / "d", idle_timeout_s=0.5)
+    try:
+        with s.client() as c:
+            for _ in range(16):
+                produce(c, "t", batch([b"z" * 1000] * 500))
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", s.port))
+        lazy = RawClient.__new__(RawClient)
+        lazy.sock, lazy.corr = sock, 0
+        lazy.send(FETCH, 11, {
+            "replica_id": -1, "max_wait_ms": 0, "min_bytes": 1, "max_bytes": 64 << 20,
+            "isolation_level": 0, "session_id": 0, "session_epoch": -1,
+            "topics": [{"topic": "t", "partitions": [{"partition": 0, "current_leader_epoch": -1,
+                                                      "fetch_offset": 0, "log_start_offset": -1,
+                                                      "partition_max_bytes": 64 << 20}]}],
+            "forgotten_topics_data": [], "rack_id": ""})
+        deadline = time.monotonic() + 10
+        while "did not read its response" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "did not read its response within the idle timeout" in caplog.text
+        assert s.call_soon(lambda: len(s.server._conns)) == 0
+        assert sock.recv(1 << 20), "the response never started"
+        sock.close()
+    finally:
+        s.stop()
+
+
+def test_unauthenticated_frames_are_small(tmp_path):
+    from kstore.server.auth import Users
+
+    s = ServerThread(tmp_path / "d", sasl_users=Users.from_dict({"u": "p"}))
+    try:
+        with s.client() as c:
+            # Only the size: the server must refuse it without waiting for (or buffering) the
+            # 600 KB body, which nobody unauthenticated may send.
+            c.sock.sendall(struct.pack(">i", 600_000))
+            c.sock.settimeout(5)
+            assert c.sock.recv(100) == b""  # closed at once
+        with s.client() as c:  # small requests before authentication are fine
+            assert c.call(API_VERSIONS, 0, {})["error_code"] == 0
+    finally:
+        s.stop()
+
+
+def test_internal_topic_records_and_config_are_protected(srv, client):
+    srv.call_soon(lambda: srv.store.commit_offsets("g", {}) or srv.store._ensure_offsets_topic())
+    res = client.call(DELETE_RECORDS, 2, {"timeout_ms": 1000, "topics": [
+        {"name": "__consumer_offsets", "partitions": [{"partition_index": 0, "offset": -1}]}]})
+    assert res["topics"][0]["partitions"][0]["error_code"] == 17
+    res = client.call(ALTER_CONFIGS, 0, {"validate_only": False, "resources": [
+        {"resource_type": 2, "resource_name": "__consumer_offsets",
+         "configs": [{"name": "retention.ms", "value": "1"}]}]})
+    assert res["responses"][0]["error_code"] == 17
 
 
 def test_fetch_unknown_topic_and_session(client):
@@ -459,3 +570,23 @@ def test_a_bad_frame_closes_only_its_connection(srv):
         assert good.call(API_VERSIONS, 0, {})["error_code"] == 0
         with RawClient(srv.port) as again:
             assert again.call(API_VERSIONS, 0, {})["error_code"] == 0
+
+
+def test_idle_producer_state_expires():
+    from kstore.server.producers import ProducerStates
+
+    now = [0.0]
+    ps = ProducerStates(expiration_s=100, clock=lambda: now[0])
+    pid, _ = ps.new_producer_id()
+    ps.record(pid, 0, 0, 0, "t", 0, 0, 0, -1)
+    assert len(ps) == 1
+    now[0] = 50
+    other, _ = ps.new_producer_id()
+    ps.record(other, 0, 0, 0, "t", 0, 1, 1, -1)
+    now[0] = 130  # the first is idle for 130 s, the second for 80 s
+    ps.new_producer_id()
+    assert len(ps) == 1
+    # The expired producer is unknown again: any sequence starts it.
+    assert ps.check(pid, 0, 77, 0, "t", 0) is None
+    assert ps.check(other, 0, 1, 0, "t", 0) is None
+    assert ps.check(other, 0, 0, 0, "t", 0).first_offset == 1  # still known: a duplicate

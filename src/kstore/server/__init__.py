@@ -40,6 +40,8 @@ UNSUPPORTED_VERSION = 35
 UNSUPPORTED_SASL_MECHANISM = 33
 ILLEGAL_SASL_STATE = 34
 SASL_AUTHENTICATION_FAILED = 58
+MAX_UNAUTHENTICATED_BYTES = 524_288  # sasl.server.max.receive.size
+FAILED_AUTHENTICATION_DELAY_S = 0.1  # connection.failed.authentication.delay.ms
 
 
 @dataclass
@@ -74,6 +76,7 @@ class _Conn:
         "client_id",
         "closing",
         "endpoint",
+        "gone",
         "peer",
         "peer_host",
         "reader",
@@ -98,6 +101,8 @@ class _Conn:
         self.authenticated = authenticated
         self.sasl: Any = None  # the SaslAuthenticator of a handshake in progress
         self.sasl_raw = False  # SaslHandshake v0: tokens follow as bare frames
+        proto = writer.transport.get_protocol()
+        self.gone: asyncio.Future[None] | None = getattr(proto, "gone", None)
         self.tls = writer.get_extra_info("sslcontext") is not None
         self.sock: socket.socket | None = writer.get_extra_info("socket")
 
@@ -128,8 +133,9 @@ class Server:
 
     async def start(self) -> None:
         cfg = self.config
-        self._server = await asyncio.start_server(
-            self._on_client, cfg.host, cfg.port, ssl=cfg.ssl_context, limit=1 << 20,
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Protocol(self._on_client, loop), cfg.host, cfg.port, ssl=cfg.ssl_context,
             reuse_address=True, backlog=1024)
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
@@ -207,6 +213,9 @@ class Server:
         if size < 0 or size > self.config.max_request_bytes:
             raise _Close(f"request of {size} bytes (socket.request.max.bytes is "
                          f"{self.config.max_request_bytes})")
+        if not conn.authenticated and size > MAX_UNAUTHENTICATED_BYTES:
+            raise _Close(f"request of {size} bytes before SASL authentication (the limit is "
+                         f"{MAX_UNAUTHENTICATED_BYTES}, Kafka's sasl.server.max.receive.size)")
         try:
             async with asyncio.timeout(idle):
                 return await reader.readexactly(size)
@@ -260,12 +269,15 @@ class Server:
         if key == SASL_HANDSHAKE:
             res: dict | None = self._sasl_handshake(conn, req, version)
         elif key == SASL_AUTHENTICATE:
-            res = self._sasl_authenticate(conn, req, version)
+            res = await self._sasl_authenticate(conn, req, version)
         else:
             handler = self.broker.handlers[key]
             try:
                 out = handler(req, version, conn)
-                res = await out if asyncio.iscoroutine(out) else out
+                if asyncio.iscoroutine(out):
+                    res = await self._parked(conn, out, protocol.api_name(key))
+                else:
+                    res = out
             except _CloseConnection as exc:
                 raise _Close(str(exc)) from None
         if res is None:
@@ -275,16 +287,48 @@ class Server:
         if conn.closing:
             raise _Close("authentication failed")
 
+    async def _parked(self, conn: _Conn, coro: Any, what: str) -> Any:
+        """Await a handler that may wait (Fetch, JoinGroup, SyncGroup), giving up if the client
+        goes away meanwhile."""
+        gone = conn.gone
+        if gone is None:
+            return await coro
+        if gone.done():
+            coro.close()
+            raise _Close(f"the client went away before its {what} was answered")
+        task = asyncio.ensure_future(coro)
+        try:
+            await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if task.cancelled():
+            raise _Close(f"the client went away while its {what} was waiting")
+        return task.result()
+
     async def _write(self, conn: _Conn, parts: Iterable[Any]) -> None:
+        # A client that stops reading must not hold the connection (and the segment files its
+        # response pins) forever: the idle timeout bounds each write too.
+        try:
+            async with asyncio.timeout(self.config.idle_timeout_s):
+                await self._write_parts(conn, parts)
+        except TimeoutError:
+            raise _Close(f"the client did not read its response within the idle timeout "
+                         f"({self.config.idle_timeout_s:g} s)") from None
+
+    async def _write_parts(self, conn: _Conn, parts: Iterable[Any]) -> None:
         w = conn.writer
         loop: asyncio.AbstractEventLoop | None = None
         for p in parts:
             if isinstance(p, bytes | bytearray | memoryview):
                 w.write(p)
                 continue
-            # A FileSlice: sendfile from the segment file (plain TCP), a copy under TLS.
+            # A FileSlice: sendfile from the segment file (plain TCP), a copy under TLS,
+            # drained slice by slice so a large response is never buffered whole.
             if conn.tls:
                 w.write(p.read())
+                await w.drain()
                 continue
             await w.drain()
             if loop is None:
@@ -309,26 +353,30 @@ class Server:
         conn.sasl_raw = version == 0
         return {"error_code": 0, "mechanisms": mechs}
 
-    def _sasl_step(self, conn: _Conn, token: bytes) -> tuple[bytes | None, str | None]:
-        """One token: (server token, None), or (None, why) on failure."""
+    async def _sasl_step(self, conn: _Conn, token: bytes) -> tuple[bytes | None, str | None]:
+        """One token: (server token, None), or (None, why) on failure. The step runs in a
+        thread (PLAIN derives PBKDF2 keys: about a millisecond at 4096 iterations, much more at
+        a credential's 1,000,000), and a failure is answered after a delay, as Kafka does, so
+        that guessing passwords is slow and never stalls other connections."""
         if conn.sasl is None or conn.authenticated:
             return None, "SaslAuthenticate without a SaslHandshake"
         try:
-            out = conn.sasl.step(bytes(token))
+            out = await asyncio.to_thread(conn.sasl.step, bytes(token))
         except KStoreError as exc:
             log.warning("SASL authentication from %s failed: %s", conn.peer, exc)
+            await asyncio.sleep(FAILED_AUTHENTICATION_DELAY_S)
             return None, str(exc)
         if conn.sasl.complete:
             conn.authenticated = True
             log.info("%s authenticated as %s", conn.peer, conn.sasl.principal)
         return out, None
 
-    def _sasl_authenticate(self, conn: _Conn, req: dict, version: int) -> dict:
+    async def _sasl_authenticate(self, conn: _Conn, req: dict, version: int) -> dict:
         if conn.sasl is None or conn.sasl_raw or conn.authenticated:
             conn.closing = True
             return {"error_code": ILLEGAL_SASL_STATE, "error_message":
                     "SaslAuthenticate is not expected now", "auth_bytes": b""}
-        out, why = self._sasl_step(conn, req["auth_bytes"])
+        out, why = await self._sasl_step(conn, req["auth_bytes"])
         if out is None:
             conn.closing = True
             return {"error_code": SASL_AUTHENTICATION_FAILED,
@@ -338,7 +386,7 @@ class Server:
 
     async def _sasl_raw_token(self, conn: _Conn, token: bytes) -> None:
         """SaslHandshake v0: tokens travel as bare int32-length frames; failure is a close."""
-        out, why = self._sasl_step(conn, token)
+        out, why = await self._sasl_step(conn, token)
         if out is None:
             raise _Close(f"SASL authentication failed: {why}")
         if conn.authenticated:
@@ -348,6 +396,29 @@ class Server:
 
 class _Close(Exception):
     """Close this connection, logging why; the others are not affected."""
+
+
+class _Protocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, plus ``gone``: resolved when the peer closes or the
+    connection drops. Nothing reads the socket while a request is parked (a long-poll Fetch, a
+    JoinGroup), so without it a vanished client would hold its connection until the wait ends
+    (max_wait_ms is the client's to choose, up to 24 days)."""
+
+    def __init__(self, cb: Any, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(asyncio.StreamReader(limit=1 << 20, loop=loop), cb, loop=loop)
+        self.gone: asyncio.Future[None] = loop.create_future()
+
+    def _set_gone(self) -> None:
+        if not self.gone.done():
+            self.gone.set_result(None)
+
+    def eof_received(self) -> bool:
+        self._set_gone()
+        return bool(super().eof_received())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._set_gone()
+        super().connection_lost(exc)
 
 
 class _SliceFile:

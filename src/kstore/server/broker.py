@@ -259,8 +259,10 @@ class Broker:
         if magic != 2:
             raise _Refused(UNSUPPORTED_FOR_MESSAGE_FORMAT,
                            f"message format v{magic} is not supported: send RecordBatch v2")
-        if version >= 3 and length + 12 != n:
-            raise _Refused(INVALID_RECORD, "Produce v3+ carries exactly one batch per partition")
+        if (version >= 3 or pid >= 0) and length + 12 != n:
+            # Idempotent batches are checked one per request (their sequences are the unit).
+            raise _Refused(INVALID_RECORD, "Produce v3+ (and any idempotent Produce) carries "
+                                           "exactly one batch per partition")
         if attrs & _ATTR_TRANSACTIONAL or transactional:
             raise _Refused(INVALID_TXN_STATE, "transactions are not supported")
         if attrs & _ATTR_CODEC == _ZSTD and version < 7:
@@ -270,14 +272,10 @@ class Broker:
     def init_producer_id(self, req: dict, version: int, conn: Any) -> dict:
         if req["transactional_id"] is not None:
             return {"error_code": INVALID_REQUEST, "producer_id": -1, "producer_epoch": -1}
-        pid, epoch = req["producer_id"], req["producer_epoch"]
-        try:
-            if pid >= 0 and epoch >= 0:
-                pid, epoch = self.producers.bump_epoch(pid, epoch)
-            else:
-                pid, epoch = self.producers.new_producer_id()
-        except KStoreError as exc:
-            return {"error_code": exc.code, "producer_id": -1, "producer_epoch": -1}
+        # Without a transactional id Kafka always hands out a new id at epoch 0, even when the
+        # request names its old id (KIP-360's bump is for transactional producers): a retried
+        # request can never fence its own producer, and nobody can fence another's id.
+        pid, epoch = self.producers.new_producer_id()
         return {"error_code": NONE, "producer_id": pid, "producer_epoch": epoch}
 
     # ==========================================================================================
@@ -342,7 +340,10 @@ class Broker:
                     error = True
                     continue
                 r["high_watermark"] = r["last_stable_offset"] = max(leo, lg.log_end_offset)
-                if len(fs):
+                if len(fs) and (total == 0 or total + len(fs) <= budget):
+                    # KIP-74: the first batch of the first non-empty partition is whole even
+                    # when it is larger than max_bytes; later partitions stay within the budget
+                    # (read() returns a first batch whole: drop it if it does not fit).
                     r["records"] = fs
                     total += len(fs)
             responses.append({"topic": name, "partitions": parts})
@@ -427,6 +428,10 @@ class Broker:
             for p in t["partitions"]:
                 r = {"partition_index": p["partition_index"], "low_watermark": -1,
                      "error_code": NONE}
+                if t["name"].startswith("__"):  # internal: Kafka refuses too
+                    r["error_code"] = INVALID_TOPIC_EXCEPTION
+                    parts.append(r)
+                    continue
                 try:
                     lg = self.store.partition(t["name"], p["partition_index"])
                     off = p["offset"]
@@ -504,7 +509,7 @@ class Broker:
         return {"name": key, "value": _config_string(value), "read_only": False,
                 "config_source": 1 if key in explicit else 5, "is_sensitive": False}
 
-    def delete_topics(self, req: dict, version: int, conn: Any) -> dict:
+    async def delete_topics(self, req: dict, version: int, conn: Any) -> dict:
         out = []
         for name in req["topic_names"]:
             r: dict[str, Any] = {"name": name, "error_code": NONE, "error_message": None}
@@ -514,7 +519,8 @@ class Broker:
                 if not self.config.allow_delete_topics:
                     r["error_code"], r["error_message"] = 73, "topic deletion is disabled"
                 else:
-                    self.store.delete_topic(name)
+                    # In a thread: closing the logs fsyncs them, and the files are removed.
+                    await asyncio.to_thread(self.store.delete_topic, name)
                     self.producers.forget_partition(name)
             except KStoreError as exc:
                 r["error_code"], r["error_message"] = exc.code, str(exc)
@@ -598,6 +604,8 @@ class Broker:
             try:
                 if rtype != 2:
                     raise InvalidRequestErrorLocal("only topic configs can be altered here")
+                if rname.startswith("__"):
+                    raise InvalidTopicError(f"the config of {rname} cannot be altered")
                 new = {c["name"]: c["value"] for c in res["configs"]}
                 from kstore.config import validate_config
                 validate_config({k: v for k, v in new.items() if v is not None})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kstore.errors import (
@@ -52,12 +53,20 @@ def last_sequence(base_seq: int, last_offset_delta: int) -> int:
 
 
 class ProducerStates:
-    """Per (producer id, topic, partition): the epoch and the last five batches."""
+    """Per (producer id, topic, partition): the epoch and the last five batches.
 
-    def __init__(self) -> None:
+    A producer's state goes after ``expiration_s`` without a batch (Kafka's
+    producer.id.expiration.ms, a day): every idempotent producer (kafka-python's default) takes
+    a new id, and ids must not pile up forever."""
+
+    def __init__(self, expiration_s: float = 86_400.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._state: dict[tuple[int, str, int], _Entry] = {}
-        self._epochs: dict[int, int] = {}
+        self._last_used: dict[tuple[int, str, int], float] = {}
+        self._expiration_s = expiration_s
+        self._clock = clock
+        self._next_prune = clock() + min(expiration_s, 60.0)
         # Ids must not repeat across restarts (a restarted server meeting an old producer id
         # would match it against a new producer's sequences): start from the clock.
         self._next_id = int(time.time() * 1000) << 8
@@ -66,25 +75,23 @@ class ProducerStates:
         with self._lock:
             pid = self._next_id
             self._next_id += 1
-            self._epochs[pid] = 0
+            self._prune()
             return pid, 0
 
-    def bump_epoch(self, producer_id: int, epoch: int) -> tuple[int, int]:
-        """KIP-360: an idempotent producer re-initialising with its id gets epoch + 1 and a
-        fresh sequence space."""
-        with self._lock:
-            known = self._epochs.get(producer_id)
-            if known is not None and epoch < known:
-                raise InvalidProducerEpochError(
-                    f"producer {producer_id} asked to bump epoch {epoch}, but {known} is current")
-            new = (max(epoch, known or 0) + 1) if epoch < 32767 else 0
-            if new == 0:  # the epoch ran out: a new id
-                pid = self._next_id
-                self._next_id += 1
-                self._epochs[pid] = 0
-                return pid, 0
-            self._epochs[producer_id] = new
-            return producer_id, new
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def _prune(self) -> None:
+        """Drop producers idle for longer than the expiration (under the lock; at most once a
+        minute, so the scan is amortised)."""
+        now = self._clock()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + min(self._expiration_s, 60.0)
+        cutoff = now - self._expiration_s
+        for key in [k for k, t in self._last_used.items() if t < cutoff]:
+            del self._last_used[key]
+            self._state.pop(key, None)
 
     def check(self, producer_id: int, epoch: int, base_seq: int, last_offset_delta: int,
               topic: str, partition: int) -> BatchMeta | None:
@@ -134,11 +141,12 @@ class ProducerStates:
             if e is None or e.epoch != epoch:
                 e = self._state[key] = _Entry(epoch)
             e.batches.append(meta)
-            if self._epochs.get(producer_id, -1) < epoch:
-                self._epochs[producer_id] = epoch
+            self._last_used[key] = self._clock()
+            self._prune()
 
     def forget_partition(self, topic: str) -> None:
         """A deleted topic's producer state goes with it."""
         with self._lock:
             for key in [k for k in self._state if k[1] == topic]:
                 del self._state[key]
+                self._last_used.pop(key, None)

@@ -215,3 +215,79 @@ def test_run_maintenance_compacts_compacted_topics(store, clock):
             latest[r.key] = r.value
         off = fs.next_offset
     assert latest == {b"key-%d" % k: b"value-%d" % (390 + k) for k in range(10)}
+
+
+def _delete_topic_mid_pass(monkeypatch, store, victim):
+    """Make the next maintenance pass reach ``victim``'s log and then see it deleted by another
+    thread (as the server's DeleteTopics does) before retention touches it: the real
+    enforce_retention then meets a closed log (ClosedError)."""
+    import kstore.retention
+
+    real = kstore.retention.enforce_retention
+    deleted = threading.Event()
+
+    def racing(lg, now):
+        if lg.topic == victim and not deleted.is_set():
+            t = threading.Thread(target=store.delete_topic, args=(victim,))
+            t.start()
+            t.join()
+            assert lg.closed
+            deleted.set()
+        return real(lg, now)
+
+    monkeypatch.setattr(kstore.retention, "enforce_retention", racing)
+    return deleted
+
+
+def test_a_topic_deleted_mid_pass_is_skipped_and_the_other_partitions_are_maintained(
+        store, clock, monkeypatch, caplog):
+    for name in ("a", "doomed", "z", "broken"):
+        store.create_topic(name, config={**CFG, "retention.ms": DAY})
+        fill(store.partition(name, 0), 30, ts=lambda i: clock.now - 2 * DAY)
+    deleted = _delete_topic_mid_pass(monkeypatch, store, "doomed")
+    import kstore.retention
+
+    racing = kstore.retention.enforce_retention
+
+    def failing(lg, now):  # any other failure of one partition: logged, the pass goes on
+        if lg.topic == "broken":
+            raise RuntimeError("disk on fire")
+        return racing(lg, now)
+
+    monkeypatch.setattr(kstore.retention, "enforce_retention", failing)
+    report = store.run_maintenance()
+    assert deleted.is_set()
+    assert sorted(report) == ["a-0", "z-0"]
+    assert "doomed" not in store.topics()
+    assert store.partition("a", 0).log_start_offset > 0
+    assert store.partition("z", 0).log_start_offset > 0
+    assert any("broken-0" in r.getMessage() for r in caplog.records)
+
+
+def test_background_maintenance_survives_a_topic_deleted_mid_pass(tmp_path, clock, monkeypatch):
+    """The maintenance thread used to take the ClosedError of the deleted topic's log for the
+    store's own close and return: retention, compaction and offset expiry then stopped for
+    good. It must keep running and apply retention on its next passes."""
+    s = kstore.open(tmp_path / "bg", clock=clock, retention_check_interval_ms=0)
+    try:
+        s.create_topic("doomed", config={**CFG, "retention.ms": DAY})
+        s.create_topic("t", config={**CFG, "retention.ms": DAY})
+        fill(s.partition("doomed", 0), 30, ts=lambda i: clock.now - 2 * DAY)
+        deleted = _delete_topic_mid_pass(monkeypatch, s, "doomed")
+        # Start the thread by hand on this store (interval 20 ms), as __init__ would.
+        s.retention_check_interval_ms = 20
+        s._maintenance_thread = threading.Thread(target=s._maintenance_loop, daemon=True)
+        s._maintenance_thread.start()
+        assert deleted.wait(10), "the maintenance pass never reached the doomed topic"
+        lg = s.partition("t", 0)
+        fill(lg, 30, ts=lambda i: clock.now - 2 * DAY)  # data that expires after the race
+        for _ in range(500):
+            if lg.log_start_offset > 0:
+                break
+            threading.Event().wait(0.01)
+        assert s._maintenance_thread.is_alive(), "the maintenance thread died"
+        assert lg.log_start_offset > 0, "retention stopped after the topic was deleted"
+    finally:
+        t = s._maintenance_thread
+        s.close()
+    assert t is not None and not t.is_alive()

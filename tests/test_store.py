@@ -4,10 +4,13 @@ another), read-only readers alongside the writer, and the groups view of committ
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ import pytest
 import kstore
 from kstore import errors
 from kstore.records import TIMESTAMP_CREATE, TIMESTAMP_LOG_APPEND
+from kstore.store import DataSignal
 
 TS0 = 1_700_000_000_000
 
@@ -558,3 +562,107 @@ def test_expire_offsets_tombstones_old_commits_and_survives_reopen(tmp_path):
         assert s.committed("old", "t", 0) is None and s.groups() == []
     with kstore.open(path) as s:
         assert s.committed("old", "t", 0) is None and s.groups() == []
+
+
+def test_data_signal_async_waits_that_time_out_or_are_cancelled_leave_no_waiter_behind():
+    """A Fetch long-poll server times out constantly: every wait_async that ends without a
+    notify() (timeout, cancellation) must take its parked future out again, or the list grows
+    forever and the next notify schedules one callback per dead wait. A live waiter still
+    wakes, from another thread, and leaves nothing either."""
+    sig = DataSignal()
+
+    async def scenario() -> None:
+        for _ in range(200):
+            assert await sig.wait_async(sig.version, 0.0005) is False
+        assert len(sig._async) == 0 and sig.waiters == 0
+        # A client that goes away: its parked Fetch is cancelled.
+        gone = asyncio.ensure_future(sig.wait_async(sig.version, None))
+        while not sig._async:
+            await asyncio.sleep(0)
+        gone.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone
+        assert len(sig._async) == 0 and sig.waiters == 0
+        live = asyncio.ensure_future(sig.wait_async(sig.version, 5))
+        while not sig._async:
+            await asyncio.sleep(0)
+        assert len(sig._async) == 1
+        t = threading.Thread(target=sig.notify)
+        t.start()
+        t.join()
+        assert await asyncio.wait_for(live, 2) is True
+        assert len(sig._async) == 0 and sig.waiters == 0
+
+    asyncio.run(scenario())
+
+
+def _offsets_store(path, now, retention_minutes=1):
+    s = kstore.open(path, offsets_retention_minutes=retention_minutes, clock=lambda: now[0],
+                    retention_check_interval_ms=0)
+    if "t" not in s.topics():
+        s.create_topic("t", partitions=2)
+        for p in range(2):
+            s.partition("t", p).append(b"x")
+            s.partition("t", p).append(b"y")
+    return s
+
+
+def test_expire_offsets_keeps_a_commit_that_lands_between_its_snapshot_and_the_tombstones(
+        tmp_path):
+    """expire_offsets picks its candidates from a snapshot; a commit can land (on the server's
+    event loop) before the tombstones are written. The candidates are checked again, under the
+    lock commit_offsets appends under, so the fresh commit is kept, in memory and on disk. The
+    interleaving is forced from the activity hook, which expire_offsets calls after taking its
+    snapshot."""
+    now = [TS0]
+    s = _offsets_store(tmp_path / "d", now)
+    s.commit_offsets("g", {("t", 0): (0, "", -1), ("t", 1): (0, "", -1)})
+    now[0] += 120_000  # both commits are past the one-minute retention
+
+    def commit_meanwhile():
+        t = threading.Thread(target=s.commit_offsets, args=("g", {("t", 0): (1, "", -1)}))
+        t.start()
+        t.join()
+        return {}, 0  # no activity known: the commit times decide
+
+    s.group_activity_hooks.append(commit_meanwhile)
+    assert s.expire_offsets() == {"g": [("t", 1)]}
+    assert s.committed("g", "t", 0) == 1 and s.committed("g", "t", 1) is None
+    s.close()
+    with kstore.open(tmp_path / "d", retention_check_interval_ms=0) as s2:
+        assert s2.committed("g", "t", 0) == 1 and s2.committed("g", "t", 1) is None
+
+
+def test_a_commit_is_appended_and_published_atomically_for_expire_offsets(tmp_path):
+    """commit_offsets appends to __consumer_offsets and then updates the in-memory view. An
+    expiry running between the two would see the old commit, tombstone it after the new
+    record and lose the new commit on disk (the memory still showing it). The append and the
+    update hold the lock expire_offsets re-checks under, so the expiry waits."""
+    from kstore import offsets as koffsets
+
+    now = [TS0]
+    s = _offsets_store(tmp_path / "d", now)
+    s.commit_offsets("g", {("t", 0): (0, "", -1)})
+    now[0] += 120_000
+    lg = s.partition(koffsets.OFFSETS_TOPIC, koffsets.group_partition("g"))
+    real = lg.append_batch
+    box = {}
+
+    def append_then_expire(*a, **kw):
+        out = real(*a, **kw)
+        if "expiry" not in box:  # the commit's own append: run an expiry in the middle
+            box["expiry"] = t = threading.Thread(
+                target=lambda: box.setdefault("expired", s.expire_offsets()))
+            t.start()
+            t.join(0.3)  # it finishes here only if it does not wait for the commit
+        return out
+
+    lg.append_batch = append_then_expire
+    s.commit_offsets("g", {("t", 0): (1, "", -1)})
+    box["expiry"].join(10)
+    del lg.append_batch
+    assert box["expired"] == {}
+    assert s.committed("g", "t", 0) == 1
+    s.close()
+    with kstore.open(tmp_path / "d", retention_check_interval_ms=0) as s2:
+        assert s2.committed("g", "t", 0) == 1

@@ -57,7 +57,9 @@ class DataSignal:
         self.version = 0
         self.waiters = 0
         self._cond = threading.Condition(threading.Lock())
-        self._async: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+        # Parked wait_async calls: future -> its loop. Each wait removes its own entry when it
+        # ends (woken, timed out or cancelled), so waits that time out leave nothing behind.
+        self._async: dict[asyncio.Future, asyncio.AbstractEventLoop] = {}
         self._async_lock = threading.Lock()
 
     def notify(self) -> None:
@@ -66,8 +68,8 @@ class DataSignal:
             self._cond.notify_all()
         if self._async:
             with self._async_lock:
-                waiters, self._async = self._async, []
-            for loop, fut in waiters:
+                waiters, self._async = self._async, {}
+            for fut, loop in waiters.items():
                 try:
                     loop.call_soon_threadsafe(_resolve, fut)
                 except RuntimeError:
@@ -88,7 +90,7 @@ class DataSignal:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         with self._async_lock:
-            self._async.append((loop, fut))
+            self._async[fut] = loop
         with self._cond:
             self.waiters += 1
         try:
@@ -102,6 +104,10 @@ class DataSignal:
         finally:
             with self._cond:
                 self.waiters -= 1
+            # Gone already if a notify() took it; otherwise (timeout, cancellation, the early
+            # return) it must not stay: a long-polling server times out constantly.
+            with self._async_lock:
+                self._async.pop(fut, None)
 
 
 def _resolve(fut: asyncio.Future) -> None:
@@ -133,9 +139,13 @@ class Store:
         self._committed: dict[str, dict[tuple[str, int], offsets.OffsetCommit]] | None = None
         self._committed_lock = threading.Lock()
         self.topic_epoch = 0  # moves on every topic change; producers drop cached topic state
-        # Callables returning the names of groups with members elsewhere (a Kafka-protocol
-        # server's coordinator): their offsets do not expire, like in-process groups'.
-        self.live_group_hooks: list[Callable[[], set[str]]] = []
+        # Group activity seen outside this Store (a Kafka-protocol server's coordinator), for
+        # offset expiry (KIP-211). Each callable returns ({group: last_active_ms}, floor_ms):
+        # last_active_ms is now for a group with members and the time it became Empty for an
+        # empty one; a group it does not name counts as active at floor_ms (when it started
+        # watching, so a restart never expires offsets within the retention). Called from the
+        # maintenance thread.
+        self.group_activity_hooks: list[Callable[[], tuple[dict[str, int], int]]] = []
         if not isinstance(retention_check_interval_ms, int) or retention_check_interval_ms < 0:
             raise InvalidConfigError(
                 f"log.retention.check.interval.ms must be a non-negative int (0: no background "
@@ -442,9 +452,11 @@ class Store:
             return
         part = offsets.group_partition(group)
         committed = self._load_committed()
-        self.partition(offsets.OFFSETS_TOPIC, part).append_batch(
-            b.build(), validate_records=False, verify_crc=False)
+        lg = self.partition(offsets.OFFSETS_TOPIC, part)
+        # Append and publish under one lock: expire_offsets re-checks its candidates under it
+        # before writing tombstones, so a commit is never tombstoned right after it landed.
         with self._committed_lock:
+            lg.append_batch(b.build(), validate_records=False, verify_crc=False)
             g = committed.setdefault(group, {})
             for e in entries:
                 g[(e.topic, e.partition)] = e
@@ -508,7 +520,9 @@ class Store:
     def run_maintenance(self) -> dict[str, Any]:
         """Apply retention and compaction to every partition now (compacted topics, including
         __consumer_offsets, are cleaned when their dirty ratio calls for it). Returns what was
-        deleted or cleaned, per partition."""
+        deleted or cleaned, per partition. A partition whose topic is deleted meanwhile is
+        skipped; any other failure of one partition is logged and the pass goes on with the
+        rest. Raises ClosedError only when the store itself is closed."""
         from kstore.cleaner import clean_log
         from kstore.retention import enforce_retention
 
@@ -519,6 +533,7 @@ class Store:
             for p in range(t["partitions"]):
                 if (name, p) not in self._logs and not (self.path / f"{name}-{p}").exists():
                     continue  # never written: nothing to do, nothing to open
+                lg: PartitionLog | None = None
                 try:
                     lg = self.partition(name, p)
                     if "compact" in lg.config["cleanup.policy"]:
@@ -528,6 +543,16 @@ class Store:
                     res = enforce_retention(lg, now)
                 except UnknownTopicOrPartitionError:
                     continue  # deleted meanwhile
+                except ClosedError:
+                    if self._closed:
+                        raise
+                    if lg is not None and self._logs.get((name, p)) is not lg:
+                        continue  # delete_topic closed it under us: nothing left to maintain
+                    log.warning("maintenance of %s-%d failed", name, p, exc_info=True)
+                    continue
+                except Exception:  # one bad partition must not starve the others
+                    log.warning("maintenance of %s-%d failed", name, p, exc_info=True)
+                    continue
                 if res.deleted_segments:
                     report[f"{name}-{p}"] = res
         expired = self.expire_offsets(now)
@@ -536,25 +561,38 @@ class Store:
         return report
 
     def expire_offsets(self, now_ms: int | None = None) -> dict[str, list[tuple[str, int]]]:
-        """Drop committed offsets older than offsets.retention.minutes for groups with no
-        member in this process (Kafka: Empty groups and standalone consumers), by writing
-        tombstones to __consumer_offsets. Returns what went, per group."""
+        """Drop committed offsets by writing tombstones to __consumer_offsets, as Kafka does
+        since 2.1 (KIP-211): a committed offset goes once offsets.retention.minutes have passed
+        since the later of its commit and the last time its group was active. Groups with
+        members in this process never expire; for others ``group_activity_hooks`` say when
+        they were last active (a group with members elsewhere: now; an Empty one: when it
+        became Empty; one a hook never saw: when that hook started watching). Without a hook,
+        the commit time alone counts (standalone consumers). Returns what went, per group."""
         self._check_writable()
         now = self.now_ms() if now_ms is None else now_ms
+        retention = self.offsets_retention_ms
         committed = self._load_committed()
+        with self._committed_lock:
+            snapshot = {g: dict(entries) for g, entries in committed.items()}
+        # Asked after the snapshot: activity that starts meanwhile is seen.
+        activity = [hook() for hook in list(self.group_activity_hooks)]
         out: dict[str, list[tuple[str, int]]] = {}
-        live = set()
-        for hook in list(self.live_group_hooks):
-            live |= hook()
-        for group, entries in list(committed.items()):
+        for group, entries in snapshot.items():
             state = self._groups.get(group)
-            if (state is not None and state.members) or group in live:
+            if state is not None and state.members:
                 continue
-            old = [tp for tp, c in entries.items() if now - c.commit_timestamp >= self.offsets_retention_ms]
+            active = max((acts.get(group, floor) for acts, floor in activity), default=None)
+
+            def expired(c: offsets.OffsetCommit, active: int | None = active) -> bool:
+                ref = c.commit_timestamp if active is None else max(c.commit_timestamp, active)
+                return now - ref >= retention
+
+            old = [tp for tp, c in entries.items() if expired(c)]
             if not old:
                 continue
-            self._tombstone_offsets(group, old, now)
-            out[group] = sorted(old)
+            gone = self._tombstone_offsets(group, old, now, expired)
+            if gone:
+                out[group] = sorted(gone)
         return out
 
     def delete_group_offsets(self, group: str) -> list[tuple[str, int]]:
@@ -568,22 +606,33 @@ class Store:
             self._tombstone_offsets(group, parts, self.now_ms())
         return parts
 
-    def _tombstone_offsets(self, group: str, parts: list[tuple[str, int]], now: int) -> None:
+    def _tombstone_offsets(self, group: str, parts: list[tuple[str, int]], now: int,
+                           still: Callable[[offsets.OffsetCommit], bool] | None = None,
+                           ) -> list[tuple[str, int]]:
         """Append one tombstone per partition to the group's __consumer_offsets partition
-        (replay and compaction then drop the commits) and forget them in memory."""
+        (replay and compaction then drop the commits) and forget them in memory. With
+        ``still``, only the partitions whose current commit still passes it go: the check,
+        the append and the in-memory update hold the lock commit_offsets appends under, so a
+        commit that landed since the caller looked is kept. Returns the partitions that went."""
         committed = self._load_committed()
-        b = _core.BatchBuilder()
-        for t, p in parts:
-            b.append(None, key=offsets.encode_offset_commit_key(group, t, p), timestamp=now)
-        self.partition(offsets.OFFSETS_TOPIC, offsets.group_partition(group)).append_batch(
-            b.build(), validate_records=False, verify_crc=False)
+        lg = self.partition(offsets.OFFSETS_TOPIC, offsets.group_partition(group))
         with self._committed_lock:
             entries = committed.get(group)
+            if still is not None:
+                parts = [tp for tp in parts if entries is not None and tp in entries
+                         and still(entries[tp])]
+            if not parts:
+                return []
+            b = _core.BatchBuilder()
+            for t, p in parts:
+                b.append(None, key=offsets.encode_offset_commit_key(group, t, p), timestamp=now)
+            lg.append_batch(b.build(), validate_records=False, verify_crc=False)
             if entries is not None:
                 for tp in parts:
                     entries.pop(tp, None)
                 if not entries:
                     committed.pop(group, None)
+        return parts
 
     def _maintenance_loop(self) -> None:
         interval = self.retention_check_interval_ms / 1000
@@ -593,9 +642,12 @@ class Store:
             try:
                 self.run_maintenance()
             except ClosedError:
-                return
-            except Exception as exc:  # keep the thread alive; say what failed
-                log.warning("maintenance of %s failed: %s", self.path, exc)
+                if self._closed or self._maintenance_stop.is_set():
+                    return  # the store is closing: stop
+                # Some log closed under us (a topic deleted meanwhile): not the store's end.
+                log.warning("maintenance of %s failed", self.path, exc_info=True)
+            except Exception:  # keep the thread alive; say what failed
+                log.warning("maintenance of %s failed", self.path, exc_info=True)
 
     # ==========================================================================================
     # Life cycle

@@ -891,7 +891,7 @@ def test_requests_and_responses_pass_through_the_wire_codec(store):
 
 def test_offsets_of_a_group_with_live_members_do_not_expire(tmp_path):
     """Offsets expiry (offsets.retention.minutes) skips groups with members; the coordinator's
-    members live outside the Store, so the server registers them through live_group_hooks."""
+    members live outside the Store, so the server registers its group_activity."""
     now = [10_000_000]
     store = kstore.open(tmp_path / "d", retention_check_interval_ms=0, offsets_retention_minutes=1,
                         clock=lambda: now[0])
@@ -900,7 +900,7 @@ def test_offsets_of_a_group_with_live_members_do_not_expire(tmp_path):
 
     async def scenario() -> None:
         co = coordinator(store)
-        store.live_group_hooks.append(co.live_groups)
+        store.group_activity_hooks.append(co.group_activity)
         gen, leader, ids = await stable_group(co, ["ca"])
         resp = co.offset_commit(commit_req("g", {("t", 0): 1}, generation=gen, member_id=leader), 2)
         assert commit_errors(resp) == {("t", 0): 0}
@@ -910,9 +910,141 @@ def test_offsets_of_a_group_with_live_members_do_not_expire(tmp_path):
         assert store.expire_offsets() == {"idle": [("t", 0)]}
         assert store.committed("g", "t", 0) == 1
         co.leave_group(leave_req("g", leader), 1)
+        assert store.expire_offsets() == {}  # Empty for no time yet
+        now[0] += 60_000
         assert store.expire_offsets() == {"g": [("t", 0)]}
         await co.close()
     try:
         run(scenario)
     finally:
         store.close()
+
+
+DAY_MS = 86_400_000
+
+
+def test_offsets_of_a_group_expire_only_once_it_has_been_empty_for_the_retention(tmp_path):
+    """KIP-211: the offsets of a group using group management expire once the group has been
+    Empty for offsets.retention.minutes, however old the commits are. librdkafka does not commit
+    unchanged offsets, so on an idle topic the last commit is days old while the group is
+    alive; when its consumers stop (a deploy) the offsets must not vanish at once."""
+    now = [1_700_000_000_000]
+    store = kstore.open(tmp_path / "d", retention_check_interval_ms=0,
+                        offsets_retention_minutes=24 * 60, clock=lambda: now[0])
+    store.create_topic("t", partitions=1)
+    store.partition("t", 0).append(b"x")
+
+    async def scenario() -> None:
+        co = coordinator(store)
+        store.group_activity_hooks.append(co.group_activity)
+        gen, leader, _ = await stable_group(co, ["ca"])
+        resp = co.offset_commit(commit_req("g", {("t", 0): 1}, generation=gen, member_id=leader), 2)
+        assert commit_errors(resp) == {("t", 0): 0}
+        now[0] += 2 * DAY_MS - 60_000  # the consumers idle along, committing nothing new
+        assert store.expire_offsets() == {}
+        assert co.leave_group(leave_req("g", leader), 1)["error_code"] == 0
+        assert state_of(co) == "Empty"
+        now[0] += 60_000  # Empty for a minute; the commit is two days old
+        assert store.expire_offsets() == {}
+        assert store.committed("g", "t", 0) == 1
+        now[0] += DAY_MS - 60_000 - 1  # Empty for a day less 1 ms
+        assert store.expire_offsets() == {}
+        now[0] += 1
+        assert store.expire_offsets() == {"g": [("t", 0)]}
+        assert store.committed("g", "t", 0) is None
+        await co.close()
+    try:
+        run(scenario)
+    finally:
+        store.close()
+
+
+def test_groups_the_coordinator_never_saw_keep_their_offsets_until_its_start_plus_retention(
+        tmp_path):
+    """After a restart no group has members until its consumers rejoin; a group the new
+    coordinator has not seen counts as active when the coordinator started, so the restart
+    never expires offsets within the retention (standalone consumers included)."""
+    now = [1_700_000_000_000]
+    path = tmp_path / "d"
+    with kstore.open(path, retention_check_interval_ms=0, clock=lambda: now[0]) as before:
+        before.create_topic("t", partitions=1)
+        before.partition("t", 0).append(b"x")
+        before.commit_offsets("g", {("t", 0): (1, "", -1)})
+    now[0] += 3 * DAY_MS  # the server was down, or the group idle, for three days
+    store = kstore.open(path, retention_check_interval_ms=0, offsets_retention_minutes=24 * 60,
+                        clock=lambda: now[0])
+
+    async def scenario() -> None:
+        co = coordinator(store)
+        store.group_activity_hooks.append(co.group_activity)
+        assert co.group_activity() == ({}, now[0])
+        assert store.expire_offsets() == {}  # the first maintenance pass after the restart
+        now[0] += DAY_MS - 1
+        assert store.expire_offsets() == {}
+        assert store.committed("g", "t", 0) == 1
+        now[0] += 1
+        assert store.expire_offsets() == {"g": [("t", 0)]}
+        await co.close()
+    try:
+        run(scenario)
+    finally:
+        store.close()
+
+
+def test_group_activity_reports_members_pending_joins_and_when_groups_became_empty(store):
+    now = [5_000_000]
+    store._clock = lambda: now[0]
+
+    async def scenario() -> None:
+        co = coordinator(store)
+        assert co.group_activity() == ({}, 5_000_000)
+        _, leader, _ = await stable_group(co, ["a"])
+        await join_v5(co, "p", group="joining")  # told its id, not back yet
+        now[0] += 1000
+        assert co.group_activity() == ({"g": 5_001_000, "joining": 5_001_000}, 5_000_000)
+        co.leave_group(leave_req("g", leader), 1)
+        now[0] += 1000
+        acts, floor = co.group_activity()
+        assert (acts["g"], floor) == (5_001_000, 5_000_000)  # Empty since the leave
+        await co.close()
+        assert co.group_activity() == ({}, 5_000_000)
+    run(scenario)
+
+
+def test_refused_joins_of_new_group_ids_leave_no_group_behind(store):
+    """A JoinGroup refused by validation must not create its group: ListGroups would show an
+    Empty group per random group id forever. Neither may a v4+ join told MEMBER_ID_REQUIRED
+    whose client never comes back (unless the group has commits)."""
+    async def scenario() -> None:
+        co = coordinator(store, min_session_timeout_ms=100, max_session_timeout_ms=1000)
+        for version in (0, 4, 5):
+            for i, req in enumerate((
+                    join_req(group=f"noproto-{version}", session=500, protocols=()),
+                    join_req(group=f"notype-{version}", session=500, protocol_type=""),
+                    join_req(group=f"nulltype-{version}", session=500, protocol_type=None),
+                    join_req(group=f"short-{version}", session=99),
+                    join_req(group=f"long-{version}", session=1001))):
+                r = await co.join_group(req, version, "c", HOST)
+                assert r["error_code"] in (INCONSISTENT_GROUP_PROTOCOL, INVALID_SESSION_TIMEOUT), \
+                    (version, i, r)
+        assert co.list_groups({"states_filter": []}, 4)["groups"] == []
+        # v4+: MEMBER_ID_REQUIRED, and the client never rejoins (or leaves while pending).
+        await join_v5(co, "gone", group="pending", session=100)
+        assert [g["group_id"] for g in co.list_groups({"states_filter": []}, 4)["groups"]] == [
+            "pending"]
+        left = await join_v5(co, "left", group="left-pending", session=500)
+        assert co.leave_group({"group_id": "left-pending", "members": [
+            {"member_id": left, "group_instance_id": None, "reason": None}]}, 3)[
+            "members"][0]["error_code"] == 0
+        # A group with commits stays (Empty) when its pending member expires.
+        co.offset_commit(commit_req("committed", {("t", 0): 1}), 2)
+        await join_v5(co, "c", group="committed", session=100)
+        await asyncio.sleep(0.25)
+        assert [(g["group_id"], g["group_state"]) for g in co.list_groups(
+            {"states_filter": []}, 4)["groups"]] == [("committed", "Empty")]
+        assert state_of(co, "pending") == "Dead"
+        # The group is made afresh by the next valid join.
+        r = await co.join_group(join_req(group="pending", session=500), 0, "c", HOST)
+        assert r["error_code"] == 0 and r["generation_id"] == 1
+        await co.close()
+    run(scenario)

@@ -120,7 +120,7 @@ class Server:
             store, initial_rebalance_delay_ms=cfg.group_initial_rebalance_delay_ms,
             min_session_timeout_ms=cfg.group_min_session_timeout_ms,
             max_session_timeout_ms=cfg.group_max_session_timeout_ms)
-        store.live_group_hooks.append(self.coordinator.live_groups)
+        store.group_activity_hooks.append(self.coordinator.group_activity)
         self.broker = Broker(store, BrokerConfig(
             node_id=cfg.node_id, cluster_id=_cluster_id(store), advertised_host=cfg.advertised_host,
             advertised_port=cfg.advertised_port, auto_create_topics=cfg.auto_create_topics,
@@ -160,9 +160,9 @@ class Server:
         if self._conns:
             await asyncio.gather(*self._conns, return_exceptions=True)
         await self.coordinator.close()
-        hooks = self.store.live_group_hooks
-        if self.coordinator.live_groups in hooks:
-            hooks.remove(self.coordinator.live_groups)
+        hooks = self.store.group_activity_hooks
+        if self.coordinator.group_activity in hooks:
+            hooks.remove(self.coordinator.group_activity)
 
     # ==========================================================================================
     # Connections

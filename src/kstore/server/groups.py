@@ -187,9 +187,12 @@ class _Member:
 class _Group:
     """One group's membership. Members keep join order (the first joiner leads)."""
 
-    def __init__(self, group_id: str) -> None:
+    def __init__(self, group_id: str, now_ms: int) -> None:
         self.group_id = group_id
         self.state = EMPTY
+        # Store time (ms) at which the group last became Empty: offsets expire only once a
+        # group has been Empty for offsets.retention.minutes (KIP-211).
+        self.empty_since_ms = now_ms
         self.generation_id = 0
         self.protocol_type: str | None = None  # kept after the last member leaves, as Kafka
         self.protocol_name: str | None = None
@@ -220,7 +223,7 @@ class _Group:
         """Kafka's supportsProtocols: the type matches and one of ``names`` is supported by
         every other member. The joining member's own old protocols do not count, so a sole
         member may switch assignors."""
-        if not protocol_type or not names:
+        if not _valid_protocols(protocol_type, names):
             return False
         if not self.members:
             return True
@@ -265,6 +268,12 @@ class _Group:
         if self.leader_id == member.member_id:
             self.leader_id = next(iter(self.members), None)
         self.pending_sync.discard(member.member_id)
+
+
+def _valid_protocols(protocol_type: str, names: list[str]) -> bool:
+    """What any group, even an empty one, asks of a JoinGroup: a protocol type and at least
+    one protocol."""
+    return bool(protocol_type) and bool(names)
 
 
 @dataclass
@@ -312,6 +321,8 @@ class GroupCoordinator:
         self.max_session_timeout_ms = max_session_timeout_ms
         self._groups: dict[str, _Group] = {}
         self._closed = False
+        # Groups this coordinator never saw count as active since it started (offset expiry).
+        self._started_ms = store.now_ms()
 
     # ==========================================================================================
     # JoinGroup
@@ -344,7 +355,11 @@ class GroupCoordinator:
         group = self._groups.get(group_id)
         if not member_id:
             if group is None:
-                group = self._groups[group_id] = _Group(group_id)
+                # Create the group only for a join it would accept: a refused one (no protocols,
+                # no protocol type) must not leave an Empty group behind for ListGroups.
+                if not _valid_protocols(spec.protocol_type, spec.names()):
+                    return _JoinResult(INCONSISTENT_GROUP_PROTOCOL, "")
+                group = self._groups[group_id] = _Group(group_id, self._store.now_ms())
             result = self._join_new_member(group, instance_id, spec)
         else:
             if group is None:
@@ -491,6 +506,17 @@ class GroupCoordinator:
             log.info("group %s: pending member %s did not rejoin within its session timeout",
                      group.group_id, member_id)
             self._try_complete_join(group)
+            self._drop_if_unused(group)
+
+    def _drop_if_unused(self, group: _Group) -> None:
+        """Forget a group that a v4+ join created (MEMBER_ID_REQUIRED) but whose pending
+        member never came back: no generation, no members, nobody pending and no commits.
+        Kafka's offset expiry task removes such groups too; ListGroups must not show them."""
+        if (group.state is EMPTY and group.generation_id == 0 and not group.members
+                and not group.pending and self._groups.get(group.group_id) is group
+                and not self._store._load_committed().get(group.group_id)):
+            log.info("group %s: forgotten (no member ever joined, no commits)", group.group_id)
+            self._forget(group)
 
     # ==========================================================================================
     # The rebalance: PreparingRebalance -> CompletingRebalance (or Empty)
@@ -575,6 +601,7 @@ class GroupCoordinator:
             group.protocol_name = None
             group.leader_id = None
             group.state = EMPTY
+            group.empty_since_ms = self._store.now_ms()
             log.info("group %s: empty at generation %d", group.group_id, group.generation_id)
             return
         group.protocol_name = group.select_protocol()
@@ -747,6 +774,7 @@ class GroupCoordinator:
             elif member_id in group.pending:
                 group.pending.pop(member_id).cancel()
                 self._try_complete_join(group)
+                self._drop_if_unused(group)
                 errors.append(NONE)
                 continue
             elif group.is_static_fenced(instance_id, member_id):
@@ -1089,10 +1117,26 @@ class GroupCoordinator:
     # ==========================================================================================
     # Life cycle
 
-    def live_groups(self) -> set[str]:
-        """Groups with members (safe to call from another thread: the store's maintenance
-        thread asks, so that their committed offsets do not expire)."""
-        return {gid for gid, g in list(self._groups.items()) if g.members}
+    def group_activity(self) -> tuple[dict[str, int], int]:
+        """For ``Store.group_activity_hooks`` (offset expiry, KIP-211): ({group: last active,
+        store ms}, when this coordinator started). A group with members, or on its way to
+        having some (pending members, a rebalance under way), is active now; an Empty group
+        was last active when it became Empty. Groups not named here (never seen since the
+        start: a restart, standalone consumers) count as active at the start time.
+
+        Safe to call from another thread (the store's maintenance thread does): it reads a
+        snapshot and changes nothing."""
+        now = self._store.now_ms()
+        out: dict[str, int] = {}
+        for gid, g in list(self._groups.items()):
+            state = g.state
+            if state is DEAD:
+                continue
+            if g.members or g.pending or state is not EMPTY:
+                out[gid] = now
+            else:
+                out[gid] = g.empty_since_ms
+        return out, self._started_ms
 
     async def close(self) -> None:
         """Stop: cancel every timer and answer every parked JoinGroup and SyncGroup with

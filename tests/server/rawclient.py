@@ -14,6 +14,23 @@ import kstore
 from kstore.server import Server, ServerConfig, protocol
 
 
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Exactly n bytes; ConnectionError if the peer closes first."""
+    out = bytearray()
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            raise ConnectionError(f"connection closed after {len(out)} of {n} bytes")
+        out += chunk
+    return bytes(out)
+
+
+def read_frame(sock: socket.socket) -> bytes:
+    """One int32-size-prefixed frame (without its size)."""
+    (size,) = struct.unpack(">i", recv_exact(sock, 4))
+    return recv_exact(sock, size)
+
+
 class RawClient:
     def __init__(self, port: int, timeout: float = 10.0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
@@ -34,18 +51,7 @@ class RawClient:
         return self.corr
 
     def recv_frame(self) -> bytes:
-        head = self._recv(4)
-        (size,) = struct.unpack(">i", head)
-        return self._recv(size)
-
-    def _recv(self, n: int) -> bytes:
-        out = bytearray()
-        while len(out) < n:
-            chunk = self.sock.recv(n - len(out))
-            if not chunk:
-                raise ConnectionError(f"connection closed after {len(out)} of {n} bytes")
-            out += chunk
-        return bytes(out)
+        return read_frame(self.sock)
 
     def recv(self, api_key: int, version: int, corr: int | None = None) -> dict[str, Any]:
         data = self.recv_frame()

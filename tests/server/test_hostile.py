@@ -12,6 +12,7 @@ import pytest
 
 from kstore.server import protocol
 from tests.server.conftest import wait_until
+from tests.server.rawclient import read_frame, recv_exact
 
 kafka = pytest.importorskip("kafka", reason="kafka-python is not installed")
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -38,17 +39,10 @@ class Raw:
         self.sock.sendall(data)
 
     def frame(self):
-        head = self._exact(4)
-        return self._exact(struct.unpack(">i", head)[0])
+        return read_frame(self.sock)
 
     def _exact(self, n):
-        out = b""
-        while len(out) < n:
-            chunk = self.sock.recv(n - len(out))
-            if not chunk:
-                raise ConnectionError(f"closed after {len(out)} of {n} bytes")
-            out += chunk
-        return out
+        return recv_exact(self.sock, n)
 
     def closed_by_server(self):
         """True once the server closed (EOF or reset); fails if it stays open past TIMEOUT."""

@@ -16,6 +16,7 @@ import pytest
 import kstore
 from kstore.server import protocol
 from tests.server.conftest import wait_until
+from tests.server.rawclient import read_frame, recv_exact
 
 kafka = pytest.importorskip("kafka", reason="kafka-python is not installed")
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -357,17 +358,10 @@ class Raw:
         return self.frame()
 
     def frame(self):
-        head = self._exact(4)
-        return self._exact(struct.unpack(">i", head)[0])
+        return read_frame(self.sock)
 
     def _exact(self, n):
-        out = b""
-        while len(out) < n:
-            chunk = self.sock.recv(n - len(out))
-            if not chunk:
-                raise ConnectionError("closed")
-            out += chunk
-        return out
+        return recv_exact(self.sock, n)
 
     def closed(self):
         try:

@@ -187,7 +187,8 @@ class Server:
         except asyncio.CancelledError:
             pass
         except _Close as exc:
-            log.warning("closing connection from %s (%s): %s", conn.peer, conn.client_id, exc)
+            level = logging.INFO if isinstance(exc, _Gone) else logging.WARNING
+            log.log(level, "closing connection from %s (%s): %s", conn.peer, conn.client_id, exc)
         except Exception:
             log.exception("closing connection from %s (%s) after an internal error", conn.peer,
                           conn.client_id)
@@ -295,7 +296,7 @@ class Server:
             return await coro
         if gone.done():
             coro.close()
-            raise _Close(f"the client went away before its {what} was answered")
+            raise _Gone(f"the client went away before its {what} was answered")
         task = asyncio.ensure_future(coro)
         try:
             await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
@@ -304,7 +305,7 @@ class Server:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         if task.cancelled():
-            raise _Close(f"the client went away while its {what} was waiting")
+            raise _Gone(f"the client went away while its {what} was waiting")
         return task.result()
 
     async def _write(self, conn: _Conn, parts: Iterable[Any]) -> None:
@@ -396,6 +397,11 @@ class Server:
 
 class _Close(Exception):
     """Close this connection, logging why; the others are not affected."""
+
+
+class _Gone(_Close):
+    """The client closed while a request was parked: routine (every consumer's close does it
+    during a long-poll Fetch), logged at info."""
 
 
 class _Protocol(asyncio.StreamReaderProtocol):

@@ -590,3 +590,28 @@ def test_idle_producer_state_expires():
     assert ps.check(pid, 0, 77, 0, "t", 0) is None
     assert ps.check(other, 0, 1, 0, "t", 0) is None
     assert ps.check(other, 0, 0, 0, "t", 0).first_offset == 1  # still known: a duplicate
+
+
+def test_idempotent_producer_state_is_rebuilt_from_the_log_after_a_restart(tmp_path):
+    """A retry that straddles a restart is still a duplicate, and the sequence goes on: the
+    state of a producer from before the restart is read back from the partition's batches."""
+    s = ServerThread(tmp_path / "d")
+    with s.client() as c:
+        pid = c.call(INIT_PRODUCER_ID, 4, {"transactional_id": None, "transaction_timeout_ms": 1,
+                                           "producer_id": -1, "producer_epoch": -1})["producer_id"]
+        assert produce(c, "t", batch([b"a", b"b"], pid=pid, epoch=0, seq=0))["base_offset"] == 0
+        assert produce(c, "t", batch([b"c"], pid=pid, epoch=0, seq=2))["base_offset"] == 2
+        produce(c, "t", batch([b"other"]))  # a non-idempotent batch after it
+    s.stop()
+    s = ServerThread(tmp_path / "d")
+    try:
+        with s.client() as c:
+            dup = produce(c, "t", batch([b"c"], pid=pid, epoch=0, seq=2))
+            assert (dup["error_code"], dup["base_offset"]) == (0, 2)
+            assert s.call_soon(lambda: s.store.partition("t", 0).log_end_offset) == 4
+            assert produce(c, "t", batch([b"d"], pid=pid, epoch=0, seq=9))["error_code"] == 45
+            assert produce(c, "t", batch([b"d"], pid=pid, epoch=0, seq=3))["base_offset"] == 4
+            # A producer the log has never seen may still start anywhere.
+            assert produce(c, "t", batch([b"e"], pid=pid - 1, epoch=0, seq=50))["error_code"] == 0
+    finally:
+        s.stop()

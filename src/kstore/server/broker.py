@@ -222,6 +222,8 @@ class Broker:
             hdr = self._check_batches(mv, version, transactional)
             pid, epoch, base_seq, last_delta = hdr
             if pid >= 0:
+                if pid < self.producers.first_id and not self.producers.known(pid, topic, partition):
+                    self._restore_producer(lg, pid, topic, partition)
                 dup = self.producers.check(pid, epoch, base_seq, last_delta, topic, partition)
                 if dup is not None:
                     out["base_offset"] = dup.first_offset
@@ -268,6 +270,32 @@ class Broker:
         if attrs & _ATTR_CODEC == _ZSTD and version < 7:
             raise _Refused(UNSUPPORTED_COMPRESSION_TYPE, "zstd needs Produce v7 or later")
         return pid, epoch, base_seq, last_delta
+
+    def _restore_producer(self, lg: Any, pid: int, topic: str, partition: int) -> None:
+        """A producer from before this process (a restart or a crash) sends to a partition:
+        find its last batches in the newest segments so that its retries are still recognised
+        as duplicates and its sequence continues (Kafka rebuilds the same from snapshots and
+        the log). Reads batch headers only; at most the last two segments."""
+        found: list[tuple[int, int, int, int, int, int]] = []
+        for seg in list(lg._segments)[-2:][::-1]:
+            start = max(seg.base_offset, lg.log_start_offset)
+            if start >= lg.log_end_offset:
+                continue
+            try:
+                fs = lg.read(start, max(seg.size, 1))
+            except KStoreError:
+                continue
+            mine = [(b.producer_epoch, b.base_sequence, b.last_offset_delta, b.base_offset,
+                     b.last_offset, b.max_timestamp if b.timestamp_type == 1 else -1)
+                    for b in fs.batches() if b.producer_id == pid]
+            found = mine + found
+            if len(found) >= 5:
+                break
+        if found:
+            self.producers.restore(pid, topic, partition, found)
+            log.info("restored producer %d on %s-%d from the log: %d batch(es), last sequence "
+                     "%d", pid, topic, partition, len(found),
+                     found[-1][1] + found[-1][2])
 
     def init_producer_id(self, req: dict, version: int, conn: Any) -> dict:
         if req["transactional_id"] is not None:

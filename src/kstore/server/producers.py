@@ -5,10 +5,11 @@ Kafka keeps the last five batches of each producer on each partition, which is w
 in-flight requests at five: a retried batch that already landed is recognised and answered with
 its first offsets instead of being appended twice.
 
-The state lives in memory. After a restart every producer is unknown again, and an unknown
-producer may start at any sequence (as Kafka does for a producer whose state expired); a
-retry that straddles a restart may then be appended twice. Kafka avoids that with producer
-state snapshots, which kstore does not write yet.
+The state lives in memory and is rebuilt from the log: producer ids grow with the clock, so an
+id below the first this process handed out belongs to a producer from before a restart, and the
+first batch it sends to a partition makes the broker read that producer's last batches back from
+the partition's newest segments (``restore``). A retry that straddles a restart (or a crash) is
+then still recognised, as Kafka does with its producer state snapshots.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class ProducerStates:
         # Ids must not repeat across restarts (a restarted server meeting an old producer id
         # would match it against a new producer's sequences): start from the clock.
         self._next_id = int(time.time() * 1000) << 8
+        self.first_id = self._next_id  # ids below it were handed out before this process
 
     def new_producer_id(self) -> tuple[int, int]:
         with self._lock:
@@ -128,6 +130,25 @@ class ProducerStates:
                     f"producer {producer_id} epoch {epoch} on {topic}-{partition}: expected "
                     f"sequence {expected}, got {base_seq}")
             return None
+
+    def known(self, producer_id: int, topic: str, partition: int) -> bool:
+        return (producer_id, topic, partition) in self._state
+
+    def restore(self, producer_id: int, topic: str, partition: int,
+                batches: list[tuple[int, int, int, int, int, int]]) -> None:
+        """Seed a producer's state on a partition from its batches found in the log, oldest
+        first: (epoch, base sequence, last offset delta, first offset, last offset,
+        log append time). Only the newest epoch's last five count."""
+        if not batches:
+            return
+        epoch = batches[-1][0]
+        with self._lock:
+            key = (producer_id, topic, partition)
+            e = self._state[key] = _Entry(epoch)
+            for ep, seq, delta, first, last, t in batches:
+                if ep == epoch:
+                    e.batches.append(BatchMeta(seq, last_sequence(seq, delta), first, last, t))
+            self._last_used[key] = self._clock()
 
     def record(self, producer_id: int, epoch: int, base_seq: int, last_offset_delta: int,
                topic: str, partition: int, first_offset: int, last_offset: int,

@@ -85,7 +85,7 @@ def test_gzip_file_round_trip_is_byte_identical(kserver, tmp_path):
     srv.stop()
     batches = batches_of(srv.data, "files")
     # Stored as kcat sent it: gzip batches (kcat only compresses when Produce v0..3/7 are in range).
-    assert batches and {b["codec"] for b in batches} == {"gzip"}
+    assert_compressed(batches, "gzip")
     records = [r for b in batches for r in b["records"]]
     assert records == [tuple(x.encode() for x in ln.split(":", 1))
                        for ln in data.decode().splitlines()]
@@ -183,7 +183,18 @@ def test_other_codecs_round_trip(kserver, tmp_path, codec):
     kcat(srv, "-P", "-t", codec, "-X", f"compression.codec={codec}", "-K:", "-l", str(path))
     assert kcat(srv, "-C", "-t", codec, "-o", "beginning", "-e", "-K:").stdout == data
     srv.stop()
-    assert {b["codec"] for b in batches_of(srv.data, codec)} == {codec}
+    assert_compressed(batches_of(srv.data, codec), codec)
+
+
+def assert_compressed(batches, codec):
+    """The producer's codec reached the log. librdkafka sends a batch uncompressed when
+    compressing does not make it smaller, which happens to a first batch of one short record
+    when the linger timer fires early (seen in CI): such batches may stay uncompressed, every
+    other batch carries the codec."""
+    assert batches and any(b["codec"] == codec for b in batches)
+    for b in batches:
+        if b["codec"] != codec:
+            assert b["codec"] == "none" and len(b["records"]) == 1, b
 
 
 # ==============================================================================================

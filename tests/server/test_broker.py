@@ -539,6 +539,12 @@ def test_describe_and_alter_configs(srv, client):
     res = client.call(DESCRIBE_CONFIGS, 1, {"include_synonyms": False, "resources": [
         {"resource_type": 2, "resource_name": "missing", "configuration_keys": None}]})
     assert res["results"][0]["error_code"] == 3
+    res = client.call(DESCRIBE_CONFIGS, 1, {"include_synonyms": False, "resources": [
+        {"resource_type": 3, "resource_name": "x", "configuration_keys": None}]})
+    assert res["results"][0]["error_code"] == 42 and "not supported" in res["results"][0]["error_message"]
+    res = client.call(ALTER_CONFIGS, 0, {"validate_only": False, "resources": [
+        {"resource_type": 4, "resource_name": "1", "configs": [{"name": "num.partitions", "value": "3"}]}]})
+    assert res["responses"][0]["error_code"] == 42
 
 
 def test_find_coordinator(srv, client):

@@ -24,6 +24,7 @@ from kstore.errors import (
     CorruptRecordError,
     InvalidPartitionsError,
     InvalidReplicationFactorError,
+    InvalidRequestError,
     InvalidTopicError,
     KStoreError,
     OffsetOutOfRangeError,
@@ -489,7 +490,7 @@ class Broker:
                 rf = t["replication_factor"]
                 if t["assignments"]:
                     if n != -1 or rf != -1:
-                        raise InvalidRequestErrorLocal(
+                        raise InvalidRequestError(
                             "give either assignments or num_partitions/replication_factor")
                     n = len(t["assignments"])
                     if any(list(a["broker_ids"]) != [self.config.node_id] for a in t["assignments"]):
@@ -520,8 +521,6 @@ class Broker:
                 if version >= 5:
                     r["configs"] = [self._config_entry(name, k, v, set(configs))
                                     for k, v in self._topic_config(name, configs).items()]
-            except InvalidRequestErrorLocal as exc:
-                r["error_code"], r["error_message"] = INVALID_REQUEST, str(exc)
             except KStoreError as exc:
                 r["error_code"], r["error_message"] = exc.code, str(exc)
             out.append(r)
@@ -588,10 +587,10 @@ class Broker:
                     entries = [(k, v, 1 if k in explicit else 5) for k, v in values.items()]
                 elif rtype == 4:  # broker
                     if rname not in ("", str(self.config.node_id)):
-                        raise InvalidRequestErrorLocal(f"unknown broker {rname!r}")
+                        raise InvalidRequestError(f"unknown broker {rname!r}")
                     entries = [(k, v, 4) for k, v in self._broker_configs().items()]
                 else:
-                    raise InvalidRequestErrorLocal(f"resource type {rtype} is not supported")
+                    raise InvalidRequestError(f"resource type {rtype} is not supported")
                 for k, v, source in entries:
                     if keys is not None and k not in keys:
                         continue
@@ -600,11 +599,9 @@ class Broker:
                          "is_sensitive": False, "synonyms": [],
                          "config_type": _config_type(v),
                          "documentation": TOPIC_CONFIG[k].doc if k in TOPIC_CONFIG else None}
-                    if res_synonyms(req) and source != 5:
+                    if req["include_synonyms"] and source != 5:
                         c["synonyms"] = [{"name": k, "value": _config_string(v), "source": source}]
                     r["configs"].append(c)
-            except InvalidRequestErrorLocal as exc:
-                r["error_code"], r["error_message"] = INVALID_REQUEST, str(exc)
             except KStoreError as exc:
                 r["error_code"], r["error_message"] = exc.code, str(exc)
             results.append(r)
@@ -631,7 +628,7 @@ class Broker:
                                  "resource_type": rtype, "resource_name": rname}
             try:
                 if rtype != 2:
-                    raise InvalidRequestErrorLocal("only topic configs can be altered here")
+                    raise InvalidRequestError("only topic configs can be altered here")
                 if rname.startswith("__"):
                     raise InvalidTopicError(f"the config of {rname} cannot be altered")
                 new = {c["name"]: c["value"] for c in res["configs"]}
@@ -643,8 +640,6 @@ class Broker:
                 change.update(new)
                 if not req["validate_only"]:
                     self.store.alter_topic_config(rname, change)
-            except InvalidRequestErrorLocal as exc:
-                r["error_code"], r["error_message"] = INVALID_REQUEST, str(exc)
             except KStoreError as exc:
                 r["error_code"], r["error_message"] = exc.code, str(exc)
             out.append(r)
@@ -724,14 +719,6 @@ class _Refused(Exception):
 
 class _CloseConnection(Exception):
     """The connection must be closed (the reason is logged)."""
-
-
-class InvalidRequestErrorLocal(Exception):
-    pass
-
-
-def res_synonyms(req: dict) -> bool:
-    return bool(req.get("include_synonyms"))
 
 
 def _config_string(v: Any) -> str:

@@ -17,9 +17,28 @@ def load_manifest():
     return json.loads(path.read_text())
 
 
+NO_VECTORS = f"shared vectors not found at {VECTORS} (set KSTORE_SHARED to the shared/ folder)"
+
+
+def vector_files() -> list:
+    """The captured batches' file names, to parametrize over; without ../shared one parameter
+    that skips saying why (an empty list would skip as "got empty parameter set")."""
+    m = load_manifest()
+    if m is None:
+        return [pytest.param(None, marks=pytest.mark.skip(reason=NO_VECTORS), id="no-vectors")]
+    return [f["file"] for f in m["files"]]
+
+
+def need(module: str, extra: str = "bench"):
+    """Import an optional module or skip naming the extra that brings it."""
+    return pytest.importorskip(
+        module, reason=f"{module} is not installed: it comes with the [{extra}] extra "
+                       f"(pip install -e '.[{extra}]')")
+
+
 @pytest.fixture(scope="session")
 def manifest():
     m = load_manifest()
     if m is None:
-        pytest.skip(f"shared vectors not found at {VECTORS} (set KSTORE_SHARED to the shared/ folder)")
+        pytest.skip(NO_VECTORS)
     return m

@@ -321,13 +321,24 @@ def test_group_consume_commits_and_groups_commands(filled: Path) -> None:
     r = run(filled, "groups", "reset-offsets", "etl", "--to-offset", "10", "--dry-run", "--json")
     assert json.loads(r.stdout)["partitions"] == [{"topic": "events", "partition": 0, "old": 1001, "new": 10}]
     assert json.loads(run(filled, "groups", "describe", "etl", "--json").stdout)["partitions"][0]["committed"] == 1001
-    assert run(filled, "groups", "reset-offsets", "etl", "--to-offset", "10").exit_code == 0
+    # Without --execute, as Kafka's tool: the plan is printed and nothing changes.
+    r = run(filled, "groups", "reset-offsets", "etl", "--to-offset", "10")
+    assert r.exit_code == 0 and "dry run" in r.stdout and "--execute" in r.stderr
+    assert json.loads(run(filled, "groups", "describe", "etl", "--json").stdout)["partitions"][0]["committed"] == 1001
+    r = run(filled, "groups", "reset-offsets", "etl", "--to-offset", "10", "--json")
+    assert json.loads(r.stdout)["dry_run"] is True
+    assert json.loads(run(filled, "groups", "describe", "etl", "--json").stdout)["partitions"][0]["committed"] == 1001
+    assert run(filled, "groups", "reset-offsets", "etl", "--to-offset", "1", "--dry-run",
+               "--execute").exit_code == 1
+    r = run(filled, "groups", "reset-offsets", "etl", "--to-offset", "10", "--execute")
+    assert r.exit_code == 0 and "offsets reset" in r.stdout
     assert run(filled, "consume", "events", "-G", "etl", "--max", "1").stdout.startswith("event number 00010")
-    run(filled, "groups", "reset-offsets", "etl", "--to-latest")
+    run(filled, "groups", "reset-offsets", "etl", "--to-latest", "--execute")
     assert run(filled, "consume", "events", "-G", "etl").stdout == ""
-    run(filled, "groups", "reset-offsets", "etl", "--shift-by", "-5")
+    run(filled, "groups", "reset-offsets", "etl", "--shift-by", "-5", "--execute")
     assert len(run(filled, "consume", "events", "-G", "etl").stdout.splitlines()) == 5
-    r = run(filled, "groups", "reset-offsets", "new-group", "--topic", "events", "--to-earliest")
+    r = run(filled, "groups", "reset-offsets", "new-group", "--topic", "events", "--to-earliest",
+            "--execute")
     assert r.exit_code == 0
     assert json.loads(run(filled, "groups", "describe", "new-group", "--json").stdout)["partitions"][0]["committed"] == 0
     assert run(filled, "groups", "reset-offsets", "ghost", "--to-earliest").exit_code == 2
@@ -344,7 +355,8 @@ def test_locked_directory(filled: Path) -> None:
         p.flush()
         for args, stdin in ((["produce", "events"], "x\n"), (["topics", "create", "more"], None),
                             (["consume", "events", "--group", "g"], None), (["maintenance"], None),
-                            (["groups", "reset-offsets", "g", "--topic", "events", "--to-earliest"], None),
+                            (["groups", "reset-offsets", "g", "--topic", "events", "--to-earliest",
+                              "--execute"], None),
                             (["bench", "--records", "10"], None)):
             r = run(filled, *args, input=stdin)
             assert r.exit_code == 2, args

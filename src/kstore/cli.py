@@ -912,8 +912,9 @@ def _send(producer: Any, topic: str, lines: list[bytes], sep: bytes | None,
 
 
 def _compile_format(fmt: str) -> Callable[[Any], bytes]:
-    """kcat's -f: %t topic, %p partition, %o offset, %k key, %v value, %T timestamp, %K key
-    length, %S value length, %h headers, %% a percent sign; \\n \\t \\r \\0 \\\\ escapes."""
+    """kcat's -f: %t topic, %p partition, %o offset, %k key, %s value (kcat's token; %v is the
+    same), %T timestamp, %K key length, %S value length, %h headers, %% a percent sign;
+    \\n \\t \\r \\0 \\\\ escapes."""
     fmt = _unescape(fmt)
     parts: list[Any] = []
     lit = []
@@ -926,8 +927,9 @@ def _compile_format(fmt: str) -> Callable[[Any], bytes]:
             if t == "%":
                 lit.append("%")
                 continue
-            if t not in "tpokvTKSh":
-                raise _usage(f"--format: unknown token %{t}; use %t %p %o %k %v %T %K %S %h or %%")
+            if t not in "tpoksvTKSh":
+                raise _usage(f"--format: unknown token %{t}; use %t %p %o %k %s (or %v) %T %K %S "
+                             f"%h or %%")
             if lit:
                 parts.append("".join(lit).encode())
                 lit = []
@@ -939,7 +941,7 @@ def _compile_format(fmt: str) -> Callable[[Any], bytes]:
         parts.append("".join(lit).encode())
 
     def field(t: str, r: Any) -> bytes:
-        if t == "v":
+        if t in "sv":
             return r.value or b""
         if t == "k":
             return r.key or b""
@@ -986,6 +988,26 @@ def _json_record(r: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
 
 
+def _kcat_json_record(r: Any) -> bytes:
+    """kcat -J's envelope: topic, partition, offset, tstype, ts, broker (-1: no broker here),
+    headers as [name, value, ...] when there are any, key, payload. Bytes that are not UTF-8
+    are given in base64, with key_encoding / payload_encoding saying so."""
+    key, kb64 = _text(r.key)
+    value, vb64 = _text(r.value)
+    obj: dict[str, Any] = {"topic": r.topic, "partition": r.partition, "offset": r.offset,
+                           "tstype": "logappend" if r.timestamp_type else "create",
+                           "ts": r.timestamp, "broker": -1}
+    if r.headers:
+        obj["headers"] = [x for k, v in r.headers for x in (k, _text(v)[0])]
+    obj["key"] = key
+    obj["payload"] = value
+    if kb64:
+        obj["key_encoding"] = "base64"
+    if vb64:
+        obj["payload_encoding"] = "base64"
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
 def _parse_timestamp(value: str) -> int:
     if value.lstrip("-").isdigit():
         return int(value)
@@ -1005,33 +1027,65 @@ def _parse_timestamp(value: str) -> int:
               "offsets and commit what was printed (needs the write lock).")
 @click.option("--from-beginning", is_flag=True, help="Start at the log start (the default "
               "without --group).")
-@click.option("--offset", "-o", default=None, metavar="N|-N|beginning|end|stored",
-              help="Start offset per partition: N, N from the end (-N), beginning, end, or the "
-              "group's stored offset.")
+@click.option("--offset", "-o", default=None, metavar="N|-N|beginning|end|stored|s@TS",
+              help="Start offset per partition: N, N from the end (-N), beginning, end, the "
+              "group's stored offset, or s@TS: the first record at or after TS ms (as kcat).")
 @click.option("--timestamp", default=None, metavar="MS|ISO",
               help="Start at the first record at or after this time (ms or ISO-8601).")
 @click.option("--partition", "-p", type=click.IntRange(0), default=None, help="Only this partition.")
 @click.option("--max", "-c", "max_records", type=click.IntRange(1), default=None,
               help="Exit after this many records.")
 @click.option("--follow", "-F", is_flag=True, help="Wait for new records at the end (Ctrl-C stops).")
+@click.option("--exit-at-end", "-e", is_flag=True, help="Exit at the end of the log (kcat's -e; "
+              "the default without --follow).")
 @click.option("--format", "-f", "fmt", default=None, metavar="FMT",
-              help="kcat-style format: %t %p %o %k %v %T %K %S %h (default '%v\\n').")
+              help="kcat-style format: %t %p %o %k %s %T %K %S %h (default '%s\\n'; %v is %s).")
+@click.option("--key-delimiter", "-K", default=None, metavar="DELIM",
+              help="Print each key, DELIM, then the value (kcat's -K).")
+@click.option("--delimiter", "-D", default=None, metavar="DELIM",
+              help="End each record with DELIM instead of a newline (kcat's -D).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
+@click.option("--kcat-json", "-J", "kcat_json", is_flag=True,
+              help="One JSON object per record in kcat -J's envelope (topic, partition, offset, "
+              "tstype, ts, broker, headers, key, payload).")
 @_data_option
 def consume(topic: str, group: str | None, from_beginning: bool, offset: str | None,
             timestamp: str | None, partition: int | None, max_records: int | None,
-            follow: bool, fmt: str | None, as_json: bool, data: Path | None) -> None:
+            follow: bool, exit_at_end: bool, fmt: str | None, key_delimiter: str | None,
+            delimiter: str | None, as_json: bool, kcat_json: bool, data: Path | None) -> None:
     """Print TOPIC's records, each value followed by a newline (as kcat does).
 
     Without --follow it exits at the end of the log. Without --group the store is opened
     read-only (works beside a running writer) and reading starts at the beginning.
     """
+    if offset is not None and offset.strip().lower().startswith("s@"):
+        if timestamp is not None:
+            raise _usage("--offset s@TS and --timestamp are mutually exclusive: give one start")
+        timestamp, offset = offset.strip()[2:], None
+        if not timestamp.lstrip("-").isdigit():
+            raise _usage(f"-o s@{timestamp}: give the timestamp in milliseconds, as kcat does")
+    elif offset is not None and offset.strip().lower().startswith("e@"):
+        raise _usage("-o e@TS (stop at a timestamp) is not supported; use --max N, or "
+                     "--timestamp/-o s@TS to choose where to start")
     starts = [x for x in (from_beginning and "--from-beginning", offset is not None and "--offset",
                           timestamp is not None and "--timestamp") if x]
     if len(starts) > 1:
         raise _usage(f"{' and '.join(starts)} are mutually exclusive: give one start position")
-    if fmt is not None and as_json:
-        raise _usage("--format and --json are mutually exclusive")
+    if follow and exit_at_end:
+        raise _usage("--follow and --exit-at-end (-e) are mutually exclusive")
+    styles = [x for x in (fmt is not None and "--format", as_json and "--json",
+                          kcat_json and "-J", key_delimiter is not None and "-K") if x]
+    if len(styles) > 1:
+        raise _usage(f"{' and '.join(styles)} are mutually exclusive: give one output format")
+    if delimiter is not None and (as_json or kcat_json):
+        raise _usage("-D sets the record delimiter of plain output; JSON ends each record with a "
+                     "newline")
+    if fmt is None and not as_json and not kcat_json:
+        end = "\\n" if delimiter is None else delimiter.replace("%", "%%")
+        if key_delimiter is not None:
+            fmt = "%k" + key_delimiter.replace("%", "%%") + "%s" + end
+        elif delimiter is not None:
+            fmt = "%s" + end
     start: tuple[str, int] = ("stored" if group else "beginning", 0)
     if from_beginning:
         start = ("beginning", 0)
@@ -1048,7 +1102,8 @@ def consume(topic: str, group: str | None, from_beginning: bool, offset: str | N
                 start = ("absolute", int(o)) if not o.startswith("-") else ("relative", -int(o))
             except ValueError:
                 raise _usage(f"--offset {offset!r}: give N, -N, beginning, end or stored") from None
-    render = _json_record if as_json else (_compile_format(fmt) if fmt is not None else None)
+    render = (_json_record if as_json else _kcat_json_record if kcat_json else
+              _compile_format(fmt) if fmt is not None else None)
     out = _binary(sys.stdout)
     with _open_store(_data_dir(data), write=group is not None) as store:
         _need_topic(store, topic)
@@ -1227,16 +1282,23 @@ def groups_describe(group: str, as_json: bool, data: Path | None) -> None:
 @click.option("--shift-by", type=int, default=None, help="Move the committed offsets by N.")
 @click.option("--to-datetime", default=None, metavar="MS|ISO",
               help="To the first record at or after this time.")
-@click.option("--dry-run", is_flag=True, help="Show the new offsets without committing them.")
-@click.option("--execute", is_flag=True, hidden=True, help="Accepted for Kafka's tool (the default).")
+@click.option("--dry-run", is_flag=True, help="Show the new offsets without committing them (the "
+              "default, as in Kafka's kafka-consumer-groups.sh).")
+@click.option("--execute", is_flag=True, help="Commit the new offsets.")
 @click.option("--json", "as_json", is_flag=True)
 @_data_option
 def groups_reset_offsets(group: str, topic: str | None, partition: int | None, to_earliest: bool,
                          to_latest: bool, to_offset: int | None, shift_by: int | None,
                          to_datetime: str | None, dry_run: bool, execute: bool, as_json: bool,
                          data: Path | None) -> None:
-    """Set GROUP's committed offsets (exactly one of --to-earliest, --to-latest, --to-offset,
-    --shift-by, --to-datetime)."""
+    """Plan or set GROUP's committed offsets (exactly one of --to-earliest, --to-latest,
+    --to-offset, --shift-by, --to-datetime).
+
+    As Kafka's tool does, this prints the plan and changes nothing unless --execute is given.
+    """
+    if dry_run and execute:
+        raise _usage("--dry-run and --execute are mutually exclusive")
+    dry_run = not execute
     chosen = [n for n, v in (("--to-earliest", to_earliest), ("--to-latest", to_latest),
                              ("--to-offset", to_offset is not None), ("--shift-by", shift_by is not None),
                              ("--to-datetime", to_datetime is not None)) if v]
@@ -1283,6 +1345,8 @@ def groups_reset_offsets(group: str, topic: str | None, partition: int | None, t
         _print_json({"group": group, "dry_run": dry_run, "partitions": plan})
         return
     table = Table(title=f"group {group}: {'new offsets (dry run, nothing committed)' if dry_run else 'offsets reset'}")
+    if dry_run:
+        _note("no offsets were changed: this is the plan; add --execute to commit it")
     for col in ("topic", "partition", "old offset", "new offset"):
         table.add_column(col, justify="left" if col == "topic" else "right")
     for r in plan:

@@ -12,7 +12,8 @@ from kstore.records import CODECS, BatchBuilder
 
 from ..conftest import VECTORS
 
-pytest.importorskip("atheris")
+pytest.importorskip("atheris", reason="atheris is not installed: it comes with the [test] "
+                                      "extra on x86_64 (pip install -e '.[test]')")
 
 HARNESS = Path(__file__).with_name("fuzz_decoder.py")
 RUNS = int(os.environ.get("KSTORE_FUZZ_RUNS", "30000"))

@@ -8,10 +8,9 @@ from kafka.record.default_records import DefaultRecordBatch
 
 from kstore.records import BatchBuilder, columns, iter_batches
 
-from ..conftest import VECTORS, load_manifest
+from ..conftest import VECTORS, vector_files
 
-_m = load_manifest()
-FILES = [f["file"] for f in _m["files"]] if _m else []
+FILES = vector_files()
 
 
 def _entry(manifest, name):

@@ -10,7 +10,7 @@ import sys
 
 import atheris
 
-with atheris.instrument_imports():
+with atheris.instrument_imports(enable_loader_override=False):
     from kstore import errors
     from kstore.records import columns, iter_batches, scan
 

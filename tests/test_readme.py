@@ -38,7 +38,7 @@ def test_skipped_blocks_say_why():
     skipped = [(b, why) for _, b, why in BLOCKS if why is not None]
     for body, why in skipped:
         assert len(why.strip()) > 20, body
-    assert len(skipped) <= 2  # the long measurements only
+    assert len(skipped) <= 3  # the long measurements and the make targets (CI runs those)
 
 
 def test_ci_runs_the_readme_test_command_before_installing_anything_else():

@@ -1723,14 +1723,27 @@ def serve(listen: tuple[str, int], advertise: str | None, num_partitions: int, a
               default="SCRAM-SHA-256", show_default=True)
 @click.option("--iterations", type=click.IntRange(4096, 1_000_000), default=4096, show_default=True)
 @click.password_option("--password", prompt=True, help="Read from the terminal when not given.")
-def scram_credential(user: str, mechanism: str, iterations: int, password: str) -> None:
+@click.option("--sasl-users", "users_file", type=click.Path(dir_okay=False), default=None,
+              help="Write the line into this users file (replacing USER's line for the "
+              "mechanism) instead of printing it. A new file is created with mode 0600; an "
+              "existing one keeps its mode.")
+def scram_credential(user: str, mechanism: str, iterations: int, password: str,
+                     users_file: str | None) -> None:
     """Print a users-file line holding a SCRAM credential (salted keys, no password)."""
-    from kstore.server.auth import scram_credential_line
+    from kstore.server.auth import add_credential_line, scram_credential_line
 
     try:
-        click.echo(scram_credential_line(user, password, mechanism, iterations))
+        line = scram_credential_line(user, password, mechanism, iterations)
     except ValueError as exc:
         raise _usage(str(exc)) from None
+    if users_file is None:
+        click.echo(line)
+        return
+    try:
+        add_credential_line(users_file, user, mechanism, line)
+    except kerr.KStoreError as exc:
+        raise DataError(str(exc)) from None
+    click.echo(f"wrote {user}'s {mechanism} credential to {users_file}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -601,6 +601,9 @@ def topics_list(internal: bool, as_json: bool, data: Path | None) -> None:
 def topics_create(topic: str, partitions: int, config: dict[str, str], if_not_exists: bool,
                   data: Path | None) -> None:
     """Create TOPIC."""
+    from kstore.topic import refuse_internal
+
+    refuse_internal(topic, "create")  # before "exists already", which would suggest altering it
     with _open_store(_data_dir(data), write=True, create=True) as store:
         if topic in store.topics(internal=True):
             if if_not_exists:

@@ -28,10 +28,12 @@ from kstore import _core, offsets
 from kstore.config import TOPIC_CONFIG, resolve_config, validate_config
 from kstore.errors import (
     ClosedError,
+    CorruptRecordError,
     InvalidConfigError,
     InvalidPartitionsError,
     InvalidRequestError,
     KafkaStorageError,
+    KStoreError,
     OffsetOutOfRangeError,
     ReadOnlyError,
     TopicAlreadyExistsError,
@@ -39,7 +41,7 @@ from kstore.errors import (
 )
 from kstore.log import PartitionLog
 from kstore.log.checkpoint import atomic_write, lock_directory
-from kstore.topic import validate_topic_name
+from kstore.topic import refuse_internal, validate_topic_name
 
 log = logging.getLogger("kstore.store")
 
@@ -138,6 +140,7 @@ class Store:
         self._groups: dict[str, Any] = {}  # in-process consumer groups (kstore.consumer)
         self._committed: dict[str, dict[tuple[str, int], offsets.OffsetCommit]] | None = None
         self._committed_lock = threading.Lock()
+        self._offsets_warned: set[tuple[int, int]] = set()  # bad __consumer_offsets records
         self.topic_epoch = 0  # moves on every topic change; producers drop cached topic state
         # Group activity seen outside this Store (a Kafka-protocol server's coordinator), for
         # offset expiry (KIP-211). Each callable returns ({group: last_active_ms}, floor_ms):
@@ -225,9 +228,11 @@ class Store:
     def create_topic(self, name: str, partitions: int = 1,
                      config: Mapping[str, Any] | None = None) -> None:
         """Create a topic. Raises TopicAlreadyExistsError, InvalidTopicError (bad name),
-        InvalidPartitionsError, InvalidConfigError (naming the key)."""
+        InvalidPartitionsError, InvalidConfigError (naming the key), InternalTopicError (a
+        name starting with ``__``: kstore creates __consumer_offsets itself)."""
         self._check_writable()
         validate_topic_name(name)
+        refuse_internal(name, "create")
         if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
             raise InvalidPartitionsError(f"partitions must be a positive int, not {partitions!r}")
         cfg = validate_config(config)
@@ -277,8 +282,10 @@ class Store:
                 "config": dict(t.get("config", {})), "partition_info": parts}
 
     def alter_topic_config(self, name: str, config: Mapping[str, Any]) -> None:
-        """Set config keys (a value of None returns that key to its default)."""
+        """Set config keys (a value of None returns that key to its default). Raises
+        InternalTopicError for an internal topic."""
         self._check_writable()
+        refuse_internal(name, "alter the config of")
         sets = {k: v for k, v in config.items() if v is not None}
         cfg = validate_config(sets)
         for k in config:
@@ -300,8 +307,10 @@ class Store:
                     lg.update_config(full)
 
     def create_partitions(self, name: str, count: int) -> None:
-        """Grow a topic to ``count`` partitions (partitions only grow)."""
+        """Grow a topic to ``count`` partitions (partitions only grow). Raises
+        InternalTopicError for an internal topic."""
         self._check_writable()
+        refuse_internal(name, "add partitions to")
         with self._lock:
             t = self._topic(name)
             if not isinstance(count, int) or count <= t["partitions"]:
@@ -313,8 +322,10 @@ class Store:
             self.topic_epoch += 1
 
     def delete_topic(self, name: str) -> None:
-        """Delete a topic and its data (committed offsets for it are kept until they expire)."""
+        """Delete a topic and its data (committed offsets for it are kept until they expire).
+        Raises InternalTopicError for an internal topic."""
         self._check_writable()
+        refuse_internal(name, "delete")
         with self._lock:
             t = self._topic(name)
             for p in range(t["partitions"]):
@@ -364,8 +375,10 @@ class Store:
 
     def _producer_topic(self, topic: str) -> tuple[int, int, str | None, bool]:
         """(partitions, max.message.bytes, codec the topic imposes or None for 'producer',
-        whether records need keys: compacted topics)."""
+        whether records need keys: compacted topics). Producers go through here: an internal
+        topic raises InternalTopicError."""
         self._check_writable()
+        refuse_internal(topic, "produce to")
         t = self._topic(topic)
         cfg = resolve_config(t.get("config"))
         codec = cfg["compression.type"]
@@ -410,16 +423,50 @@ class Store:
                 for p in range(self._topics[offsets.OFFSETS_TOPIC]["partitions"]):
                     if not (self.path / f"{offsets.OFFSETS_TOPIC}-{p}").exists():
                         continue
-                    lg = self.partition(offsets.OFFSETS_TOPIC, p)
-                    off = lg.log_start_offset
-                    while off < lg.log_end_offset:
-                        fs = lg.read(off, 1 << 20)
-                        for b in fs.batches():
-                            for r in b.records(min_offset=off):
-                                _apply_offset_record(committed, r.key, r.value)
-                        off = fs.next_offset
+                    self._replay_offsets(committed, p)
             self._committed = committed
             return committed
+
+    def _replay_offsets(self, committed: dict, p: int) -> None:
+        """Apply one __consumer_offsets partition to ``committed``. A record that cannot be
+        parsed (garbage key or value, an unknown record type or value version, truncated
+        fields, an impossible topic or partition) is skipped with one warning naming its
+        partition and offset, as Kafka's coordinator loader skips record types it does not
+        know: one bad record must not take every group of the store down. A batch that fails
+        its CRC is skipped the same way; batches that cannot be framed end the replay of that
+        partition (logged as an error), the other partitions still load."""
+        tp = f"{offsets.OFFSETS_TOPIC}-{p}"
+        lg = self.partition(offsets.OFFSETS_TOPIC, p)
+        off = lg.log_start_offset
+        try:
+            while off < lg.log_end_offset:
+                fs = lg.read(off, 1 << 20)
+                nxt = fs.next_offset
+                for b in fs.batches():
+                    try:
+                        records = b.records(min_offset=off)
+                    except (KStoreError, ValueError) as exc:
+                        self._warn_offsets(p, b.base_offset, "skipping the batch at offsets "
+                                           f"{b.base_offset}..{b.last_offset} of {tp}: {exc}")
+                        continue
+                    for r in records:
+                        try:
+                            _apply_offset_record(committed, r.key, r.value)
+                        except (KStoreError, ValueError) as exc:
+                            self._warn_offsets(p, r.offset, f"skipping the record at offset "
+                                               f"{r.offset} of {tp}, which cannot be parsed: {exc}")
+                if nxt <= off:
+                    break
+                off = nxt
+        except (KStoreError, ValueError) as exc:
+            log.error("%s: committed offsets from offset %d on cannot be read (%s); they are "
+                      "ignored until the partition is repaired (see `kstore verify`)", tp, off, exc)
+
+    def _warn_offsets(self, p: int, offset: int, message: str) -> None:
+        # Once per record: read-only stores replay on every call.
+        if (p, offset) not in self._offsets_warned:
+            self._offsets_warned.add((p, offset))
+            log.warning("%s", message)
 
     def commit_offsets(self, group: str, commits: Mapping[tuple[str, int], tuple[int, str, int]]) -> None:
         """Commit ``{(topic, partition): (offset, metadata, leader_epoch)}`` for ``group``:
@@ -456,7 +503,7 @@ class Store:
         # Append and publish under one lock: expire_offsets re-checks its candidates under it
         # before writing tombstones, so a commit is never tombstoned right after it landed.
         with self._committed_lock:
-            lg.append_batch(b.build(), validate_records=False, verify_crc=False)
+            lg.append_batch(b.build(), validate_records=False, verify_crc=False, _internal=True)
             g = committed.setdefault(group, {})
             for e in entries:
                 g[(e.topic, e.partition)] = e
@@ -506,8 +553,11 @@ class Store:
     def delete_records(self, offsets: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         """Kafka's DeleteRecords: move each partition's log start offset up to the given offset
         (-1: the log end), deleting the segments wholly below it. Returns the new log start
-        offsets. Reads below them raise OffsetOutOfRangeError."""
+        offsets. Reads below them raise OffsetOutOfRangeError; an internal topic raises
+        InternalTopicError (nothing is deleted)."""
         self._check_writable()
+        for t, _ in offsets:
+            refuse_internal(t, "delete records of")
         out = {}
         for (t, p), off in offsets.items():
             lg = self.partition(t, p)
@@ -626,7 +676,7 @@ class Store:
             b = _core.BatchBuilder()
             for t, p in parts:
                 b.append(None, key=offsets.encode_offset_commit_key(group, t, p), timestamp=now)
-            lg.append_batch(b.build(), validate_records=False, verify_crc=False)
+            lg.append_batch(b.build(), validate_records=False, verify_crc=False, _internal=True)
             if entries is not None:
                 for tp in parts:
                     entries.pop(tp, None)
@@ -696,12 +746,18 @@ class Store:
 
 
 def _apply_offset_record(committed: dict, key: bytes | None, value: bytes | None) -> None:
-    if key is None:
-        return
+    """Raises CorruptRecordError (or InvalidTopicError) for a record kstore cannot use."""
     rec = offsets.decode_record(key, value)
     if rec is None:
         return
     kind, obj = rec
+    if kind in ("offset", "offset_delete"):
+        assert isinstance(obj, (offsets.OffsetCommit, offsets.OffsetCommitKey))
+        # Well-formed bytes naming a topic or partition that cannot exist: nothing kstore or
+        # Kafka commits; reading it back would send consumers and `groups describe` there.
+        validate_topic_name(obj.topic)
+        if obj.partition < 0:
+            raise CorruptRecordError(f"offset commit for {obj.topic} has partition {obj.partition}")
     if kind == "offset":
         assert isinstance(obj, offsets.OffsetCommit)
         committed.setdefault(obj.group, {})[(obj.topic, obj.partition)] = obj

@@ -50,6 +50,7 @@ from kstore.log.checkpoint import (
 )
 from kstore.log.fileslice import FileSlice
 from kstore.log.segment import Segment, _NeedsRecovery, _scan_file
+from kstore.topic import is_internal_topic, refuse_internal
 
 log = logging.getLogger("kstore.log")
 
@@ -121,6 +122,8 @@ class PartitionLog:
         self._signal: Any = None  # a Store's DataSignal: wakes consumers of any partition
         key = (self.topic, self.partition)
         self._key = key
+        # Appends to an internal topic come only from kstore's offsets code (_internal=True).
+        self._internal = is_internal_topic(self.topic)
         self._rp_file = CheckpointFile.for_path(directory.parent / RECOVERY_POINT)
         self._lso_file = CheckpointFile.for_path(directory.parent / LOG_START_OFFSET)
 
@@ -375,7 +378,7 @@ class PartitionLog:
     # Appending
 
     def append_batches(self, buf: Any, *, validate_records: bool = True,
-                       verify_crc: bool = True) -> tuple[int, int, int]:
+                       verify_crc: bool = True, _internal: bool = False) -> tuple[int, int, int]:
         """Append one sealed RecordBatch v2, or several back to back, in one write.
 
         ``buf`` is any buffer and is never modified. The batches are validated in C (magic,
@@ -389,7 +392,12 @@ class PartitionLog:
         ``verify_crc=False`` is for batches this process has just encoded itself (the
         Producer, ``append``/``append_many``): sizes, magic and counts are still checked, the
         CRC the encoder computed a moment ago is not recomputed.
+
+        Raises InternalTopicError for a log of an internal topic (``__consumer_offsets``):
+        only kstore's offsets code writes there.
         """
+        if self._internal and not _internal:
+            refuse_internal(self.topic, "append to")
         with self._lock:
             fast = self._fast
             if fast is None:
@@ -647,7 +655,10 @@ class PartitionLog:
 
     def truncate_to(self, offset: int) -> None:
         """Remove every batch at or after ``offset`` (whole batches; a batch that starts below
-        ``offset`` is kept). Slices and views over the removed bytes must be released first."""
+        ``offset`` is kept). Slices and views over the removed bytes must be released first.
+        Raises InternalTopicError for an internal topic."""
+        if self._internal:
+            refuse_internal(self.topic, "truncate")
         self._check_writable()
         with self._lock:
             if offset >= self._leo:

@@ -1716,7 +1716,10 @@ def serve(listen: tuple[str, int], advertise: str | None, num_partitions: int, a
     try:
         asyncio.run(run())
     finally:
-        store.close()
+        try:
+            store.close()
+        except kerr.KafkaStorageError as exc:  # e.g. a full disk: the logs recover next open
+            raise DataError(f"kstore serve: stopped, but {exc}") from None
     click.echo("kstore serve: stopped", err=True)
 
 

@@ -205,9 +205,17 @@ class Store:
                 f"move it away to start with no topics (the partition folders are untouched)"
             ) from None
 
-    def _write_registry(self) -> None:
+    def _write_registry(self, undo: Callable[[], object] | None = None) -> None:
+        """Replace kstore.json with the topics in memory. When the disk refuses, ``undo``
+        returns memory to what the file still says, and KafkaStorageError is raised."""
         data = {"version": 1, "topics": self._topics}
-        atomic_write(self.path / REGISTRY, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        try:
+            atomic_write(self.path / REGISTRY,
+                         (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        except BaseException:
+            if undo is not None:
+                undo()
+            raise
 
     def _check_open(self) -> None:
         if self._closed:
@@ -241,7 +249,7 @@ class Store:
                 raise TopicAlreadyExistsError(f"topic {name!r} already exists")
             self._topics[name] = {"partitions": partitions, "config": _jsonable(cfg),
                                   "topic_id": uuid.uuid4().hex}
-            self._write_registry()
+            self._write_registry(undo=lambda: self._topics.pop(name, None))
             self.topic_epoch += 1
 
     def topics(self, internal: bool = False) -> list[str]:
@@ -298,8 +306,9 @@ class Store:
                 if v is None:
                     merged.pop(k, None)
             merged.update(_jsonable(cfg))
+            old = t.get("config", {})
             t["config"] = merged
-            self._write_registry()
+            self._write_registry(undo=lambda: t.__setitem__("config", old))
             self.topic_epoch += 1
             full = resolve_config(merged)
             for (tn, _), lg in self._logs.items():
@@ -317,8 +326,9 @@ class Store:
                 raise InvalidPartitionsError(
                     f"topic {name!r} has {t['partitions']} partitions; the new count must be "
                     f"larger, not {count!r}")
+            old = t["partitions"]
             t["partitions"] = count
-            self._write_registry()
+            self._write_registry(undo=lambda: t.__setitem__("partitions", old))
             self.topic_epoch += 1
 
     def delete_topic(self, name: str) -> None:
@@ -333,7 +343,8 @@ class Store:
                 if lg is not None:
                     lg.close()
             del self._topics[name]
-            self._write_registry()
+            # On failure the topic stays (its logs reopen on next use), as the file still says.
+            self._write_registry(undo=lambda: self._topics.__setitem__(name, t))
             self.topic_epoch += 1
             for p in range(t["partitions"]):
                 d = self.path / f"{name}-{p}"
@@ -519,7 +530,8 @@ class Store:
                     self._topics[offsets.OFFSETS_TOPIC] = {
                         "partitions": offsets.OFFSETS_PARTITIONS, "config": OFFSETS_TOPIC_CONFIG,
                         "topic_id": uuid.uuid4().hex, "internal": True}
-                    self._write_registry()
+                    self._write_registry(
+                        undo=lambda: self._topics.pop(offsets.OFFSETS_TOPIC, None))
 
     def groups(self) -> list[str]:
         """Groups with committed offsets or members in this process."""
@@ -710,7 +722,10 @@ class Store:
 
     def close(self) -> None:
         """Close producers (flushing them), consumers (committing if they auto-commit), and
-        every partition log (clean shutdown)."""
+        every partition log (clean shutdown). When the disk refuses (full...), every log is
+        still closed and the directory lock released, then KafkaStorageError is raised (no
+        ``.tmp`` files are left; the next open recovers the logs that could not be closed
+        cleanly)."""
         if self._closed:
             return
         self._maintenance_stop.set()
@@ -721,15 +736,26 @@ class Store:
                 c.close()
             except Exception as exc:  # keep closing the rest; say what failed
                 log.warning("closing %r failed: %s", c, exc)
+        failures: list[OSError] = []
         with self._lock:
             self._closed = True
-            for lg in self._logs.values():
-                lg.close()
-            self._logs.clear()
-            if self._lock_fd >= 0:
-                os.close(self._lock_fd)
-                self._lock_fd = -1
+            try:
+                for lg in self._logs.values():
+                    try:
+                        lg.close()
+                    except OSError as exc:  # KafkaStorageError: close the others all the same
+                        failures.append(exc)
+                        log.error("%s", exc)
+                self._logs.clear()
+            finally:
+                if self._lock_fd >= 0:
+                    os.close(self._lock_fd)
+                    self._lock_fd = -1
         self.signal.notify()
+        if failures:
+            raise KafkaStorageError(
+                f"closing store {self.path}: {len(failures)} partition log(s) could not be "
+                f"closed cleanly, first: {failures[0]}") from failures[0]
 
     @property
     def closed(self) -> bool:

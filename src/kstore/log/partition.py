@@ -398,21 +398,30 @@ class PartitionLog:
         """
         if self._internal and not _internal:
             refuse_internal(self.topic, "append to")
-        with self._lock:
-            fast = self._fast
-            if fast is None:
-                self._check_writable()
-                raise ClosedError(f"log {self.directory} is closed")
-            result: Any = fast.append(buf, validate_records, verify_crc)
-            if result.__class__ is int:
-                self._roll(result)  # the same AppendPath now points at the new segment
-                result = fast.append(buf, False, False)
+        try:
+            with self._lock:
+                fast = self._fast
+                if fast is None:
+                    self._check_writable()
+                    raise ClosedError(f"log {self.directory} is closed")
+                result: Any = fast.append(buf, validate_records, verify_crc)
                 if result.__class__ is int:
-                    raise InvalidRecordError(
-                        f"batches of {len(memoryview(buf))} bytes cannot go into a fresh segment "
-                        f"(roll reason {result})")
-            if fast.needs_flush:
-                self.flush()
+                    self._roll(result)  # the same AppendPath now points at the new segment
+                    result = fast.append(buf, False, False)
+                    if result.__class__ is int:
+                        raise InvalidRecordError(
+                            f"batches of {len(memoryview(buf))} bytes cannot go into a fresh "
+                            f"segment (roll reason {result})")
+                if fast.needs_flush:
+                    self.flush()
+        except OSError as exc:
+            # A roll's file creation or fsync, or a flush, refused by the disk: the kstore
+            # error (KAFKA_STORAGE_ERROR) as for the write itself.
+            if isinstance(exc, KafkaStorageError):
+                raise
+            raise KafkaStorageError(
+                f"append to {self.directory} failed: {exc.strerror or exc} (errno "
+                f"{exc.errno}); free disk space and retry") from exc
         if self._waiters:
             with self._cond:
                 self._cond.notify_all()
@@ -491,7 +500,10 @@ class PartitionLog:
         with self._lock:
             if not self._closed and upto > self._recovery_point:
                 self._recovery_point = upto
-                self._write_recovery_point()
+                try:
+                    self._write_recovery_point()
+                except OSError as exc:  # the next flush writes it again
+                    log.warning("%s: %s", self.directory, exc)
 
     # ==========================================================================================
     # Durability
@@ -694,8 +706,8 @@ class PartitionLog:
                 raise OffsetOutOfRangeError(
                     f"cannot move the log start to {offset}, past the log end {self._leo}")
             if offset > self._log_start:
+                self._lso_file.update({self._key: offset})  # first: a refusal changes nothing
                 self._log_start = offset
-                self._lso_file.update({self._key: offset})
             segs = self._segments
             n = 0
             while n < len(segs) - 1 and segs[n + 1].base_offset <= self._log_start:
@@ -874,35 +886,57 @@ class PartitionLog:
     # Closing
 
     def close(self) -> None:
-        """Flush, trim the indexes, write the recovery point and the clean-shutdown marker."""
+        """Flush, trim the indexes, write the recovery point and the clean-shutdown marker.
+
+        When the disk refuses (full, EIO...), the log is closed all the same (files and the
+        directory lock released) without the clean-shutdown marker, and KafkaStorageError is
+        raised: the next open recovers the segments, keeping every record that was written."""
         if self._closed:
             return
         # Background fsyncs of rolled segments take the lock when they finish: wait outside it.
         for t in list(self._flush_threads):
             t.join()
+        failures: list[OSError] = []
         with self._lock:
             if self._closed:
                 return
-            if not self.read_only:
-                self.flush()
+            try:
+                if not self.read_only:
+                    try:
+                        self.flush()
+                    except OSError as exc:
+                        failures.append(exc)
                 for seg in self._segments:
-                    seg.close()
-                marker = self.directory / CLEAN_SHUTDOWN_MARKER
-                atomic_write(marker, b'{"version":0}\n')
-                for _, paths in self._pending_deletes:
-                    _unlink_all(paths)
-            else:
-                for seg in self._segments:
-                    seg.close()
-            self._closed = True
-            if self._fast is not None:
-                self._ro_leo = self._fast.leo
-                self._ro_recovery_point = self._fast.recovery_point
-                self._fast = None
-            self._release()
+                    try:
+                        seg.close()
+                    except OSError as exc:
+                        failures.append(exc)
+                        seg.abandon()
+                if not self.read_only:
+                    if not failures:
+                        marker = self.directory / CLEAN_SHUTDOWN_MARKER
+                        try:
+                            atomic_write(marker, b'{"version":0}\n')
+                        except OSError as exc:
+                            failures.append(exc)
+                    for _, paths in self._pending_deletes:
+                        _unlink_all(paths)
+            finally:
+                self._closed = True
+                if self._fast is not None:
+                    self._ro_leo = self._fast.leo
+                    self._ro_recovery_point = self._fast.recovery_point
+                    self._fast = None
+                self._release()
         with self._cond:
             self._cond.notify_all()
         self._wake_async(everyone=True)
+        if failures:
+            exc = failures[0]
+            raise KafkaStorageError(
+                f"closing {self.directory} failed: {exc.strerror or exc}; it is closed without "
+                f"its clean-shutdown marker, so the next open recovers it from the segments "
+                f"(records already written are kept)") from exc
 
     def _release(self) -> None:
         if self._lock_fd >= 0:

@@ -544,6 +544,27 @@ class Segment:
         self.time_index.close()
         self.close_files()
 
+    def abandon(self) -> None:
+        """Release every fd and mapping without writing anything (a close that failed, e.g.
+        on a full disk). Index entries not yet persisted are lost; recovery rebuilds them."""
+        app = self.appender
+        if app is not None:
+            app.detach_indexes()
+            self.appender = None
+        if self._wfd >= 0:
+            try:
+                os.close(self._wfd)
+            except OSError:
+                pass
+            self._wfd = -1
+        for idx in (self.offset_index, self.time_index):
+            try:
+                idx.close()
+            except OSError:
+                idx.fd = -1
+                idx.mm = None
+        self.close_files()
+
     def rename_deleted(self) -> list[Path]:
         """Rename the files to ``*.deleted`` (readers holding fds or maps keep working)."""
         self.close()

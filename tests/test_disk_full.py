@@ -161,3 +161,42 @@ def test_every_write_on_a_full_disk_raises_the_kstore_error_and_keeps_the_old_fi
         start = s2.partition("t", 0).log_start_offset
         assert _read_all(s2, "t", 0)[:len(acked) - start] == acked[start:]
         assert s2.partition("t", 0).recovery.clean is True
+
+
+def test_appends_across_segment_rolls_until_full_then_resume_lose_nothing(tmp_path):
+    """Small segments, so the disk fills around rolls and index writes too: every refused
+    append raises KafkaStorageError and keeps nothing; every acknowledged record is there
+    after a close that may itself be refused and an open once there is room."""
+    with small_tmpfs(tmp_path / "fs", 3 << 20) as root:
+        reserves = [root / "reserve-0", root / "reserve-1"]
+        for r in reserves:
+            r.write_bytes(b"\0" * (200 << 10))
+        s = kstore.open(root / "d", retention_check_interval_ms=0)
+        s.create_topic("t", config={"segment.bytes": 50_000, "index.interval.bytes": 100})
+        lg = s.partition("t", 0)
+        acked: list[bytes] = []
+        refusals = 0
+        for phase in range(2):
+            for i in range(20_000):
+                v = b"%d-%05d" % (phase, i) + os.urandom(700)
+                leo = lg.log_end_offset
+                try:
+                    lg.append(v, key=b"k")
+                except KafkaStorageError:
+                    assert lg.log_end_offset == leo
+                    refusals += 1
+                    break
+                acked.append(v)
+            else:
+                raise AssertionError("the file system never filled up")
+            if phase == 0:
+                reserves[0].unlink()
+        assert refusals == 2 and len(lg.segments()) > 3
+        try:
+            s.close()
+        except KafkaStorageError:
+            pass  # no room for the clean-shutdown marker: the next open recovers
+        assert s.closed and _tmp_files(root) == []
+        reserves[1].unlink()
+        with kstore.open(root / "d", retention_check_interval_ms=0) as s2:
+            assert _read_all(s2, "t", 0) == acked

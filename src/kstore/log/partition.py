@@ -932,11 +932,11 @@ class PartitionLog:
             self._cond.notify_all()
         self._wake_async(everyone=True)
         if failures:
-            exc = failures[0]
+            first = failures[0]
             raise KafkaStorageError(
-                f"closing {self.directory} failed: {exc.strerror or exc}; it is closed without "
-                f"its clean-shutdown marker, so the next open recovers it from the segments "
-                f"(records already written are kept)") from exc
+                f"closing {self.directory} failed: {first.strerror or first}; it is closed "
+                f"without its clean-shutdown marker, so the next open recovers it from the "
+                f"segments (records already written are kept)") from first
 
     def _release(self) -> None:
         if self._lock_fd >= 0:

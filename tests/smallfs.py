@@ -18,11 +18,13 @@ import pytest
 
 
 @contextlib.contextmanager
-def small_tmpfs(path: Path, size_bytes: int) -> Iterator[Path]:
+def small_tmpfs(path: Path, size_bytes: int, nr_inodes: int | None = None) -> Iterator[Path]:
+    """A tmpfs of ``size_bytes`` (and at most ``nr_inodes`` files) mounted at ``path``."""
     path.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size_bytes}" + (f",nr_inodes={nr_inodes}" if nr_inodes else "")
     if os.geteuid() != 0:
         pytest.skip("disk-full tests mount a small tmpfs, which needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)],
                        capture_output=True, timeout=30, check=False)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
@@ -50,6 +52,18 @@ def fill(path: Path, chunk: int = 4096) -> Path:
     finally:
         os.close(fd)
     return path
+
+
+def fill_inodes(directory: Path) -> list[Path]:
+    """Create empty files until the file system has no inode left; returns them."""
+    made = []
+    while True:
+        p = directory / f"inode-filler-{len(made)}"
+        try:
+            p.touch()
+        except OSError:
+            return made
+        made.append(p)
 
 
 def free_bytes(path: Path) -> int:

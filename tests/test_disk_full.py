@@ -14,7 +14,7 @@ import kstore
 from kstore.cleaner import _checkpoint as cleaner_checkpoint
 from kstore.errors import KafkaStorageError, KStoreError
 from kstore.log.checkpoint import LOG_START_OFFSET, RECOVERY_POINT
-from tests.smallfs import fill, small_tmpfs
+from tests.smallfs import fill, fill_inodes, small_tmpfs
 
 FS_BYTES = 8 << 20
 
@@ -200,3 +200,50 @@ def test_appends_across_segment_rolls_until_full_then_resume_lose_nothing(tmp_pa
         reserves[1].unlink()
         with kstore.open(root / "d", retention_check_interval_ms=0) as s2:
             assert _read_all(s2, "t", 0) == acked
+
+
+def test_a_segment_roll_refused_by_the_disk_keeps_the_old_segment_active(tmp_path):
+    """No inode left for the new segment's files: the roll fails, the append raises
+    KafkaStorageError and keeps nothing, and once files can be created again appends resume.
+    (The roll used to deactivate the old segment first and then fail: every later append
+    went to its closed write fd, for ever.)"""
+    with small_tmpfs(tmp_path / "fs", 64 << 20, nr_inodes=64) as root:
+        s = kstore.open(root / "d", retention_check_interval_ms=0)
+        s.create_topic("t", config={"segment.bytes": 20_000})
+        lg = s.partition("t", 0)
+        acked: list[bytes] = []
+
+        def append(i: int) -> None:
+            v = b"%05d" % i + os.urandom(700)
+            lg.append(v)
+            acked.append(v)
+
+        for i in range(10):
+            append(i)
+        fillers = fill_inodes(root)
+        leo = lg.log_end_offset
+        refused = 0
+        for i in range(10, 200):
+            try:
+                append(i)
+            except KafkaStorageError as exc:
+                assert "No space left" in str(exc)
+                refused += 1
+        assert refused > 100  # every append once the segment was full and could not roll
+        assert lg.log_end_offset == len(acked) and len(acked) < 50 and leo == 10
+        # A record small enough for the room left in the old segment goes there: it is still
+        # the active segment. (Deactivated first, its closed write fd took the bytes: EBADF,
+        # or another file's, had the number been reused.)
+        tiny = b"tiny"
+        lg.append(tiny)
+        acked.append(tiny)
+        assert _read_all(s, "t", 0) == acked
+        for f in fillers:
+            f.unlink()
+        for i in range(1000, 1100):  # rolls work again
+            append(i)
+        assert len(lg.segments()) > 3
+        s.close()
+        with kstore.open(root / "d", retention_check_interval_ms=0) as s2:
+            assert _read_all(s2, "t", 0) == acked
+            assert s2.partition("t", 0).recovery.clean is True

@@ -473,8 +473,20 @@ class PartitionLog:
         if old.size == 0:
             return
         new_base = self._leo
-        old.deactivate()
-        new = Segment.create(self.directory, new_base, self.config)
+        # The new segment first: when the disk refuses its files (no space, no inodes), the
+        # old one is still active and appends carry on once there is room. The other order
+        # left a deactivated segment (write fd closed) behind every later append.
+        try:
+            new = Segment.create(self.directory, new_base, self.config)
+        except BaseException:
+            _unlink_all(Segment(self.directory, new_base, self.config).paths())
+            raise
+        try:
+            old.deactivate()
+        except BaseException:
+            new.abandon()
+            _unlink_all(new.paths())
+            raise
         self._set_segments(self._segments + [new])
         self._use_active(new)
         fsync_dir(self.directory)

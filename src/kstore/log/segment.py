@@ -86,8 +86,12 @@ class Segment:
         seg.time_index.path.touch()
         seg.next_offset = base_offset
         seg._indexes_checked = True
-        seg.activate(_core.SegmentAppender(-1, base_offset, 0, base_offset,
-                                           config["index.interval.bytes"]))
+        try:
+            seg.activate(_core.SegmentAppender(-1, base_offset, 0, base_offset,
+                                               config["index.interval.bytes"]))
+        except BaseException:
+            seg.abandon()  # no fd left open behind a refused creation
+            raise
         return seg
 
     @classmethod
@@ -543,6 +547,10 @@ class Segment:
         self.offset_index.close()
         self.time_index.close()
         self.close_files()
+
+    def paths(self) -> list[Path]:
+        """The segment's files: .log, .index, .timeindex."""
+        return [self.log_path, self.offset_index.path, self.time_index.path]
 
     def abandon(self) -> None:
         """Release every fd and mapping without writing anything (a close that failed, e.g.

@@ -247,3 +247,31 @@ def test_a_segment_roll_refused_by_the_disk_keeps_the_old_segment_active(tmp_pat
         with kstore.open(root / "d", retention_check_interval_ms=0) as s2:
             assert _read_all(s2, "t", 0) == acked
             assert s2.partition("t", 0).recovery.clean is True
+
+
+def test_maintenance_on_a_full_disk_logs_one_line_and_leaves_no_garbage(tmp_path, caplog):
+    """Compaction writes new segments: on a full disk it fails, says so in one log line (no
+    traceback per pass), leaves no .cleaned/.tmp/.swap file, and runs once there is room."""
+    import logging
+
+    with small_tmpfs(tmp_path / "fs", 8 << 20) as root:
+        s = kstore.open(root / "d", retention_check_interval_ms=0)
+        s.create_topic("c", config={"cleanup.policy": "compact", "segment.bytes": 100_000})
+        lg = s.partition("c", 0)
+        for i in range(2000):
+            lg.append(os.urandom(300), key=b"k%d" % (i % 10))
+        lg.roll()
+        s.flush()
+        ballast = fill(root / "ballast")
+        before = [p.name for p in (root / "d" / "c-0").iterdir()]
+        with caplog.at_level(logging.WARNING, logger="kstore.store"):
+            report = s.run_maintenance()
+        assert "c-0 compaction" not in report
+        lines = [r for r in caplog.records if "c-0" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].exc_info is None, caplog.text
+        assert "No space left" in lines[0].getMessage()
+        assert sorted(p.name for p in (root / "d" / "c-0").iterdir()) == sorted(before)
+        assert _tmp_files(root) == []
+        ballast.unlink()
+        assert s.run_maintenance()["c-0 compaction"].cleaned_segments > 0
+        s.close()

@@ -612,6 +612,9 @@ class Store:
                         continue  # delete_topic closed it under us: nothing left to maintain
                     log.warning("maintenance of %s-%d failed", name, p, exc_info=True)
                     continue
+                except OSError as exc:  # a full or failing disk: one line, no traceback
+                    log.warning("maintenance of %s-%d failed: %s", name, p, exc)
+                    continue
                 except Exception:  # one bad partition must not starve the others
                     log.warning("maintenance of %s-%d failed", name, p, exc_info=True)
                     continue

@@ -83,7 +83,7 @@ def test_scram_credential_creates_the_users_file_0600(tmp_path, umask):
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o640, 0o400], ids=oct)
-def test_scram_credential_keeps_an_existing_files_mode(tmp_path, mode):
+def test_scram_credential_keeps_an_existing_files_mode(tmp_path, mode, caplog):
     path = tmp_path / "users.txt"
     path.write_text("# team\nalice:alice-secret\n")
     os.chmod(path, mode)
@@ -100,6 +100,7 @@ def test_scram_credential_keeps_an_existing_files_mode(tmp_path, mode):
     finally:
         os.umask(old)
     assert _mode(path) == mode
+    assert (LINE_WARNING in caplog.text) == bool(mode & 0o077)  # kept, but said to be too open
     text = path.read_text()
     assert text.startswith("# team\nalice:alice-secret\n")
     assert text.count("carol:scram-sha-512:") == 1 and text.count("carol:scram-sha-256:") == 1

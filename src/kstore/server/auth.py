@@ -208,8 +208,8 @@ def warn_if_exposed(path: str | PathLike[str], mode: int) -> bool:
 def add_credential_line(path: str | PathLike[str], user: str, mechanism: str, line: str) -> None:
     """Put ``line`` (from :func:`scram_credential_line`) into the users file at ``path``,
     replacing ``user``'s earlier line for the same mechanism. A new file is created with mode
-    0600; an existing file keeps its mode (never widened) and its other lines. The file is
-    replaced atomically. Raises :class:`~kstore.errors.InvalidConfigError` when ``user`` has a
+    0600; an existing file keeps its mode (never widened; a warning if group or others can
+    read it) and its other lines. The file is replaced atomically. Raises :class:`~kstore.errors.InvalidConfigError` when ``user`` has a
     plaintext line (it claims both mechanisms: remove it first) or the file cannot be written.
     """
     path = os.fspath(path)
@@ -254,6 +254,8 @@ def add_credential_line(path: str | PathLike[str], user: str, mechanism: str, li
         except OSError:
             pass
         raise InvalidConfigError(f"{path}: cannot write the users file: {e.strerror or e}") from e
+    if mode is not None:
+        warn_if_exposed(path, os.stat(path).st_mode)  # kept as it was: say it is too open
 
 
 def scram_credential_line(

@@ -275,3 +275,22 @@ def test_maintenance_on_a_full_disk_logs_one_line_and_leaves_no_garbage(tmp_path
         ballast.unlink()
         assert s.run_maintenance()["c-0 compaction"].cleaned_segments > 0
         s.close()
+
+
+def test_the_first_commit_of_a_store_on_a_full_disk_creates_no_offsets_topic(tmp_path):
+    with small_tmpfs(tmp_path / "fs", 4 << 20) as root:
+        s = kstore.open(root / "d", retention_check_interval_ms=0)
+        s.create_topic("t")
+        s.partition("t", 0).append(b"x")
+        registry = (root / "d" / kstore.store.REGISTRY).read_bytes()
+        ballast = fill(root / "ballast")
+        with pytest.raises(KafkaStorageError):
+            s.commit_offsets("g", {("t", 0): (1, "", 0)})
+        assert "__consumer_offsets" not in s.topics(internal=True)
+        assert (root / "d" / kstore.store.REGISTRY).read_bytes() == registry
+        assert _tmp_files(root) == [] and s.committed("g", "t", 0) is None
+        ballast.unlink()
+        s.commit_offsets("g", {("t", 0): (1, "", 0)})
+        s.close()
+        with kstore.open(root / "d", retention_check_interval_ms=0) as s2:
+            assert s2.committed("g", "t", 0) == 1

@@ -601,6 +601,9 @@ def topics_list(internal: bool, as_json: bool, data: Path | None) -> None:
 def topics_create(topic: str, partitions: int, config: dict[str, str], if_not_exists: bool,
                   data: Path | None) -> None:
     """Create TOPIC."""
+    from kstore.topic import refuse_internal
+
+    refuse_internal(topic, "create")  # before "exists already", which would suggest altering it
     with _open_store(_data_dir(data), write=True, create=True) as store:
         if topic in store.topics(internal=True):
             if if_not_exists:
@@ -1777,7 +1780,10 @@ def serve(listen: tuple[str, int], advertise: str | None, num_partitions: int, a
     try:
         asyncio.run(run())
     finally:
-        store.close()
+        try:
+            store.close()
+        except kerr.KafkaStorageError as exc:  # e.g. a full disk: the logs recover next open
+            raise DataError(f"kstore serve: stopped, but {exc}") from None
     click.echo("kstore serve: stopped", err=True)
 
 
@@ -1787,14 +1793,27 @@ def serve(listen: tuple[str, int], advertise: str | None, num_partitions: int, a
               default="SCRAM-SHA-256", show_default=True)
 @click.option("--iterations", type=click.IntRange(4096, 1_000_000), default=4096, show_default=True)
 @click.password_option("--password", prompt=True, help="Read from the terminal when not given.")
-def scram_credential(user: str, mechanism: str, iterations: int, password: str) -> None:
+@click.option("--sasl-users", "users_file", type=click.Path(dir_okay=False), default=None,
+              help="Write the line into this users file (replacing USER's line for the "
+              "mechanism) instead of printing it. A new file is created with mode 0600; an "
+              "existing one keeps its mode.")
+def scram_credential(user: str, mechanism: str, iterations: int, password: str,
+                     users_file: str | None) -> None:
     """Print a users-file line holding a SCRAM credential (salted keys, no password)."""
-    from kstore.server.auth import scram_credential_line
+    from kstore.server.auth import add_credential_line, scram_credential_line
 
     try:
-        click.echo(scram_credential_line(user, password, mechanism, iterations))
+        line = scram_credential_line(user, password, mechanism, iterations)
     except ValueError as exc:
         raise _usage(str(exc)) from None
+    if users_file is None:
+        click.echo(line)
+        return
+    try:
+        add_credential_line(users_file, user, mechanism, line)
+    except kerr.KStoreError as exc:
+        raise DataError(str(exc)) from None
+    click.echo(f"wrote {user}'s {mechanism} credential to {users_file}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

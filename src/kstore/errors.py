@@ -215,6 +215,12 @@ class ClosedError(KStoreError, register=False):
     """An operation on a closed log, store, producer or consumer."""
 
 
+class InternalTopicError(InvalidTopicError, register=False):
+    """A write to, or a change of, an internal topic (``__consumer_offsets``, any name
+    starting with ``__``) outside kstore's own offsets code. Kafka answers
+    INVALID_TOPIC_EXCEPTION (17) to a produce to an internal topic; so does this."""
+
+
 class NoOffsetForPartitionError(KStoreError, register=False):
     """A consumer with auto_offset_reset='none' has no committed offset to start from."""
 

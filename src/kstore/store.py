@@ -28,10 +28,12 @@ from kstore import _core, offsets
 from kstore.config import TOPIC_CONFIG, resolve_config, validate_config
 from kstore.errors import (
     ClosedError,
+    CorruptRecordError,
     InvalidConfigError,
     InvalidPartitionsError,
     InvalidRequestError,
     KafkaStorageError,
+    KStoreError,
     OffsetOutOfRangeError,
     ReadOnlyError,
     TopicAlreadyExistsError,
@@ -39,7 +41,7 @@ from kstore.errors import (
 )
 from kstore.log import PartitionLog
 from kstore.log.checkpoint import atomic_write, lock_directory
-from kstore.topic import validate_topic_name
+from kstore.topic import refuse_internal, validate_topic_name
 
 log = logging.getLogger("kstore.store")
 
@@ -138,6 +140,7 @@ class Store:
         self._groups: dict[str, Any] = {}  # in-process consumer groups (kstore.consumer)
         self._committed: dict[str, dict[tuple[str, int], offsets.OffsetCommit]] | None = None
         self._committed_lock = threading.Lock()
+        self._offsets_warned: set[tuple[int, int]] = set()  # bad __consumer_offsets records
         self.topic_epoch = 0  # moves on every topic change; producers drop cached topic state
         # Group activity seen outside this Store (a Kafka-protocol server's coordinator), for
         # offset expiry (KIP-211). Each callable returns ({group: last_active_ms}, floor_ms):
@@ -202,9 +205,17 @@ class Store:
                 f"move it away to start with no topics (the partition folders are untouched)"
             ) from None
 
-    def _write_registry(self) -> None:
+    def _write_registry(self, undo: Callable[[], object] | None = None) -> None:
+        """Replace kstore.json with the topics in memory. When the disk refuses, ``undo``
+        returns memory to what the file still says, and KafkaStorageError is raised."""
         data = {"version": 1, "topics": self._topics}
-        atomic_write(self.path / REGISTRY, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        try:
+            atomic_write(self.path / REGISTRY,
+                         (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        except BaseException:
+            if undo is not None:
+                undo()
+            raise
 
     def _check_open(self) -> None:
         if self._closed:
@@ -225,9 +236,11 @@ class Store:
     def create_topic(self, name: str, partitions: int = 1,
                      config: Mapping[str, Any] | None = None) -> None:
         """Create a topic. Raises TopicAlreadyExistsError, InvalidTopicError (bad name),
-        InvalidPartitionsError, InvalidConfigError (naming the key)."""
+        InvalidPartitionsError, InvalidConfigError (naming the key), InternalTopicError (a
+        name starting with ``__``: kstore creates __consumer_offsets itself)."""
         self._check_writable()
         validate_topic_name(name)
+        refuse_internal(name, "create")
         if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
             raise InvalidPartitionsError(f"partitions must be a positive int, not {partitions!r}")
         cfg = validate_config(config)
@@ -236,7 +249,7 @@ class Store:
                 raise TopicAlreadyExistsError(f"topic {name!r} already exists")
             self._topics[name] = {"partitions": partitions, "config": _jsonable(cfg),
                                   "topic_id": uuid.uuid4().hex}
-            self._write_registry()
+            self._write_registry(undo=lambda: self._topics.pop(name, None))
             self.topic_epoch += 1
 
     def topics(self, internal: bool = False) -> list[str]:
@@ -277,8 +290,10 @@ class Store:
                 "config": dict(t.get("config", {})), "partition_info": parts}
 
     def alter_topic_config(self, name: str, config: Mapping[str, Any]) -> None:
-        """Set config keys (a value of None returns that key to its default)."""
+        """Set config keys (a value of None returns that key to its default). Raises
+        InternalTopicError for an internal topic."""
         self._check_writable()
+        refuse_internal(name, "alter the config of")
         sets = {k: v for k, v in config.items() if v is not None}
         cfg = validate_config(sets)
         for k in config:
@@ -291,8 +306,9 @@ class Store:
                 if v is None:
                     merged.pop(k, None)
             merged.update(_jsonable(cfg))
+            old = t.get("config", {})
             t["config"] = merged
-            self._write_registry()
+            self._write_registry(undo=lambda: t.__setitem__("config", old))
             self.topic_epoch += 1
             full = resolve_config(merged)
             for (tn, _), lg in self._logs.items():
@@ -300,21 +316,26 @@ class Store:
                     lg.update_config(full)
 
     def create_partitions(self, name: str, count: int) -> None:
-        """Grow a topic to ``count`` partitions (partitions only grow)."""
+        """Grow a topic to ``count`` partitions (partitions only grow). Raises
+        InternalTopicError for an internal topic."""
         self._check_writable()
+        refuse_internal(name, "add partitions to")
         with self._lock:
             t = self._topic(name)
             if not isinstance(count, int) or count <= t["partitions"]:
                 raise InvalidPartitionsError(
                     f"topic {name!r} has {t['partitions']} partitions; the new count must be "
                     f"larger, not {count!r}")
+            old = t["partitions"]
             t["partitions"] = count
-            self._write_registry()
+            self._write_registry(undo=lambda: t.__setitem__("partitions", old))
             self.topic_epoch += 1
 
     def delete_topic(self, name: str) -> None:
-        """Delete a topic and its data (committed offsets for it are kept until they expire)."""
+        """Delete a topic and its data (committed offsets for it are kept until they expire).
+        Raises InternalTopicError for an internal topic."""
         self._check_writable()
+        refuse_internal(name, "delete")
         with self._lock:
             t = self._topic(name)
             for p in range(t["partitions"]):
@@ -322,7 +343,8 @@ class Store:
                 if lg is not None:
                     lg.close()
             del self._topics[name]
-            self._write_registry()
+            # On failure the topic stays (its logs reopen on next use), as the file still says.
+            self._write_registry(undo=lambda: self._topics.__setitem__(name, t))
             self.topic_epoch += 1
             for p in range(t["partitions"]):
                 d = self.path / f"{name}-{p}"
@@ -364,8 +386,10 @@ class Store:
 
     def _producer_topic(self, topic: str) -> tuple[int, int, str | None, bool]:
         """(partitions, max.message.bytes, codec the topic imposes or None for 'producer',
-        whether records need keys: compacted topics)."""
+        whether records need keys: compacted topics). Producers go through here: an internal
+        topic raises InternalTopicError."""
         self._check_writable()
+        refuse_internal(topic, "produce to")
         t = self._topic(topic)
         cfg = resolve_config(t.get("config"))
         codec = cfg["compression.type"]
@@ -410,16 +434,50 @@ class Store:
                 for p in range(self._topics[offsets.OFFSETS_TOPIC]["partitions"]):
                     if not (self.path / f"{offsets.OFFSETS_TOPIC}-{p}").exists():
                         continue
-                    lg = self.partition(offsets.OFFSETS_TOPIC, p)
-                    off = lg.log_start_offset
-                    while off < lg.log_end_offset:
-                        fs = lg.read(off, 1 << 20)
-                        for b in fs.batches():
-                            for r in b.records(min_offset=off):
-                                _apply_offset_record(committed, r.key, r.value)
-                        off = fs.next_offset
+                    self._replay_offsets(committed, p)
             self._committed = committed
             return committed
+
+    def _replay_offsets(self, committed: dict, p: int) -> None:
+        """Apply one __consumer_offsets partition to ``committed``. A record that cannot be
+        parsed (garbage key or value, an unknown record type or value version, truncated
+        fields, an impossible topic or partition) is skipped with one warning naming its
+        partition and offset, as Kafka's coordinator loader skips record types it does not
+        know: one bad record must not take every group of the store down. A batch that fails
+        its CRC is skipped the same way; batches that cannot be framed end the replay of that
+        partition (logged as an error), the other partitions still load."""
+        tp = f"{offsets.OFFSETS_TOPIC}-{p}"
+        lg = self.partition(offsets.OFFSETS_TOPIC, p)
+        off = lg.log_start_offset
+        try:
+            while off < lg.log_end_offset:
+                fs = lg.read(off, 1 << 20)
+                nxt = fs.next_offset
+                for b in fs.batches():
+                    try:
+                        records = b.records(min_offset=off)
+                    except (KStoreError, ValueError) as exc:
+                        self._warn_offsets(p, b.base_offset, "skipping the batch at offsets "
+                                           f"{b.base_offset}..{b.last_offset} of {tp}: {exc}")
+                        continue
+                    for r in records:
+                        try:
+                            _apply_offset_record(committed, r.key, r.value)
+                        except (KStoreError, ValueError) as exc:
+                            self._warn_offsets(p, r.offset, f"skipping the record at offset "
+                                               f"{r.offset} of {tp}, which cannot be parsed: {exc}")
+                if nxt <= off:
+                    break
+                off = nxt
+        except (KStoreError, ValueError) as exc:
+            log.error("%s: committed offsets from offset %d on cannot be read (%s); they are "
+                      "ignored until the partition is repaired (see `kstore verify`)", tp, off, exc)
+
+    def _warn_offsets(self, p: int, offset: int, message: str) -> None:
+        # Once per record: read-only stores replay on every call.
+        if (p, offset) not in self._offsets_warned:
+            self._offsets_warned.add((p, offset))
+            log.warning("%s", message)
 
     def commit_offsets(self, group: str, commits: Mapping[tuple[str, int], tuple[int, str, int]]) -> None:
         """Commit ``{(topic, partition): (offset, metadata, leader_epoch)}`` for ``group``:
@@ -456,7 +514,7 @@ class Store:
         # Append and publish under one lock: expire_offsets re-checks its candidates under it
         # before writing tombstones, so a commit is never tombstoned right after it landed.
         with self._committed_lock:
-            lg.append_batch(b.build(), validate_records=False, verify_crc=False)
+            lg.append_batch(b.build(), validate_records=False, verify_crc=False, _internal=True)
             g = committed.setdefault(group, {})
             for e in entries:
                 g[(e.topic, e.partition)] = e
@@ -472,7 +530,8 @@ class Store:
                     self._topics[offsets.OFFSETS_TOPIC] = {
                         "partitions": offsets.OFFSETS_PARTITIONS, "config": OFFSETS_TOPIC_CONFIG,
                         "topic_id": uuid.uuid4().hex, "internal": True}
-                    self._write_registry()
+                    self._write_registry(
+                        undo=lambda: self._topics.pop(offsets.OFFSETS_TOPIC, None))
 
     def groups(self) -> list[str]:
         """Groups with committed offsets or members in this process."""
@@ -506,8 +565,11 @@ class Store:
     def delete_records(self, offsets: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         """Kafka's DeleteRecords: move each partition's log start offset up to the given offset
         (-1: the log end), deleting the segments wholly below it. Returns the new log start
-        offsets. Reads below them raise OffsetOutOfRangeError."""
+        offsets. Reads below them raise OffsetOutOfRangeError; an internal topic raises
+        InternalTopicError (nothing is deleted)."""
         self._check_writable()
+        for t, _ in offsets:
+            refuse_internal(t, "delete records of")
         out = {}
         for (t, p), off in offsets.items():
             lg = self.partition(t, p)
@@ -549,6 +611,9 @@ class Store:
                     if lg is not None and self._logs.get((name, p)) is not lg:
                         continue  # delete_topic closed it under us: nothing left to maintain
                     log.warning("maintenance of %s-%d failed", name, p, exc_info=True)
+                    continue
+                except OSError as exc:  # a full or failing disk: one line, no traceback
+                    log.warning("maintenance of %s-%d failed: %s", name, p, exc)
                     continue
                 except Exception:  # one bad partition must not starve the others
                     log.warning("maintenance of %s-%d failed", name, p, exc_info=True)
@@ -626,7 +691,7 @@ class Store:
             b = _core.BatchBuilder()
             for t, p in parts:
                 b.append(None, key=offsets.encode_offset_commit_key(group, t, p), timestamp=now)
-            lg.append_batch(b.build(), validate_records=False, verify_crc=False)
+            lg.append_batch(b.build(), validate_records=False, verify_crc=False, _internal=True)
             if entries is not None:
                 for tp in parts:
                     entries.pop(tp, None)
@@ -660,7 +725,10 @@ class Store:
 
     def close(self) -> None:
         """Close producers (flushing them), consumers (committing if they auto-commit), and
-        every partition log (clean shutdown)."""
+        every partition log (clean shutdown). When the disk refuses (full...), every log is
+        still closed and the directory lock released, then KafkaStorageError is raised (no
+        ``.tmp`` files are left; the next open recovers the logs that could not be closed
+        cleanly)."""
         if self._closed:
             return
         self._maintenance_stop.set()
@@ -671,15 +739,26 @@ class Store:
                 c.close()
             except Exception as exc:  # keep closing the rest; say what failed
                 log.warning("closing %r failed: %s", c, exc)
+        failures: list[OSError] = []
         with self._lock:
             self._closed = True
-            for lg in self._logs.values():
-                lg.close()
-            self._logs.clear()
-            if self._lock_fd >= 0:
-                os.close(self._lock_fd)
-                self._lock_fd = -1
+            try:
+                for lg in self._logs.values():
+                    try:
+                        lg.close()
+                    except OSError as exc:  # KafkaStorageError: close the others all the same
+                        failures.append(exc)
+                        log.error("%s", exc)
+                self._logs.clear()
+            finally:
+                if self._lock_fd >= 0:
+                    os.close(self._lock_fd)
+                    self._lock_fd = -1
         self.signal.notify()
+        if failures:
+            raise KafkaStorageError(
+                f"closing store {self.path}: {len(failures)} partition log(s) could not be "
+                f"closed cleanly, first: {failures[0]}") from failures[0]
 
     @property
     def closed(self) -> bool:
@@ -696,12 +775,18 @@ class Store:
 
 
 def _apply_offset_record(committed: dict, key: bytes | None, value: bytes | None) -> None:
-    if key is None:
-        return
+    """Raises CorruptRecordError (or InvalidTopicError) for a record kstore cannot use."""
     rec = offsets.decode_record(key, value)
     if rec is None:
         return
     kind, obj = rec
+    if kind in ("offset", "offset_delete"):
+        assert isinstance(obj, (offsets.OffsetCommit, offsets.OffsetCommitKey))
+        # Well-formed bytes naming a topic or partition that cannot exist: nothing kstore or
+        # Kafka commits; reading it back would send consumers and `groups describe` there.
+        validate_topic_name(obj.topic)
+        if obj.partition < 0:
+            raise CorruptRecordError(f"offset commit for {obj.topic} has partition {obj.partition}")
     if kind == "offset":
         assert isinstance(obj, offsets.OffsetCommit)
         committed.setdefault(obj.group, {})[(obj.topic, obj.partition)] = obj

@@ -7,7 +7,7 @@ import re
 import zlib
 
 from kstore import _core
-from kstore.errors import InvalidTopicError
+from kstore.errors import InternalTopicError, InvalidTopicError
 
 MAX_NAME_LENGTH = 249
 _LEGAL = re.compile(r"[a-zA-Z0-9._-]+")
@@ -31,6 +31,26 @@ def validate_topic_name(name: object) -> str:
             f"topic name {name!r} has illegal characters {''.join(bad)!r}: use ASCII letters, "
             f"digits, '.', '_' and '-'")
     return name
+
+
+INTERNAL_PREFIX = "__"
+
+
+def is_internal_topic(name: str) -> bool:
+    """Whether ``name`` is an internal topic. Kafka's are ``__consumer_offsets`` and
+    ``__transaction_state``; kstore reserves the whole ``__`` prefix, as its Kafka-protocol
+    server always has (CreateTopics, Produce and DeleteRecords refuse such names with 17) and
+    as ``Store.topics()`` hides them."""
+    return isinstance(name, str) and name.startswith(INTERNAL_PREFIX)
+
+
+def refuse_internal(name: str, action: str) -> None:
+    """Raise InternalTopicError if ``name`` is internal; ``action`` says what was refused."""
+    if is_internal_topic(name):
+        raise InternalTopicError(
+            f"cannot {action} {name!r}: topics whose names start with '__' are internal to "
+            f"kstore (committed offsets live in __consumer_offsets; commit them with "
+            f"Consumer.commit or Store.commit_offsets, which write it in Kafka's format)")
 
 
 def validate_partitioner(name: str) -> str:

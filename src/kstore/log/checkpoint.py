@@ -29,19 +29,38 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old or the new content."""
+    """Write ``data`` to ``path`` so that a crash leaves either the old or the new content.
+
+    Raises KafkaStorageError when the disk refuses (full, EFBIG, EIO, read-only, permission):
+    the ``.tmp`` file is removed and ``path`` keeps its previous content."""
+    from kstore.errors import KafkaStorageError
+
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    replaced = False
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        replaced = True
+        fsync_dir(path.parent)
+    except OSError as exc:
+        if not replaced:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass  # never created, or the directory is gone: nothing to clean
+        state = ("it may not be durable yet" if replaced
+                 else f"the previous {path.name} is unchanged")
+        raise KafkaStorageError(
+            f"cannot write {path}: {exc.strerror or exc} (errno {exc.errno}); {state}. Free "
+            f"disk space (or fix the file system) and retry") from exc
 
 
 def format_checkpoint(entries: dict[tuple[str, int], int]) -> bytes:
@@ -117,9 +136,15 @@ class CheckpointFile:
         return self.read().get(key, default)
 
     def update(self, changes: dict[tuple[str, int], int | None]) -> None:
-        """Set (or, with None, remove) entries and rewrite the file atomically."""
+        """Set (or, with None, remove) entries and rewrite the file atomically. Raises
+        KafkaStorageError when the disk refuses; the file keeps its previous entries."""
         with self._lock:
-            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as exc:
+                from kstore.errors import KafkaStorageError
+
+                raise KafkaStorageError(f"cannot update {self.path}: {exc}") from exc
             try:
                 fcntl.flock(dfd, fcntl.LOCK_EX)
                 entries = self.read()

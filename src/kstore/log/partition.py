@@ -50,6 +50,7 @@ from kstore.log.checkpoint import (
 )
 from kstore.log.fileslice import FileSlice
 from kstore.log.segment import Segment, _NeedsRecovery, _scan_file
+from kstore.topic import is_internal_topic, refuse_internal
 
 log = logging.getLogger("kstore.log")
 
@@ -121,6 +122,8 @@ class PartitionLog:
         self._signal: Any = None  # a Store's DataSignal: wakes consumers of any partition
         key = (self.topic, self.partition)
         self._key = key
+        # Appends to an internal topic come only from kstore's offsets code (_internal=True).
+        self._internal = is_internal_topic(self.topic)
         self._rp_file = CheckpointFile.for_path(directory.parent / RECOVERY_POINT)
         self._lso_file = CheckpointFile.for_path(directory.parent / LOG_START_OFFSET)
 
@@ -375,7 +378,7 @@ class PartitionLog:
     # Appending
 
     def append_batches(self, buf: Any, *, validate_records: bool = True,
-                       verify_crc: bool = True) -> tuple[int, int, int]:
+                       verify_crc: bool = True, _internal: bool = False) -> tuple[int, int, int]:
         """Append one sealed RecordBatch v2, or several back to back, in one write.
 
         ``buf`` is any buffer and is never modified. The batches are validated in C (magic,
@@ -389,22 +392,36 @@ class PartitionLog:
         ``verify_crc=False`` is for batches this process has just encoded itself (the
         Producer, ``append``/``append_many``): sizes, magic and counts are still checked, the
         CRC the encoder computed a moment ago is not recomputed.
+
+        Raises InternalTopicError for a log of an internal topic (``__consumer_offsets``):
+        only kstore's offsets code writes there.
         """
-        with self._lock:
-            fast = self._fast
-            if fast is None:
-                self._check_writable()
-                raise ClosedError(f"log {self.directory} is closed")
-            result: Any = fast.append(buf, validate_records, verify_crc)
-            if result.__class__ is int:
-                self._roll(result)  # the same AppendPath now points at the new segment
-                result = fast.append(buf, False, False)
+        if self._internal and not _internal:
+            refuse_internal(self.topic, "append to")
+        try:
+            with self._lock:
+                fast = self._fast
+                if fast is None:
+                    self._check_writable()
+                    raise ClosedError(f"log {self.directory} is closed")
+                result: Any = fast.append(buf, validate_records, verify_crc)
                 if result.__class__ is int:
-                    raise InvalidRecordError(
-                        f"batches of {len(memoryview(buf))} bytes cannot go into a fresh segment "
-                        f"(roll reason {result})")
-            if fast.needs_flush:
-                self.flush()
+                    self._roll(result)  # the same AppendPath now points at the new segment
+                    result = fast.append(buf, False, False)
+                    if result.__class__ is int:
+                        raise InvalidRecordError(
+                            f"batches of {len(memoryview(buf))} bytes cannot go into a fresh "
+                            f"segment (roll reason {result})")
+                if fast.needs_flush:
+                    self.flush()
+        except OSError as exc:
+            # A roll's file creation or fsync, or a flush, refused by the disk: the kstore
+            # error (KAFKA_STORAGE_ERROR) as for the write itself.
+            if isinstance(exc, KafkaStorageError):
+                raise
+            raise KafkaStorageError(
+                f"append to {self.directory} failed: {exc.strerror or exc} (errno "
+                f"{exc.errno}); free disk space and retry") from exc
         if self._waiters:
             with self._cond:
                 self._cond.notify_all()
@@ -456,8 +473,20 @@ class PartitionLog:
         if old.size == 0:
             return
         new_base = self._leo
-        old.deactivate()
-        new = Segment.create(self.directory, new_base, self.config)
+        # The new segment first: when the disk refuses its files (no space, no inodes), the
+        # old one is still active and appends carry on once there is room. The other order
+        # left a deactivated segment (write fd closed) behind every later append.
+        try:
+            new = Segment.create(self.directory, new_base, self.config)
+        except BaseException:
+            _unlink_all(Segment(self.directory, new_base, self.config).paths())
+            raise
+        try:
+            old.deactivate()
+        except BaseException:
+            new.abandon()
+            _unlink_all(new.paths())
+            raise
         self._set_segments(self._segments + [new])
         self._use_active(new)
         fsync_dir(self.directory)
@@ -483,7 +512,10 @@ class PartitionLog:
         with self._lock:
             if not self._closed and upto > self._recovery_point:
                 self._recovery_point = upto
-                self._write_recovery_point()
+                try:
+                    self._write_recovery_point()
+                except OSError as exc:  # the next flush writes it again
+                    log.warning("%s: %s", self.directory, exc)
 
     # ==========================================================================================
     # Durability
@@ -647,7 +679,10 @@ class PartitionLog:
 
     def truncate_to(self, offset: int) -> None:
         """Remove every batch at or after ``offset`` (whole batches; a batch that starts below
-        ``offset`` is kept). Slices and views over the removed bytes must be released first."""
+        ``offset`` is kept). Slices and views over the removed bytes must be released first.
+        Raises InternalTopicError for an internal topic."""
+        if self._internal:
+            refuse_internal(self.topic, "truncate")
         self._check_writable()
         with self._lock:
             if offset >= self._leo:
@@ -683,8 +718,8 @@ class PartitionLog:
                 raise OffsetOutOfRangeError(
                     f"cannot move the log start to {offset}, past the log end {self._leo}")
             if offset > self._log_start:
+                self._lso_file.update({self._key: offset})  # first: a refusal changes nothing
                 self._log_start = offset
-                self._lso_file.update({self._key: offset})
             segs = self._segments
             n = 0
             while n < len(segs) - 1 and segs[n + 1].base_offset <= self._log_start:
@@ -863,35 +898,57 @@ class PartitionLog:
     # Closing
 
     def close(self) -> None:
-        """Flush, trim the indexes, write the recovery point and the clean-shutdown marker."""
+        """Flush, trim the indexes, write the recovery point and the clean-shutdown marker.
+
+        When the disk refuses (full, EIO...), the log is closed all the same (files and the
+        directory lock released) without the clean-shutdown marker, and KafkaStorageError is
+        raised: the next open recovers the segments, keeping every record that was written."""
         if self._closed:
             return
         # Background fsyncs of rolled segments take the lock when they finish: wait outside it.
         for t in list(self._flush_threads):
             t.join()
+        failures: list[OSError] = []
         with self._lock:
             if self._closed:
                 return
-            if not self.read_only:
-                self.flush()
+            try:
+                if not self.read_only:
+                    try:
+                        self.flush()
+                    except OSError as exc:
+                        failures.append(exc)
                 for seg in self._segments:
-                    seg.close()
-                marker = self.directory / CLEAN_SHUTDOWN_MARKER
-                atomic_write(marker, b'{"version":0}\n')
-                for _, paths in self._pending_deletes:
-                    _unlink_all(paths)
-            else:
-                for seg in self._segments:
-                    seg.close()
-            self._closed = True
-            if self._fast is not None:
-                self._ro_leo = self._fast.leo
-                self._ro_recovery_point = self._fast.recovery_point
-                self._fast = None
-            self._release()
+                    try:
+                        seg.close()
+                    except OSError as exc:
+                        failures.append(exc)
+                        seg.abandon()
+                if not self.read_only:
+                    if not failures:
+                        marker = self.directory / CLEAN_SHUTDOWN_MARKER
+                        try:
+                            atomic_write(marker, b'{"version":0}\n')
+                        except OSError as exc:
+                            failures.append(exc)
+                    for _, paths in self._pending_deletes:
+                        _unlink_all(paths)
+            finally:
+                self._closed = True
+                if self._fast is not None:
+                    self._ro_leo = self._fast.leo
+                    self._ro_recovery_point = self._fast.recovery_point
+                    self._fast = None
+                self._release()
         with self._cond:
             self._cond.notify_all()
         self._wake_async(everyone=True)
+        if failures:
+            first = failures[0]
+            raise KafkaStorageError(
+                f"closing {self.directory} failed: {first.strerror or first}; it is closed "
+                f"without its clean-shutdown marker, so the next open recovers it from the "
+                f"segments (records already written are kept)") from first
 
     def _release(self) -> None:
         if self._lock_fd >= 0:

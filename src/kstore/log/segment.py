@@ -86,8 +86,12 @@ class Segment:
         seg.time_index.path.touch()
         seg.next_offset = base_offset
         seg._indexes_checked = True
-        seg.activate(_core.SegmentAppender(-1, base_offset, 0, base_offset,
-                                           config["index.interval.bytes"]))
+        try:
+            seg.activate(_core.SegmentAppender(-1, base_offset, 0, base_offset,
+                                               config["index.interval.bytes"]))
+        except BaseException:
+            seg.abandon()  # no fd left open behind a refused creation
+            raise
         return seg
 
     @classmethod
@@ -542,6 +546,31 @@ class Segment:
             self.deactivate()
         self.offset_index.close()
         self.time_index.close()
+        self.close_files()
+
+    def paths(self) -> list[Path]:
+        """The segment's files: .log, .index, .timeindex."""
+        return [self.log_path, self.offset_index.path, self.time_index.path]
+
+    def abandon(self) -> None:
+        """Release every fd and mapping without writing anything (a close that failed, e.g.
+        on a full disk). Index entries not yet persisted are lost; recovery rebuilds them."""
+        app = self.appender
+        if app is not None:
+            app.detach_indexes()
+            self.appender = None
+        if self._wfd >= 0:
+            try:
+                os.close(self._wfd)
+            except OSError:
+                pass
+            self._wfd = -1
+        for idx in (self.offset_index, self.time_index):
+            try:
+                idx.close()
+            except OSError:
+                idx.fd = -1
+                idx.mm = None
         self.close_files()
 
     def rename_deleted(self) -> list[Path]:

@@ -64,9 +64,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
+import os
 import re
 import secrets
 import ssl
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from os import PathLike
@@ -78,6 +81,8 @@ from kstore.errors import (
     SaslAuthenticationFailedError,
     UnsupportedSaslMechanismError,
 )
+
+log = logging.getLogger("kstore.server.auth")
 
 __all__ = [
     "MAX_ITERATIONS",
@@ -184,6 +189,75 @@ class ScramCredential:
         return hmac.compare_digest(hashlib.new(hash_name, client_key).digest(), self.stored_key)
 
 
+def warn_if_exposed(path: str | PathLike[str], mode: int) -> bool:
+    """Warn, as ssh does for a private key, when a users file is open to group or others
+    (any of the 0o077 bits): it holds passwords or the keys that stand in for them. The
+    warning goes to the ``kstore.server.auth`` logger (which reaches stderr by default).
+    Returns whether it warned. The file is still used: refusing it would lock everyone out."""
+    if not stat.S_ISREG(mode) or not mode & 0o077:
+        return False
+    perms = stat.S_IMODE(mode)
+    log.warning(
+        "WARNING: UNPROTECTED USERS FILE! Permissions %04o for '%s' are too open: other "
+        "users of this machine can read the passwords or SCRAM keys in it. Run "
+        "'chmod 600 %s' (the file should be readable by the server's user only).",
+        perms, os.fspath(path), os.fspath(path))
+    return True
+
+
+def add_credential_line(path: str | PathLike[str], user: str, mechanism: str, line: str) -> None:
+    """Put ``line`` (from :func:`scram_credential_line`) into the users file at ``path``,
+    replacing ``user``'s earlier line for the same mechanism. A new file is created with mode
+    0600; an existing file keeps its mode (never widened; a warning if group or others can
+    read it) and its other lines. The file is replaced atomically. Raises :class:`~kstore.errors.InvalidConfigError` when ``user`` has a
+    plaintext line (it claims both mechanisms: remove it first) or the file cannot be written.
+    """
+    path = os.fspath(path)
+    mechanism = mechanism.upper()
+    try:
+        with open(path, "rb") as f:
+            mode: int | None = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+            text = f.read().decode("utf-8")
+    except FileNotFoundError:
+        mode, text = None, ""
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidConfigError(f"{path}: cannot read the users file: {e}") from e
+    kept = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        name, colon, rest = raw.partition(":")
+        if colon and name == user and not raw.lstrip().startswith("#"):
+            if rest[:14].lower() not in ("scram-sha-256:", "scram-sha-512:"):
+                raise InvalidConfigError(
+                    f"{path}:{lineno}: user {user!r} has a plaintext password line, which "
+                    f"covers every mechanism; remove it before adding a {mechanism} credential")
+            if rest[:13].upper() == mechanism:
+                continue  # replaced by the new line
+        kept.append(raw)
+    kept.append(line)
+    data = ("\n".join(kept) + "\n").encode()
+    tmp = f"{path}.tmp"
+    try:
+        # 0600 from the start: the credential is never readable by others, not even briefly.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchmod(fd, 0o600 if mode is None else mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise InvalidConfigError(f"{path}: cannot write the users file: {e.strerror or e}") from e
+    if mode is not None:
+        warn_if_exposed(path, os.stat(path).st_mode)  # kept as it was: say it is too open
+
+
 def scram_credential_line(
     user: str, password: str, mechanism: str, iterations: int = MIN_ITERATIONS
 ) -> str:
@@ -234,11 +308,13 @@ class Users:
         """
         try:
             with open(path, "rb") as f:
+                mode = os.fstat(f.fileno()).st_mode
                 data = f.read()
         except OSError as e:
             raise InvalidConfigError(
                 f"{path}: cannot read the users file: {e.strerror or e}"
             ) from e
+        warn_if_exposed(path, mode)
         data = data.removeprefix(b"\xef\xbb\xbf")  # a BOM left by a Windows editor
         try:
             text = data.decode("utf-8")

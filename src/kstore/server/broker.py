@@ -26,6 +26,7 @@ from kstore.errors import (
     InvalidReplicationFactorError,
     InvalidRequestError,
     InvalidTopicError,
+    KafkaStorageError,
     KStoreError,
     OffsetOutOfRangeError,
     TopicAlreadyExistsError,
@@ -94,6 +95,9 @@ class Broker:
         self.config = config
         self.coordinator = coordinator
         self.producers = ProducerStates()
+        # Partitions whose last append the disk refused: logged at ERROR once, until an append
+        # to them succeeds again (a full disk must not flood the log, one line per request).
+        self._storage_failed: set[tuple[str, int]] = set()
         self.handlers: dict[int, Any] = {
             0: self.produce, 1: self.fetch, 2: self.list_offsets, 3: self.metadata,
             8: self.offset_commit, 9: self.offset_fetch, 10: self.find_coordinator,
@@ -237,15 +241,35 @@ class Broker:
             out["base_offset"] = first
             out["log_append_time_ms"] = append_time
             out["log_start_offset"] = lg.log_start_offset
+            if self._storage_failed and (topic, partition) in self._storage_failed:
+                self._storage_failed.discard((topic, partition))
+                log.info("produce to %s-%d: the disk accepts writes again", topic, partition)
         except _Refused as exc:
             out["error_code"] = exc.code
             out["error_message"] = exc.message
             log.info("produce to %s-%d refused: %s", topic, partition, exc.message)
+        except KafkaStorageError as exc:
+            self._storage_error(out, topic, partition, exc)
         except KStoreError as exc:
             out["error_code"] = exc.code
             out["error_message"] = str(exc)
             log.info("produce to %s-%d refused: %s", topic, partition, exc)
+        except OSError as exc:  # opening a partition's files on a full or broken disk
+            self._storage_error(out, topic, partition, KafkaStorageError(
+                f"{topic}-{partition}: {exc.strerror or exc} (errno {exc.errno})"))
         return out
+
+    def _storage_error(self, out: dict, topic: str, partition: int,
+                       exc: KafkaStorageError) -> None:
+        """KAFKA_STORAGE_ERROR (56), as Kafka answers for a failed log directory; logged at
+        ERROR once per partition until a write to it succeeds again."""
+        out["error_code"] = KafkaStorageError.code
+        out["error_message"] = str(exc)
+        if (topic, partition) not in self._storage_failed:
+            self._storage_failed.add((topic, partition))
+            log.error("produce to %s-%d failed: the disk refused the write: %s (answering "
+                      "KAFKA_STORAGE_ERROR until a write succeeds; logged once)",
+                      topic, partition, exc)
 
     def _check_batches(self, mv: memoryview, version: int,
                        transactional: bool) -> tuple[int, int, int, int]:

@@ -36,7 +36,7 @@ __all__ = ["Server", "ServerConfig", "serve"]
 log = logging.getLogger("kstore.server")
 
 _I32 = struct.Struct(">i")
-API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
+PRODUCE, METADATA, API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 0, 3, 18, 17, 36
 UNSUPPORTED_VERSION = 35
 UNSUPPORTED_SASL_MECHANISM = 33
 ILLEGAL_SASL_STATE = 34
@@ -47,6 +47,9 @@ FAILED_AUTHENTICATION_DELAY_S = 0.1  # connection.failed.authentication.delay.ms
 # held by large uploads never holds up ApiVersions, heartbeats, fetches and commits. Their
 # memory is bounded apart: max_connections x this (64 MiB at 1,000 connections).
 UNBUDGETED_REQUEST_BYTES = 65_536
+# Work over this size is done in a thread (see _handle).
+DECODE_IN_THREAD_BYTES = 65_536
+MANY_TOPICS = 500
 # The StreamReader pauses reading a socket when this much (x2) is buffered and unread: the
 # bytes a connection holds beyond its request (pipelined requests, or while it waits for the
 # budget) stay small.
@@ -411,7 +414,15 @@ class Server:
             # Not exact: Kafka ignores bytes after a request body (RequestContext.parseRequest),
             # and librdkafka 2.16's Metadata v9 for all topics (AdminClient.list_topics) has one
             # more byte than its schema holds (captured in tests/server/test_hostile.py).
-            req = protocol.decode(key, False, version, frame, hdr.body_offset, exact=False)
+            if len(frame) > DECODE_IN_THREAD_BYTES and key != PRODUCE:
+                # A large request of many small fields (a Metadata naming 10,000 topics: 25 ms
+                # of pure Python) is decoded in a thread: the GIL changes hands every 5 ms, so
+                # the other connections keep being served meanwhile. (A Produce is its records,
+                # taken as one memoryview: cheap.)
+                req = await asyncio.to_thread(protocol.decode, key, False, version, frame,
+                                              hdr.body_offset, exact=False)
+            else:
+                req = protocol.decode(key, False, version, frame, hdr.body_offset, exact=False)
         except MalformedRequestError as exc:
             raise _Close(str(exc)) from None
         if key == SASL_HANDSHAKE:
@@ -430,7 +441,10 @@ class Server:
                 raise _Close(str(exc)) from None
         if res is None:
             return  # Produce with acks=0: no response at all
-        body = protocol.encode(key, True, version, res)
+        if key == METADATA and len(res["topics"]) > MANY_TOPICS:
+            body = await asyncio.to_thread(protocol.encode, key, True, version, res)  # as above
+        else:
+            body = protocol.encode(key, True, version, res)
         await self._write(conn, protocol.frame_response(key, version, hdr.correlation_id, body))
         if conn.closing:
             raise _Close("authentication failed")

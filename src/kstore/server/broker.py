@@ -74,6 +74,7 @@ MAX_TIMESTAMP = -3
 # takes a registry write and an fsync (tens of milliseconds), so the common case still gets its
 # partitions in one round trip.
 AUTO_CREATE_WAIT_S = 1.0
+MANY_TOPICS = 500
 
 _BATCH_HEADER = struct.Struct(">qiiBiHiqqqhi")  # base offset .. base sequence (57 bytes)
 _ATTR_CODEC = 0x07
@@ -141,10 +142,16 @@ class Broker:
             new = self._creatable(names)
             if new or any(n in self._creating for n in names if n is not None):
                 return self._metadata_after_create(names, new, conn)
+        if len(names) > MANY_TOPICS:
+            return asyncio.to_thread(self._metadata_answer, names, conn, ())
         return self._metadata_answer(names, conn, ())
 
     async def _metadata_after_create(self, names: list[str], new: list[str], conn: Any) -> dict:
         later = await self._auto_create(new, names, conn, "Metadata")
+        if len(names) > MANY_TOPICS:
+            # Thousands of entries are tens of milliseconds of Python: in a thread, so that
+            # other connections are served meanwhile (the GIL changes hands every 5 ms).
+            return await asyncio.to_thread(self._metadata_answer, names, conn, later)
         return self._metadata_answer(names, conn, later)
 
     def _metadata_answer(self, names: list[str], conn: Any, later: Any) -> dict:

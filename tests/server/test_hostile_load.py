@@ -486,6 +486,32 @@ def test_connections_per_address_are_limited_and_busy_ones_are_kept(tmp_path, ca
         srv.stop()
 
 
+def test_at_the_connection_limit_busy_connections_are_kept_and_the_newcomer_refused(
+        tmp_path, caplog):
+    srv = ServerThread(tmp_path / "data", max_connections=2)
+    caplog.set_level("INFO", logger="kstore.server")
+    try:
+        with RawClient(srv.port) as c:
+            assert metadata(c, ["parked"])["parked"]["error_code"] == 0
+        busy = [connect(srv.port, "127.0.0.5") for _ in range(2)]
+        for s in busy:
+            _park_fetch(s, "parked")
+        wait_until(lambda: srv.call_soon(
+            lambda: len(srv.server._open) == 2 and not srv.server._idle), GUARD, "two parked")
+        extra = connect(srv.port, "127.0.0.6")
+        assert closed_by_server(extra)
+        extra.close()
+        assert "2 connections is the limit (max.connections), and none of them is idle" in caplog.text
+        for s in busy:  # once they go, a newcomer gets in
+            s.close()
+        wait_until(lambda: srv.call_soon(lambda: len(srv.server._open)) == 0, GUARD, "closes")
+        newcomer = connect(srv.port, "127.0.0.6")
+        assert served(newcomer)
+        newcomer.close()
+    finally:
+        srv.stop()
+
+
 def test_connections_that_send_nothing_or_never_authenticate_are_closed(kserver, tmp_path):
     srv = kserver("--first-request-timeout", "1")
     silent = connect(srv.port)

@@ -11,7 +11,6 @@ import time
 import pytest
 
 from kstore.server import protocol
-from tests.server.conftest import wait_until
 from tests.server.rawclient import read_frame, recv_exact
 
 kafka = pytest.importorskip("kafka", reason="kafka-python is not installed")

@@ -332,6 +332,7 @@ def test_request_budget_is_first_come_first_served_and_never_deadlocks():
         b.release(60)
         await asyncio.sleep(0)
         assert order == ["big", "small"] and b.in_use == 90
+        await asyncio.gather(big, small)
         b.release(80)
         b.release(10)
         # Larger than the whole budget: goes when nothing else is held.

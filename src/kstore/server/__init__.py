@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 from kstore.errors import KStoreError
 from kstore.server import protocol
-from kstore.server.broker import Broker, BrokerConfig, _CloseConnection, new_cluster_id
+from kstore.server.broker import (
+    MANY_TOPICS,
+    Broker,
+    BrokerConfig,
+    _CloseConnection,
+    new_cluster_id,
+)
 from kstore.server.protocol import MalformedRequestError
 
 if TYPE_CHECKING:
@@ -47,9 +53,8 @@ FAILED_AUTHENTICATION_DELAY_S = 0.1  # connection.failed.authentication.delay.ms
 # held by large uploads never holds up ApiVersions, heartbeats, fetches and commits. Their
 # memory is bounded apart: max_connections x this (64 MiB at 1,000 connections).
 UNBUDGETED_REQUEST_BYTES = 65_536
-# Work over this size is done in a thread (see _handle).
+# Requests over this size are decoded in a thread (see _handle).
 DECODE_IN_THREAD_BYTES = 65_536
-MANY_TOPICS = 500
 # The StreamReader pauses reading a socket when this much (x2) is buffered and unread: the
 # bytes a connection holds beyond its request (pipelined requests, or while it waits for the
 # budget) stay small.
@@ -394,7 +399,8 @@ class Server:
                 del frame
                 self._budget.release(reserved)
 
-    async def _handle(self, conn: _Conn, hdr: protocol.RequestHeader, frame: bytes) -> None:
+    async def _handle(self, conn: _Conn, hdr: protocol.RequestHeader,
+                      frame: bytes | bytearray) -> None:
         key, version = hdr.api_key, hdr.api_version
         rng = self._versions.get(key)
         if key == API_VERSIONS and (rng is None or version > rng[1]):
@@ -515,7 +521,8 @@ class Server:
         conn.sasl_raw = version == 0
         return {"error_code": 0, "mechanisms": mechs}
 
-    async def _sasl_step(self, conn: _Conn, token: bytes) -> tuple[bytes | None, str | None]:
+    async def _sasl_step(self, conn: _Conn,
+                         token: bytes | bytearray) -> tuple[bytes | None, str | None]:
         """One token: (server token, None), or (None, why) on failure. The step runs in a
         thread (PLAIN derives PBKDF2 keys: about a millisecond at 4096 iterations, much more at
         a credential's 1,000,000), and a failure is answered after a delay, as Kafka does, so
@@ -547,7 +554,7 @@ class Server:
         return {"error_code": 0, "error_message": None, "auth_bytes": out,
                 "session_lifetime_ms": 0}
 
-    async def _sasl_raw_token(self, conn: _Conn, token: bytes) -> None:
+    async def _sasl_raw_token(self, conn: _Conn, token: bytes | bytearray) -> None:
         """SaslHandshake v0: tokens travel as bare int32-length frames; failure is a close."""
         out, why = await self._sasl_step(conn, token)
         if out is None:

@@ -74,6 +74,9 @@ MAX_TIMESTAMP = -3
 # takes a registry write and an fsync (tens of milliseconds), so the common case still gets its
 # partitions in one round trip.
 AUTO_CREATE_WAIT_S = 1.0
+# A Metadata answer of more topics than this is built and encoded in a thread: thousands of
+# entries are tens of milliseconds of pure Python, and the GIL changes hands every 5 ms, so
+# other connections are served meanwhile.
 MANY_TOPICS = 500
 
 _BATCH_HEADER = struct.Struct(">qiiBiHiqqqhi")  # base offset .. base sequence (57 bytes)
@@ -149,8 +152,6 @@ class Broker:
     async def _metadata_after_create(self, names: list[str], new: list[str], conn: Any) -> dict:
         later = await self._auto_create(new, names, conn, "Metadata")
         if len(names) > MANY_TOPICS:
-            # Thousands of entries are tens of milliseconds of Python: in a thread, so that
-            # other connections are served meanwhile (the GIL changes hands every 5 ms).
             return await asyncio.to_thread(self._metadata_answer, names, conn, later)
         return self._metadata_answer(names, conn, later)
 

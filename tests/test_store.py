@@ -153,6 +153,46 @@ def test_create_twice_is_topic_already_exists_and_keeps_the_first(store):
     assert d["config"] == {"retention.ms": 5000}
 
 
+def test_create_topics_writes_the_registry_once_for_many_topics(store, monkeypatch):
+    """Issue 13 item 7: 10,000 topics made one create_topic at a time rewrote and fsynced the
+    whole registry each time (O(n^2)); create_topics writes it once and reports each failure."""
+    store.create_topic("old", partitions=2)
+    writes = []
+    real = kstore.store.atomic_write
+    monkeypatch.setattr(kstore.store, "atomic_write", lambda p, d: (writes.append(p), real(p, d)))
+    names = [f"t{i:05d}" for i in range(10_000)]
+    failed = store.create_topics([(n, 1) for n in names] + [
+        ("old", 1), ("bad/name", 1), ("zero", 0), ("badcfg", 1, {"retention.ms": "soon"}),
+        ("twice", 3, {"retention.ms": 5000}), ("twice", 1)])
+    assert len(writes) == 1
+    assert {k: type(v) for k, v in failed.items()} == {
+        "old": errors.TopicAlreadyExistsError, "bad/name": errors.InvalidTopicError,
+        "zero": errors.InvalidPartitionsError, "badcfg": errors.InvalidConfigError,
+        "twice": errors.InvalidRequestError}
+    assert "retention.ms" in str(failed["badcfg"])
+    assert "more than once" in str(failed["twice"])
+    assert set(store.topics()) == {"old", *names}
+    assert store.partitions_for("old") == 2
+    # A second batch of names that all exist writes nothing; single create_topic still works.
+    assert set(store.create_topics([("old", 1), ("t00001", 1)])) == {"old", "t00001"}
+    assert len(writes) == 1
+    store.create_topic("single")
+    path = store.path
+    store.close()
+    with kstore.open(path, read_only=True) as ro:
+        assert len(ro.topics()) == 10_002
+
+
+def test_create_topics_that_cannot_write_the_registry_creates_none(store, monkeypatch):
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(kstore.store, "atomic_write", full)
+    with pytest.raises(errors.KafkaStorageError, match="no topic was created"):
+        store.create_topics([("a", 1), ("b", 1)])
+    assert store.topics() == []
+
+
 def test_describe_topic(store):
     store.create_topic("clicks", partitions=3, config={"compression.type": "lz4"})
     with store.producer(linger_ms=0) as p:

@@ -1702,9 +1702,25 @@ def _parse_listen(ctx: click.Context, param: click.Parameter, value: str) -> tup
 @click.option("--sasl-users", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Require SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) with the users in this "
               "file: one 'user:password' per line, or lines from `kstore scram-credential`.")
-@click.option("--max-connections", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--max-auto-create-per-request", type=click.IntRange(1), default=1000,
+              show_default=True, help="Topics one Metadata or Produce request may auto-create; "
+              "the rest are answered LEADER_NOT_AVAILABLE, so clients retry.")
+@click.option("--max-connections", type=click.IntRange(1), default=1000, show_default=True,
+              help="Open connections (max.connections); at the limit the longest-idle one is "
+              "closed to admit a new one.")
+@click.option("--max-connections-per-ip", type=click.IntRange(1), default=500,
+              show_default=True, help="Open connections from one address "
+              "(max.connections.per.ip); likewise its longest-idle one makes room.")
+@click.option("--first-request-timeout", type=click.FloatRange(0.1), default=10.0,
+              show_default=True, help="Seconds a new connection has to send a request (with "
+              "SASL: to authenticate) before it is closed.")
 @click.option("--max-request-bytes", type=click.IntRange(1024), default=104_857_600,
               show_default=True, help="Largest request accepted (socket.request.max.bytes).")
+@click.option("--queued-max-request-bytes", type=click.IntRange(1024), default=104_857_600,
+              show_default=True, help="Bytes of large requests in flight, server-wide "
+              "(queued.max.request.bytes): over it, connections wait unread.")
+@click.option("--receive-timeout", type=click.FloatRange(0.1), default=30.0, show_default=True,
+              help="Seconds to receive a whole request once it has started.")
 @click.option("--idle-timeout", type=click.FloatRange(0.1), default=600.0, show_default=True,
               help="Seconds before an idle connection is closed (connections.max.idle.ms).")
 @click.option("--group-initial-rebalance-delay-ms", type=click.IntRange(0), default=3000,
@@ -1715,8 +1731,10 @@ def _parse_listen(ctx: click.Context, param: click.Parameter, value: str) -> tup
 @_data_option
 def serve(listen: tuple[str, int], advertise: str | None, num_partitions: int, auto_create: bool,
           tls_cert: str | None, tls_key: str | None, tls_ca: str | None, sasl_users: str | None,
-          max_connections: int, max_request_bytes: int, idle_timeout: float,
-          group_initial_rebalance_delay_ms: int, log_level: str, data: Path | None) -> None:
+          max_auto_create_per_request: int, max_connections: int, max_connections_per_ip: int,
+          first_request_timeout: float, max_request_bytes: int, queued_max_request_bytes: int,
+          receive_timeout: float, idle_timeout: float, group_initial_rebalance_delay_ms: int,
+          log_level: str, data: Path | None) -> None:
     """Serve the data directory over the Kafka protocol until Ctrl-C or SIGTERM.
 
     Kafka's clients (kcat, confluent-kafka, kafka-python, aiokafka, ...) connect with
@@ -1748,6 +1766,7 @@ def serve(listen: tuple[str, int], advertise: str | None, num_partitions: int, a
     adv_host = adv_port = None
     if advertise is not None:
         adv_host, adv_port = _parse_listen(click.get_current_context(), None, advertise)  # type: ignore[arg-type]
+    _raise_open_files_limit(max_connections)
     path = _data_dir(data)
     try:
         store = kstore.open(path)
@@ -1756,8 +1775,13 @@ def serve(listen: tuple[str, int], advertise: str | None, num_partitions: int, a
     cfg = ServerConfig(host=listen[0], port=listen[1], advertised_host=adv_host,
                        advertised_port=adv_port, num_partitions=num_partitions,
                        auto_create_topics=auto_create, ssl_context=ssl_context, sasl_users=users,
-                       max_connections=max_connections, max_request_bytes=max_request_bytes,
-                       idle_timeout_s=idle_timeout,
+                       max_auto_create_per_request=max_auto_create_per_request,
+                       max_connections=max_connections,
+                       max_connections_per_ip=max_connections_per_ip,
+                       first_request_timeout_s=first_request_timeout,
+                       max_request_bytes=max_request_bytes,
+                       queued_max_request_bytes=queued_max_request_bytes,
+                       receive_timeout_s=receive_timeout, idle_timeout_s=idle_timeout,
                        group_initial_rebalance_delay_ms=group_initial_rebalance_delay_ms)
 
     async def run() -> None:
@@ -1785,6 +1809,19 @@ def serve(listen: tuple[str, int], advertise: str | None, num_partitions: int, a
         except kerr.KafkaStorageError as exc:  # e.g. a full disk: the logs recover next open
             raise DataError(f"kstore serve: stopped, but {exc}") from None
     click.echo("kstore serve: stopped", err=True)
+
+
+def _raise_open_files_limit(max_connections: int) -> None:
+    """Each connection is a file descriptor, besides the segment files: lift the soft limit
+    (1024 on many systems) toward the hard one so that --max-connections can be reached."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + 1024
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
 @main.command("scram-credential")

@@ -20,7 +20,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -205,10 +205,12 @@ class Store:
                 f"move it away to start with no topics (the partition folders are untouched)"
             ) from None
 
-    def _write_registry(self, undo: Callable[[], object] | None = None) -> None:
-        """Replace kstore.json with the topics in memory. When the disk refuses, ``undo``
-        returns memory to what the file still says, and KafkaStorageError is raised."""
-        data = {"version": 1, "topics": self._topics}
+    def _write_registry(self, topics: dict[str, dict[str, Any]] | None = None,
+                        undo: Callable[[], object] | None = None) -> None:
+        """Replace kstore.json with ``topics`` (default: the topics in memory). When the disk
+        refuses, ``undo`` returns memory to what the file still says, and KafkaStorageError is
+        raised."""
+        data = {"version": 1, "topics": self._topics if topics is None else topics}
         try:
             atomic_write(self.path / REGISTRY,
                          (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
@@ -251,6 +253,65 @@ class Store:
                                   "topic_id": uuid.uuid4().hex}
             self._write_registry(undo=lambda: self._topics.pop(name, None))
             self.topic_epoch += 1
+
+    def create_topics(self, topics: Iterable[tuple[str, int] | tuple[str, int, Mapping[str, Any] | None]],
+                      ) -> dict[str, KStoreError]:
+        """Create many topics with one registry write: ``[(name, partitions), (name,
+        partitions, config), ...]``. create_topic rewrites the whole registry (and fsyncs it)
+        per topic, so n topics made one by one cost O(n^2) bytes written; here they cost one
+        write. Returns the topics that were not created, each with its error
+        (TopicAlreadyExistsError, InvalidTopicError, InvalidPartitionsError, InvalidConfigError,
+        InvalidRequestError for a name given twice); the others are all created, made visible
+        together once the registry is on disk. Thread-safe: readers of the topics see the old
+        or the new set, never a half-made one. Raises ReadOnlyError/ClosedError, or
+        KafkaStorageError when the registry cannot be written (then none is created)."""
+        self._check_writable()
+        failed: dict[str, KStoreError] = {}
+        wanted: dict[str, dict[str, Any]] = {}
+        specs = list(topics)
+        seen: dict[Any, int] = {}
+        for spec in specs:
+            seen[spec[0]] = seen.get(spec[0], 0) + 1
+        for spec in specs:
+            name, partitions = spec[0], spec[1]
+            config = spec[2] if len(spec) > 2 else None  # type: ignore[misc]
+            try:
+                if seen[name] > 1:  # which one was meant? Neither (Kafka's CreateTopics agrees)
+                    raise InvalidRequestError(f"topic {name!r} is named more than once")
+                validate_topic_name(name)
+                refuse_internal(name, "create")
+                if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
+                    raise InvalidPartitionsError(
+                        f"topic {name!r}: partitions must be a positive int, not {partitions!r}")
+                cfg = validate_config(config)
+            except KStoreError as exc:
+                failed.setdefault(name, exc)
+                continue
+            wanted[name] = {"partitions": partitions, "config": _jsonable(cfg),
+                            "topic_id": uuid.uuid4().hex}
+        if not wanted:
+            return failed
+        with self._lock:
+            self._check_writable()
+            merged = dict(self._topics)
+            for name, t in wanted.items():
+                if name in merged:
+                    failed[name] = TopicAlreadyExistsError(f"topic {name!r} already exists")
+                else:
+                    merged[name] = t
+            if len(merged) == len(self._topics):
+                return failed
+            try:
+                self._write_registry(merged)
+            except OSError as exc:
+                raise KafkaStorageError(
+                    f"cannot write the topic registry {self.path / REGISTRY}: "
+                    f"{exc.strerror or exc}; no topic was created (free space or fix "
+                    f"permissions, then retry)") from None
+            # One assignment: a reader on another thread sees all of them or none.
+            self._topics = merged
+            self.topic_epoch += 1
+        return failed
 
     def topics(self, internal: bool = False) -> list[str]:
         """Topic names (``internal=True`` includes ``__consumer_offsets``)."""

@@ -47,6 +47,7 @@ log = logging.getLogger("kstore.server")
 NONE = 0
 OFFSET_OUT_OF_RANGE = 1
 UNKNOWN_TOPIC_OR_PARTITION = 3
+LEADER_NOT_AVAILABLE = 5
 COORDINATOR_NOT_AVAILABLE = 15
 INVALID_TOPIC_EXCEPTION = 17
 INVALID_REQUIRED_ACKS = 21
@@ -68,6 +69,16 @@ UNKNOWN_SERVER_ERROR = -1
 LEADER_EPOCH = 0  # one node, one epoch, forever (kafka-protocol.md rule 9)
 AUTHORIZED_OPERATIONS_OMITTED = -(2**31)
 MAX_TIMESTAMP = -3
+# How long a Metadata or Produce that auto-creates topics waits for the creation (done in a
+# thread) before answering LEADER_NOT_AVAILABLE for the topics not made yet, as Kafka answers
+# while its controller creates them; clients retry. One creation of up to a thousand topics
+# takes a registry write and an fsync (tens of milliseconds), so the common case still gets its
+# partitions in one round trip.
+AUTO_CREATE_WAIT_S = 1.0
+# A Metadata answer of more topics than this is built and encoded in a thread: thousands of
+# entries are tens of milliseconds of pure Python, and the GIL changes hands every 5 ms, so
+# other connections are served meanwhile.
+MANY_TOPICS = 500
 
 _BATCH_HEADER = struct.Struct(">qiiBiHiqqqhi")  # base offset .. base sequence (57 bytes)
 _ATTR_CODEC = 0x07
@@ -83,6 +94,7 @@ class BrokerConfig:
     advertised_port: int | None = None
     auto_create_topics: bool = True
     num_partitions: int = 1
+    max_auto_create_per_request: int = 1000
     allow_delete_topics: bool = True
     broker_config: dict[str, str] = field(default_factory=dict)
 
@@ -98,6 +110,8 @@ class Broker:
         # Partitions whose last append the disk refused: logged at ERROR once, until an append
         # to them succeeds again (a full disk must not flood the log, one line per request).
         self._storage_failed: set[tuple[str, int]] = set()
+        # Auto-creations in progress (in a thread): topic -> the future of its batch.
+        self._creating: dict[str, asyncio.Future[Any]] = {}
         self.handlers: dict[int, Any] = {
             0: self.produce, 1: self.fetch, 2: self.list_offsets, 3: self.metadata,
             8: self.offset_commit, 9: self.offset_fetch, 10: self.find_coordinator,
@@ -125,29 +139,41 @@ class Broker:
         return {"node_id": self.config.node_id, "host": self.config.advertised_host or host,
                 "port": self.config.advertised_port or port, "rack": None}
 
-    def metadata(self, req: dict, version: int, conn: Any) -> dict:
-        store = self.store
+    def metadata(self, req: dict, version: int, conn: Any) -> Any:
         wanted = req["topics"]
         all_topics = wanted is None or (version == 0 and not wanted)
         allow_create = (self.config.auto_create_topics and not all_topics
                         and (version < 4 or req["allow_auto_topic_creation"]))
-        names = store.topics(internal=True) if all_topics else [t["name"] for t in wanted]
-        topics = []
-        for name in names:
-            topics.append(self._topic_metadata(name, allow_create))
+        names = self.store.topics(internal=True) if all_topics else [t["name"] for t in wanted]
+        if allow_create:
+            new = self._creatable(names)
+            if new or any(n in self._creating for n in names if n is not None):
+                return self._metadata_after_create(names, new, conn)
+        if len(names) > MANY_TOPICS:
+            return asyncio.to_thread(self._metadata_answer, names, conn, ())
+        return self._metadata_answer(names, conn, ())
+
+    async def _metadata_after_create(self, names: list[str], new: list[str], conn: Any) -> dict:
+        later = await self._auto_create(new, names, conn, "Metadata")
+        if len(names) > MANY_TOPICS:
+            return await asyncio.to_thread(self._metadata_answer, names, conn, later)
+        return self._metadata_answer(names, conn, later)
+
+    def _metadata_answer(self, names: list[str], conn: Any, later: Any) -> dict:
+        topics = [self._topic_metadata(name, later) for name in names]
         b = self._broker(conn)
         return {"brokers": [b], "cluster_id": self.config.cluster_id,
                 "controller_id": self.config.node_id, "topics": topics,
                 "cluster_authorized_operations": AUTHORIZED_OPERATIONS_OMITTED}
 
-    def _topic_metadata(self, name: str, allow_create: bool) -> dict:
+    def _topic_metadata(self, name: str, later: Any) -> dict:
         node = self.config.node_id
         if name is None:
             return {"error_code": INVALID_TOPIC_EXCEPTION, "name": None, "partitions": []}
         try:
             validate_topic_name(name)
-            if allow_create and name not in self.store._topics:
-                self._auto_create(name)
+            if name not in self.store._topics and (name in self._creating or name in later):
+                return {"error_code": LEADER_NOT_AVAILABLE, "name": name, "partitions": []}
             n = self.store.partitions_for(name)
         except InvalidTopicError:
             return {"error_code": INVALID_TOPIC_EXCEPTION, "name": name, "partitions": []}
@@ -159,14 +185,81 @@ class Broker:
         return {"error_code": NONE, "name": name, "is_internal": name == OFFSETS_TOPIC,
                 "partitions": parts, "topic_authorized_operations": AUTHORIZED_OPERATIONS_OMITTED}
 
-    def _auto_create(self, name: str) -> None:
-        if name.startswith("__"):
-            return
-        try:
-            self.store.create_topic(name, self.config.num_partitions)
-            log.info("auto-created topic %r with %d partition(s)", name, self.config.num_partitions)
-        except TopicAlreadyExistsError:
-            pass
+    # ------------------------------------------------------------------------------------------
+    # Auto-creation: off the event loop, one registry write per batch, capped per request
+
+    def _creatable(self, names: Any) -> list[str]:
+        """The names a request may auto-create: valid, not internal, not there, not being made
+        (each once, in order)."""
+        topics, creating = self.store._topics, self._creating
+        out = []
+        for name in dict.fromkeys(names):
+            if (name is None or name in topics or name in creating or name.startswith("__")):
+                continue
+            try:
+                validate_topic_name(name)
+            except InvalidTopicError:
+                continue
+            out.append(name)
+        return out
+
+    async def _auto_create(self, new: list[str], names: Any, conn: Any, what: str) -> set[str]:
+        """Start creating ``new`` (at most max_auto_create_per_request of them) in a thread and
+        wait up to AUTO_CREATE_WAIT_S for it and for creations already under way of ``names``.
+        Returns the names left for a later request (over the cap): answered
+        LEADER_NOT_AVAILABLE, as are those still being made, so that clients retry."""
+        cap = self.config.max_auto_create_per_request
+        later: set[str] = set()
+        if len(new) > cap:
+            later = set(new[cap:])
+            log.warning("%s from %s (%s) names %d new topics: auto-creating %d now (the limit per "
+                        "request), the rest are answered LEADER_NOT_AVAILABLE until a retry",
+                        what, conn.peer, conn.client_id, len(new), cap)
+            new = new[:cap]
+        if new:
+            self._start_creating(new)
+        waits = {self._creating[n] for n in dict.fromkeys(names) if n in self._creating}
+        if waits:
+            # asyncio.wait leaves the creations running if this request is cancelled.
+            await asyncio.wait(waits, timeout=AUTO_CREATE_WAIT_S)
+        return later
+
+    def _start_creating(self, names: list[str]) -> None:
+        n = self.config.num_partitions
+        fut = asyncio.ensure_future(
+            asyncio.to_thread(self.store.create_topics, [(name, n) for name in names]))
+        for name in names:
+            self._creating[name] = fut
+
+        def done(f: asyncio.Future[Any]) -> None:
+            for name in names:
+                if self._creating.get(name) is f:
+                    del self._creating[name]
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                log.error("auto-creating %d topic(s) failed: %s", len(names), exc)
+                return
+            failed = f.result()
+            made = [x for x in names if x not in failed]
+            for name, err in failed.items():
+                if not isinstance(err, TopicAlreadyExistsError):
+                    log.warning("auto-creating topic %r failed: %s", name, err)
+            if len(made) == 1:
+                log.info("auto-created topic %r with %d partition(s)", made[0], n)
+            elif made:
+                log.info("auto-created %d topics with %d partition(s) each (%r ... %r)",
+                         len(made), n, made[0], made[-1])
+
+        fut.add_done_callback(done)
+
+    async def close(self) -> None:
+        """Wait for auto-creations under way (a thread cannot be cancelled; the store must not
+        close under it)."""
+        pending = set(self._creating.values())
+        if pending:
+            await asyncio.wait(pending)
 
     def describe_cluster(self, req: dict, version: int, conn: Any) -> dict:
         b = self._broker(conn)
@@ -179,11 +272,25 @@ class Broker:
     # ==========================================================================================
     # Produce
 
-    def produce(self, req: dict, version: int, conn: Any) -> dict | None:
+    def produce(self, req: dict, version: int, conn: Any) -> Any:
         acks = req["acks"]
         if acks not in (-1, 0, 1):
             err = INVALID_REQUIRED_ACKS
             return self._produce_all_failed(req, err) if acks != 0 else None
+        if self.config.auto_create_topics:
+            names = [t["name"] for t in req["topic_data"]]
+            new = self._creatable(names)
+            if new or any(n in self._creating for n in names if n is not None):
+                return self._produce_after_create(req, version, conn, names, new)
+        return self._produce(req, version, ())
+
+    async def _produce_after_create(self, req: dict, version: int, conn: Any, names: list[str],
+                                    new: list[str]) -> dict | None:
+        later = await self._auto_create(new, names, conn, "Produce")
+        return self._produce(req, version, later)
+
+    def _produce(self, req: dict, version: int, later: Any) -> dict | None:
+        acks = req["acks"]
         txn = req["transactional_id"]
         responses = []
         failed = False
@@ -192,7 +299,7 @@ class Broker:
             parts = []
             for p in t["partition_data"]:
                 r = self._produce_partition(name, p["index"], p["records"], version,
-                                            txn is not None)
+                                            txn is not None, later)
                 failed |= r["error_code"] != NONE
                 parts.append(r)
             responses.append({"name": name, "partition_responses": parts})
@@ -212,13 +319,14 @@ class Broker:
             for t in req["topic_data"]]}
 
     def _produce_partition(self, topic: str, partition: int, records: Any, version: int,
-                           transactional: bool) -> dict:
+                           transactional: bool, later: Any) -> dict:
         out: dict[str, Any] = {"index": partition, "error_code": NONE, "base_offset": -1,
                                "log_append_time_ms": -1, "log_start_offset": -1}
         try:
             if self.config.auto_create_topics and topic not in self.store._topics:
                 validate_topic_name(topic)
-                self._auto_create(topic)
+                if topic in self._creating or topic in later:
+                    raise _Refused(LEADER_NOT_AVAILABLE, f"topic {topic!r} is being created")
             if topic.startswith("__"):
                 raise _Refused(INVALID_TOPIC_EXCEPTION, f"{topic} is internal")
             lg = self.store.partition(topic, partition)
@@ -503,13 +611,23 @@ class Broker:
     # ==========================================================================================
     # Topics and configs
 
-    def create_topics(self, req: dict, version: int, conn: Any) -> dict:
+    async def create_topics(self, req: dict, version: int, conn: Any) -> dict:
+        # Checked here, created in one batch in a thread: one registry write for the request,
+        # and the event loop keeps serving other connections meanwhile.
         out = []
+        todo: dict[str, tuple[dict[str, Any], int, dict[str, Any]]] = {}
+        counts: dict[str, int] = {}
+        for t in req["topics"]:
+            counts[t["name"]] = counts.get(t["name"], 0) + 1
         for t in req["topics"]:
             name = t["name"]
             r: dict[str, Any] = {"name": name, "error_code": NONE, "error_message": None,
                                  "num_partitions": -1, "replication_factor": -1, "configs": None}
+            out.append(r)
             try:
+                if counts[name] > 1:  # as Kafka: every entry of a repeated name is refused
+                    raise InvalidRequestError(f"topic {name!r} is named more than once in the "
+                                              f"request")
                 n = t["num_partitions"]
                 rf = t["replication_factor"]
                 if t["assignments"]:
@@ -534,21 +652,36 @@ class Broker:
                 validate_topic_name(name)
                 if name.startswith("__"):
                     raise InvalidTopicError(f"{name!r}: names starting with '__' are internal")
+                from kstore.config import validate_config
+                validate_config(configs)
                 if req["validate_only"]:
-                    from kstore.config import validate_config
-                    validate_config(configs)
                     if name in self.store._topics:
                         raise TopicAlreadyExistsError(f"topic {name!r} already exists")
+                    self._created(r, name, n, rf, configs, version)
                 else:
-                    self.store.create_topic(name, n, configs)
-                r["num_partitions"], r["replication_factor"] = n, rf
-                if version >= 5:
-                    r["configs"] = [self._config_entry(name, k, v, set(configs))
-                                    for k, v in self._topic_config(name, configs).items()]
+                    todo[name] = (r, n, configs)
             except KStoreError as exc:
                 r["error_code"], r["error_message"] = exc.code, str(exc)
-            out.append(r)
+        if todo:
+            try:
+                failed = await asyncio.to_thread(
+                    self.store.create_topics, [(name, n, c) for name, (_, n, c) in todo.items()])
+            except KStoreError as exc:
+                failed = dict.fromkeys(todo, exc)
+            for name, (r, n, configs) in todo.items():
+                err = failed.get(name)
+                if err is not None:
+                    r["error_code"], r["error_message"] = err.code, str(err)
+                else:
+                    self._created(r, name, n, 1, configs, version)
         return {"topics": out}
+
+    def _created(self, r: dict[str, Any], name: str, n: int, rf: int, configs: dict[str, Any],
+                 version: int) -> None:
+        r["num_partitions"], r["replication_factor"] = n, rf
+        if version >= 5:
+            r["configs"] = [self._config_entry(name, k, v, set(configs))
+                            for k, v in self._topic_config(name, configs).items()]
 
     def _topic_config(self, name: str, overrides: dict | None = None) -> dict[str, Any]:
         if overrides is not None and name not in self.store._topics:

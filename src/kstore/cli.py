@@ -54,6 +54,7 @@ import kstore
 from kstore import errors as kerr
 from kstore import records
 from kstore.config import TOPIC_CONFIG, validate_config
+from kstore.log import quarantine
 
 DEFAULT_DATA = "./kstore-data"
 EXIT_OK, EXIT_USAGE, EXIT_DATA = 0, 1, 2
@@ -1326,27 +1327,36 @@ def _show(b: bytes | None) -> str:
 @_quiet_pipe
 def dump_log(segment: Path, print_data: bool, as_json: bool) -> None:
     """Print the batches of a segment file (.log) like Kafka's kafka-dump-log: headers, offsets,
-    timestamps and whether each batch's CRC is valid. Also reads .index and .timeindex files.
-    Exits 2 when a batch is invalid or the file has bytes that are not whole batches."""
+    timestamps and whether each batch's CRC is valid. Also reads .index and .timeindex files
+    and the side files recovery keeps cut bytes in (.log.corrupt-<position>). After a batch
+    whose header is damaged it goes on at the next batch whose CRC checks out. Exits 2 when a
+    batch is invalid or the file has bytes that are not whole batches."""
     if segment.suffix in (".index", ".timeindex"):
         _dump_index(segment, as_json)
         return
-    if segment.suffix != ".log" and not segment.name.endswith(".log.deleted"):
-        raise _usage(f"{segment} is not a .log, .index or .timeindex file")
+    side = quarantine.is_side_file(segment.name)
+    if segment.suffix != ".log" and not segment.name.endswith(".log.deleted") and not side:
+        raise _usage(f"{segment} is not a .log, .index, .timeindex or .log.corrupt-* file")
     size = segment.stat().st_size
     out = sys.stdout
     if not as_json:
         out.write(f"Dumping {segment}\n")
         stem = segment.name.split(".")[0]
-        if stem.isdigit():
+        if side:
+            origin = segment.name.split(".corrupt-")[1].split(".")[0]
+            out.write(f"Bytes recovery cut from {stem}.log at byte {origin}: positions below are "
+                      f"in this file (add {origin} for the segment's)\n")
+        elif stem.isdigit():
             out.write(f"Log starting offset: {int(stem)}\n")
     problems: list[str] = []
     batches = 0
     end = 0
-    if size:
-        mm = _map(segment, size)
+    mm = _map(segment, size) if size else None
+    start = 0
+    while mm is not None and start < size:
+        end = start
         try:
-            for b in records.iter_batches(mm, allow_partial=True):
+            for b in records.iter_batches(mm, start, allow_partial=True):
                 batches += 1
                 end = b.position + b.size
                 try:
@@ -1392,10 +1402,17 @@ def dump_log(segment: Path, print_data: bool, as_json: bool) -> None:
                 del b
         except kerr.CorruptRecordError as exc:
             problems.append(f"unreadable batch at position {end}: {exc}")
-            end = size
-    if end < size:
-        problems.append(f"bytes {end}..{size} are not a whole batch (a write in progress, or a "
-                        f"torn write that the next writable open cuts)")
+        if end >= size:
+            break
+        # The header at ``end`` cannot be trusted (its length runs past the file or does not
+        # parse): look for the next batch that checks out, CRC included, and go on from there.
+        start = _next_sound_batch(mm, end + 1, size)
+        if start < size:
+            problems.append(f"bytes {end}..{start} do not hold a batch that checks out (a damaged "
+                            f"header); skipped to the next sound batch at position {start}")
+        else:
+            problems.append(f"bytes {end}..{size} are not a whole batch (a write in progress, a "
+                            f"torn write that the next writable open cuts, or a damaged header)")
     out.flush()
     if problems:
         _note(f"{segment}: {len(problems)} problem{'s' * (len(problems) != 1)} in {batches} "
@@ -1403,6 +1420,21 @@ def dump_log(segment: Path, print_data: bool, as_json: bool) -> None:
         sys.exit(EXIT_DATA)
     if not as_json:
         _note(f"{batches} batches, {size} bytes, every CRC valid")
+
+
+def _next_sound_batch(mm: Any, start: int, size: int) -> int:
+    """The first position >= ``start`` where a whole batch with a valid CRC starts, or
+    ``size``. Candidates are the bytes that could be its magic (2, 16 bytes in)."""
+    at = start + 16
+    while True:
+        at = mm.find(b"\x02", at, size)
+        if at < 0:
+            return size
+        pos = at - 16
+        res = records.scan(mm, pos, size, True, False, 1)
+        if len(res) == 1 and int(res.base_offsets[0]) >= 0:
+            return pos
+        at += 1
 
 
 def _dump_index(path: Path, as_json: bool) -> None:

@@ -40,6 +40,7 @@ from kstore.errors import (
     OffsetOutOfRangeError,
     ReadOnlyError,
 )
+from kstore.log import quarantine
 from kstore.log.checkpoint import (
     LOG_START_OFFSET,
     RECOVERY_POINT,
@@ -81,13 +82,15 @@ class SegmentInfo:
 @dataclass(frozen=True)
 class RecoveryReport:
     """What opening the log found: ``clean`` (marker present, nothing scanned) or which
-    segments were scanned and how many bytes were cut from the tail, and why."""
+    segments were scanned, how many bytes were cut from the tail and why, and the side files
+    that hold the cut bytes."""
 
     clean: bool
     scanned_segments: int
     truncated_bytes: int
     reason: str | None
     seconds: float
+    side_files: tuple[Path, ...] = ()  # where the cut bytes went (kstore.log.quarantine)
 
 
 class PartitionLog:
@@ -166,6 +169,7 @@ class PartitionLog:
         rp = self._rp_file.get(self._key, 0) or 0
         segs = [Segment.load(d, b, self.config) for b in bases]
         scanned, cut, why = 0, 0, None
+        side_files: list[Path] = []
         if segs:
             if clean:
                 try:
@@ -178,17 +182,19 @@ class PartitionLog:
                 start = max(bisect.bisect_right(bases, rp) - 1, 0)
                 for i in range(start, len(segs)):
                     last = i == len(segs) - 1
-                    seg_cut, seg_why = segs[i].recover(active=last)
+                    moved: list[tuple[Path, str]] = []
+                    later = segs[i + 1:]
+                    seg_cut, seg_why = segs[i].recover(
+                        active=last,
+                        before_cut=lambda m=moved, s=later: m.extend(self._quarantine(s)))
                     scanned += 1
                     if seg_cut:
                         cut, why = seg_cut, seg_why
-                        log.warning("%s: cut %d bytes from %s at byte %d: %s", d, seg_cut,
-                                    segs[i].log_path.name, segs[i].size, seg_why)
+                        self._log_cut(segs[i], seg_why, moved)
+                        if segs[i].cut is not None and segs[i].cut.side_file is not None:
+                            side_files.append(segs[i].cut.side_file)
+                        side_files += [side for side, _ in moved]
                         if not last:
-                            for dead in segs[i + 1:]:
-                                log.warning("%s: deleting %s after the cut", d, dead.log_path.name)
-                                for p in dead.rename_deleted():
-                                    p.unlink()
                             segs = segs[:i + 1]
                             segs[i].open_active()
                         break
@@ -207,7 +213,45 @@ class PartitionLog:
         self._use_active(segs[-1])
         self._log_start = max(lso_ck, segs[0].base_offset)
         self._recovery_point = self._leo if clean else min(rp, self._leo)
-        self.recovery = RecoveryReport(clean, scanned, cut, why, time.perf_counter() - started)
+        self.recovery = RecoveryReport(clean, scanned, cut, why, time.perf_counter() - started,
+                                       tuple(side_files))
+
+    def _quarantine(self, later: list[Segment]) -> list[tuple[Path, str]]:
+        """Recovery cuts the log before ``later``: move their .log files to side files (their
+        indexes go) instead of deleting them. Returns (side file, what it holds) for each."""
+        moved = []
+        for seg in later:
+            seg.close()
+            last = quarantine.last_offset_in(seg.log_path)
+            side = quarantine.keep_segment(seg.log_path)
+            for idx in (seg.offset_index.path, seg.time_index.path):
+                idx.unlink(missing_ok=True)
+            if side is not None:
+                moved.append((side, f"{side} (offsets {seg.base_offset}.."
+                                    f"{'?' if last is None else last}, was {seg.log_path.name})"))
+        fsync_dir(self.directory)
+        return moved
+
+    def _log_cut(self, seg: Segment, why: str | None, moved: list[tuple[Path, str]]) -> None:
+        c = seg.cut
+        assert c is not None
+        last = "?" if c.last_offset is None else str(c.last_offset)
+        where = (f"{c.size} bytes of {seg.log_path} from byte {c.position} (offsets "
+                 f"{c.first_offset}..{last} as far as their headers can be read): {why}")
+        if c.side_file is not None:
+            log.warning("recovery cut %s; they are kept, byte for byte, in %s", where,
+                        c.side_file)
+        elif c.partial_write:
+            log.warning("recovery cut %s: a batch the crash left half written", where)
+        else:
+            log.warning("recovery cut %s: every cut byte was zero", where)
+        for _, what in moved:
+            log.warning("recovery removed the segment after the cut from the log: moved to %s",
+                        what)
+
+    def quarantined_files(self) -> list[Path]:
+        """Side files holding bytes earlier recoveries cut (see ``kstore.log.quarantine``)."""
+        return quarantine.side_files(self.directory)
 
     def _open_read_only(self) -> None:
         # A partition the writer has not created yet reads as empty until it appears.

@@ -12,6 +12,8 @@ import mmap
 import os
 import sys
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import numpy as np
 
 from kstore import _core
 from kstore.errors import KafkaStorageError
+from kstore.log import quarantine
 from kstore.log.fileslice import FileSlice, SegmentFile
 from kstore.log.index import OFFSET_ENTRY, TIME_ENTRY, IndexFile
 
@@ -49,6 +52,7 @@ class Segment:
         self._map_lock = threading.Lock()
         self._size = 0
         self._indexes_checked = False
+        self.cut: CutReport | None = None  # what the last recover() cut
         self._max_ts: tuple[int, int] | None = None  # (max timestamp, its offset) once known
         self.next_offset: int | None = None  # known for the last segment
         self._maps: list[mmap.mmap] = []  # mappings handed to slices (closed before truncation)
@@ -168,10 +172,15 @@ class Segment:
 
     # -- recovery -----------------------------------------------------------------------------
 
-    def recover(self, active: bool) -> tuple[int, str | None]:
+    def recover(self, active: bool,
+                before_cut: Callable[[], None] | None = None) -> tuple[int, str | None]:
         """Rebuild both indexes from the .log, truncating at the first invalid or partial batch.
 
-        Returns (bytes cut, why). The segment is left active (appending) when ``active``.
+        Returns (bytes cut, why); ``self.cut`` says more (position, offsets, side file). The cut
+        bytes are first copied to a side file (``quarantine.keep_bytes``), except a partial
+        write at the end of the ``active`` segment and bytes that are all zero; ``before_cut``
+        runs after that copy and before the file shrinks (the log moves later segments away).
+        The segment is left active (appending) when ``active``.
         """
         self.close_files()
         size = os.path.getsize(self.log_path)
@@ -186,6 +195,8 @@ class Segment:
         app.attach_indexes(self.offset_index.mm, 0, self.time_index.mm, 0)
         app.attach_index_files(self.offset_index.fd, self.time_index.fd, 0, 0)
         why = None
+        torn = False
+        self.cut = None
         if size:
             with open(self.log_path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
                 start = 0
@@ -203,6 +214,7 @@ class Segment:
                     app.track_scanned(res)
                     if not res.ok:
                         why = str(res.error)
+                        torn = res.torn
                         break
                     if res.valid_end == start:
                         break
@@ -211,6 +223,14 @@ class Segment:
         valid = app.size
         cut = size - valid
         if cut:
+            partial = active and torn and quarantine.is_partial_write(
+                self.log_path, valid, size, app.next_offset, self.config)
+            side = None if partial else quarantine.keep_bytes(self.log_path, valid, size)
+            self.cut = CutReport(valid, cut, app.next_offset,
+                                 quarantine.last_offset_in(self.log_path, valid, size),
+                                 side, partial)
+            if before_cut is not None:
+                before_cut()
             with open(self.log_path, "r+b") as w:
                 w.truncate(valid)
                 os.fsync(w.fileno())
@@ -554,6 +574,21 @@ class Segment:
                 os.replace(p, q)
                 out.append(q)
         return out
+
+
+@dataclass(frozen=True)
+class CutReport:
+    """What ``Segment.recover`` cut: bytes [position, position + size) of the segment, holding
+    offsets from ``first_offset`` (the next offset the log hands out) up to ``last_offset`` as
+    far as readable headers say (None: none readable). ``side_file`` holds exactly those bytes
+    (None when they were a ``partial_write`` or all zero)."""
+
+    position: int
+    size: int
+    first_offset: int
+    last_offset: int | None
+    side_file: Path | None
+    partial_write: bool
 
 
 class _NeedsRecovery(Exception):

@@ -12,8 +12,9 @@ that only read open the store read-only, so they work beside a running writer; c
 write take the directory's lock and say so when another process holds it.
 
 Exit codes: 0 success, 1 usage error (bad option, bad config key or value), 2 data error (unknown
-topic or group, corruption, a locked or missing data directory), 130 (143) produce stopped by
-Ctrl-C (SIGTERM): every record it acknowledged is on disk. Messages go to stderr.
+topic or group, corruption, a locked or missing data directory), 3 (verify) only index files are
+damaged and `kstore repair-indexes` rebuilds them, 130 (143) produce stopped by Ctrl-C
+(SIGTERM): every record it acknowledged is on disk. Messages go to stderr.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from kstore.config import TOPIC_CONFIG, validate_config
 from kstore.log import quarantine
 
 DEFAULT_DATA = "./kstore-data"
-EXIT_OK, EXIT_USAGE, EXIT_DATA = 0, 1, 2
+EXIT_OK, EXIT_USAGE, EXIT_DATA, EXIT_REPAIRABLE = 0, 1, 2, 3
 READ_ONLY_COMMANDS = ("consume (without --group), topics list/describe, groups list/describe, "
                       "dump-log and verify")
 
@@ -1510,11 +1511,22 @@ def _scan_segment(path: Path, base: int) -> tuple[int, int, int, list[str], str 
 @_data_option
 def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
     """Check every batch's CRC and structure and every index entry of every partition in DATA
-    (read-only: works beside a writer). Exits 2 on corruption, naming the file and byte."""
+    (read-only: works beside a writer), and list the side files (.log.corrupt-*) where crash
+    recovery kept bytes it cut.
+
+    \b
+    Exit codes:
+      0  sound (warnings, e.g. quarantined side files or a write in progress, may be shown)
+      2  data corruption: a batch fails its CRC or structure (file and byte are named)
+      3  the data is sound but .index/.timeindex files are damaged or missing: rebuild
+         them with `kstore repair-indexes` (stop the writer first)
+    """
     data = data_arg or _data_dir(data)
     rows: list[dict[str, Any]] = []
     problems: list[str] = []
     warnings: list[str] = []
+    repairable: list[str] = []
+    quarantined: list[str] = []
     with _open_store(data, write=False) as store:
         tps = []
         for t in store.topics(internal=True):
@@ -1565,13 +1577,21 @@ def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
                         warnings.append(f"{prob} (it points into the incomplete tail; the next "
                                         f"writable open rebuilds the index)")
                         continue
+                    if _is_index_problem(prob):
+                        repairable.append(prob)
+                        continue
                     part_problems.append(prob)
+                for side in lg.quarantined_files():
+                    quarantined.append(f"{side} ({side.stat().st_size:,} bytes)")
                 problems += part_problems
                 rows.append({"partition": f"{t}-{p}", "segments": len(segs), "batches": nb,
                              "bytes": nbytes, "ok": not part_problems})
+    repair = f"kstore repair-indexes --data {data}"
     if as_json:
-        _print_json({"data": str(data), "ok": not problems, "partitions": rows,
-                     "problems": problems, "warnings": warnings})
+        _print_json({"data": str(data), "ok": not problems and not repairable, "partitions": rows,
+                     "problems": problems, "warnings": warnings, "repairable": repairable,
+                     "repair_command": repair if repairable else None,
+                     "quarantined": quarantined})
     else:
         table = Table(title=f"verify {data}")
         for col in ("partition", "segments", "batches", "size", "status"):
@@ -1582,6 +1602,12 @@ def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
         _out().print(table)
         for w in warnings:
             _note(f"warning: {w}")
+        for q in quarantined:
+            _note(f"warning: quarantined: {q}: bytes a crash recovery cut from the log (see its "
+                  f"warning in the log); inspect with `kstore dump-log {q.split(' (')[0]}`, "
+                  f"delete the file once you no longer need it")
+        for r in repairable:
+            _note(f"warning: repairable: {r}")
     if problems:
         _note(f"kstore: error: {len(problems)} problem{'s' * (len(problems) != 1)} found:\n  "
               + "\n  ".join(problems)
@@ -1589,9 +1615,63 @@ def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
                 "affected segments from a backup; opening the store for writing after a crash "
                 "cuts a corrupt tail of the active segment, but not damage inside closed segments.")
         sys.exit(EXIT_DATA)
+    if repairable:
+        _note(f"kstore: {len(repairable)} index file{'s' * (len(repairable) != 1)} damaged or "
+              f"missing; the data itself is sound. Rebuild them from the data with `{repair}` "
+              f"(it takes the writer lock: stop writers first)")
+        sys.exit(EXIT_REPAIRABLE)
     if not as_json:
         _note(f"verified {len(rows)} partition{'s' * (len(rows) != 1)}: every batch CRC and index "
-              f"entry is sound{' (see the warnings above)' if warnings else ''}")
+              f"entry is sound{' (see the warnings above)' if warnings or quarantined else ''}")
+
+
+def _partitions_on_disk(store: kstore.Store, data: Path) -> list[tuple[str, int]]:
+    return [(t, p) for t in store.topics(internal=True) for p in range(store.partitions_for(t))
+            if (data / f"{t}-{p}").is_dir()]
+
+
+def _index_problems(data: Path) -> list[str]:
+    """Index-file problems of every partition, read-only (as verify finds them)."""
+    out = []
+    with _open_store(data, write=False) as store:
+        for t, p in _partitions_on_disk(store, data):
+            out += [prob for prob in store.partition(t, p).verify() if _is_index_problem(prob)]
+    return out
+
+
+def _is_index_problem(problem: str) -> bool:
+    """Problems about index files name the file first (``<path>.index: ...``)."""
+    head = problem.split(": ", 1)[0]
+    return head.endswith(".index") or head.endswith(".timeindex")
+
+
+@main.command("repair-indexes")
+@click.argument("data_arg", metavar="[DATA]", required=False,
+                type=click.Path(file_okay=False, path_type=Path))
+@_data_option
+def repair_indexes(data_arg: Path | None, data: Path | None) -> None:
+    """Rebuild the .index and .timeindex files that `kstore verify` reports as repairable
+    (exit 3) from the .log files, which are not changed. Takes the writer lock of DATA, so it
+    refuses to run beside a writer (stop `kstore serve` and producers first). Segments whose
+    data is corrupt keep their indexes (exit 2: see `kstore verify`)."""
+    data = data_arg or _data_dir(data)
+    # What is damaged, seen as verify sees it: opening for writing already rebuilds some index
+    # files (those the active segment needs), so look first.
+    before = _index_problems(data)
+    skipped: list[str] = []
+    with _open_store(data, write=True) as store:
+        for t, p in _partitions_on_disk(store, data):
+            skipped += store.partition(t, p).repair_indexes()[1]
+    after = set(_index_problems(data))
+    rebuilt = [prob for prob in before if prob not in after]
+    for r in rebuilt:
+        _note(f"rebuilt: {r}")
+    for r in skipped + sorted(after):
+        _note(f"skipped: {r}")
+    if skipped or after:
+        sys.exit(EXIT_DATA)
+    _note(f"{len(rebuilt)} index file{'s' * (len(rebuilt) != 1)} rebuilt" if rebuilt
+          else "every index file is sound; nothing to rebuild")
 
 
 # ==============================================================================================

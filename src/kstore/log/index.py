@@ -12,6 +12,8 @@ import mmap
 import os
 from pathlib import Path
 
+import numpy as np
+
 from kstore import _core
 from kstore.errors import KafkaStorageError
 
@@ -145,3 +147,101 @@ class IndexFile:
         if self.path.exists():
             os.replace(self.path, new_path)
         self.path = new_path
+
+
+# -- checking index files against the data (``kstore verify``) ---------------------------------
+
+
+def check_offset_index(path: Path, base_offset: int, positions: np.ndarray,
+                       base_offsets: np.ndarray, last_offsets: np.ndarray, data_end: int,
+                       in_flight: bool = False) -> str | None:
+    """The first problem with the ``.index`` file ``path`` of the segment ``base_offset``,
+    whose batches (from a scan of its data up to byte ``data_end``) start at ``positions``
+    and hold ``base_offsets``..``last_offsets``; None when it is sound.
+
+    Kafka's rules: whole 8-byte entries; relative offsets and positions rise strictly; a
+    position is never 0 (a segment's first batch is never indexed) and is the start of a batch
+    below ``data_end``, and the entry's offset lies within that batch (Kafka writes its last
+    offset). ``in_flight``: a writer is appending to this segment, so entries at or past
+    ``data_end`` and a missing file or a partial last entry are not problems yet.
+    """
+    raw = _read_index(path)
+    if raw is None:
+        return None if in_flight else f"{path}: missing"
+    if len(raw) % OFFSET_ENTRY and not in_flight:
+        return f"{path}: {len(raw)} bytes, not a whole number of {OFFSET_ENTRY}-byte entries"
+    n = len(raw) // OFFSET_ENTRY
+    if n == 0:
+        return None
+    entries = np.frombuffer(raw, dtype=">u4", count=n * 2).reshape(n, 2).astype(np.int64)
+    rel, pos = entries[:, 0], entries[:, 1]
+    for slot in range(n):
+        r, p = int(rel[slot]), int(pos[slot])
+        what = f"{path}: entry {slot} (offset {base_offset + r}, position {p})"
+        if p >= data_end:
+            if in_flight:
+                return None
+            return f"{what} points past the end of the data, {data_end} bytes"
+        if p == 0:
+            return f"{what} points at the first batch, which is never indexed (a zero-filled entry?)"
+        if slot and (r <= rel[slot - 1] or p <= pos[slot - 1]):
+            return (f"{what} does not follow entry {slot - 1} (offset "
+                    f"{base_offset + int(rel[slot - 1])}, position {int(pos[slot - 1])}): entries "
+                    f"must rise")
+        i = int(np.searchsorted(positions, p))
+        if i == len(positions) or positions[i] != p:
+            return f"{what} points inside a batch, not at the start of one"
+        if not base_offsets[i] <= base_offset + r <= last_offsets[i]:
+            return (f"{what} names an offset outside the batch there, which holds offsets "
+                    f"{int(base_offsets[i])}..{int(last_offsets[i])}")
+    return None
+
+
+def check_time_index(path: Path, base_offset: int, base_offsets: np.ndarray,
+                     last_offsets: np.ndarray, max_timestamps: np.ndarray,
+                     in_flight: bool = False) -> str | None:
+    """The first problem with the ``.timeindex`` file ``path`` of the segment ``base_offset``
+    whose batches hold ``base_offsets``..``last_offsets`` with ``max_timestamps``; None when
+    sound.
+
+    Kafka's rules: whole 12-byte entries; timestamps rise strictly and offsets do not fall; an
+    entry's offset lies within a batch of the segment and its timestamp is that batch's max
+    timestamp (entries are (max timestamp so far, offset of the batch that holds it)).
+    ``in_flight`` as for ``check_offset_index`` (entries past the last scanned batch wait).
+    """
+    raw = _read_index(path)
+    if raw is None:
+        return None if in_flight else f"{path}: missing"
+    if len(raw) % TIME_ENTRY and not in_flight:
+        return f"{path}: {len(raw)} bytes, not a whole number of {TIME_ENTRY}-byte entries"
+    n = len(raw) // TIME_ENTRY
+    if n == 0:
+        return None
+    rec = np.frombuffer(raw, dtype=np.dtype([("ts", ">i8"), ("rel", ">u4")]), count=n)
+    last = int(last_offsets[-1]) if len(last_offsets) else base_offset - 1
+    for slot in range(n):
+        ts, off = int(rec["ts"][slot]), base_offset + int(rec["rel"][slot])
+        what = f"{path}: entry {slot} (timestamp {ts}, offset {off})"
+        if slot and (ts <= int(rec["ts"][slot - 1]) or off < base_offset + int(rec["rel"][slot - 1])):
+            return (f"{what} does not follow entry {slot - 1} (timestamp "
+                    f"{int(rec['ts'][slot - 1])}, offset {base_offset + int(rec['rel'][slot - 1])}): "
+                    f"timestamps must rise and offsets must not fall")
+        if off > last:
+            if in_flight:
+                return None
+            return f"{what} names an offset past the segment's last, {last}"
+        i = int(np.searchsorted(last_offsets, off))
+        if i == len(last_offsets) or base_offsets[i] > off:
+            return f"{what} names an offset no batch of the segment holds"
+        if int(max_timestamps[i]) != ts:
+            return (f"{what} does not match the batch holding that offset, whose max timestamp "
+                    f"is {int(max_timestamps[i])}")
+    return None
+
+
+def _read_index(path: Path) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None

@@ -864,6 +864,41 @@ class PartitionLog:
             problems += seg.verify_indexes(parts, first_bad)
         return problems
 
+    def repair_indexes(self) -> tuple[list[str], list[str]]:
+        """Rebuild every ``.index``/``.timeindex`` that ``verify`` finds wrong, from the data,
+        which is left as it is (the writer only: the lock keeps other writers out). Returns
+        (what was rebuilt, what was left alone and why): a segment whose data does not pass its
+        CRC checks keeps its indexes; that is corruption for ``verify`` to report."""
+        self._check_writable()
+        rebuilt, skipped = [], []
+        with self._lock:
+            for seg in list(self._segments):
+                res = _scan_file(seg.log_path, 0, seg.size, check_crc=True)
+                scans = [res] if res is not None else []
+                if res is not None and not res.ok:
+                    skipped.append(f"{seg.log_path}: not rebuilding its indexes: the data is "
+                                   f"damaged at byte {res.valid_end} ({res.error})")
+                    continue
+                problems = seg.verify_indexes(scans)
+                if not problems:
+                    continue
+                if seg.is_active:
+                    seg.deactivate()
+                    seg.recover(active=True)
+                    self._use_active(seg)
+                else:
+                    seg.offset_index.close()
+                    seg.time_index.close()
+                    seg._rebuild_indexes()
+                    seg._indexes_checked = True
+                left = seg.verify_indexes(scans)
+                if left:  # cannot happen unless the files change under us
+                    skipped += left
+                else:
+                    rebuilt += [f"{p} (rebuilt)" for p in problems]
+            fsync_dir(self.directory)
+        return rebuilt, skipped
+
     # ==========================================================================================
     # Read-only refresh
 

@@ -23,7 +23,14 @@ from kstore import _core
 from kstore.errors import KafkaStorageError
 from kstore.log import quarantine
 from kstore.log.fileslice import FileSlice, SegmentFile
-from kstore.log.index import OFFSET_ENTRY, TIME_ENTRY, IndexFile
+from kstore.log.checkpoint import writer_holds_lock
+from kstore.log.index import (
+    OFFSET_ENTRY,
+    TIME_ENTRY,
+    IndexFile,
+    check_offset_index,
+    check_time_index,
+)
 
 log = logging.getLogger("kstore.log")
 
@@ -322,23 +329,32 @@ class Segment:
             self.next_offset = self.base_offset
 
     def verify_indexes(self, scans: list[_core.ScanResult], first_bad: int | None = None) -> list[str]:
-        """Problems with this segment's index entries, given scans of its data; entries at or
-        past a corrupt batch are not judged (what they point at is already reported)."""
+        """Problems with this segment's ``.index`` and ``.timeindex`` files as they are on disk,
+        given scans of its data (``index.check_offset_index`` and ``check_time_index`` say what
+        is checked). Each problem names its index file first; the data is not at fault and
+        ``PartitionLog.repair_indexes`` rebuilds the file. Entries at or past a corrupt batch
+        (``first_bad``) are not judged: what they point at is already reported. Never raises
+        for a damaged or missing file, never changes anything."""
+        if scans:
+            positions = np.concatenate([r.positions for r in scans])
+            bases = np.concatenate([r.base_offsets for r in scans])
+            lasts = np.concatenate([r.last_offsets for r in scans])
+            max_ts = np.concatenate([r.max_timestamps for r in scans])
+        else:
+            positions = bases = lasts = max_ts = np.zeros(0, dtype=np.int64)
+        end = self.size if first_bad is None else first_bad
+        # A writer in another process may be appending to the last segment: what it has not
+        # finished (an entry past the data we scanned, a file not created yet) is not damage.
+        in_flight = first_bad is not None or (
+            self.read_only and not self.ro_complete and writer_holds_lock(self.directory))
         problems = []
-        self._ensure_indexes()
-        by_pos: dict[int, int] = {}
-        for res in scans:
-            by_pos.update(zip(res.positions.tolist(), res.last_offsets.tolist(), strict=True))
-        app = self.appender
-        n = app.offset_entries if app is not None else self.offset_index.entries
-        for slot in range(n):
-            rel, pos = _core.index_entry(self.offset_index.mm, slot, False)
-            if first_bad is not None and pos >= first_bad:
-                break
-            if by_pos.get(pos) != self.base_offset + rel:
-                problems.append(f"{self.offset_index.path}: entry {slot} ({rel}, {pos}) does not "
-                                f"point at the batch whose last offset is {self.base_offset + rel}")
-                break
+        for problem in (
+                check_offset_index(self.offset_index.path, self.base_offset, positions, bases,
+                                   lasts, end, in_flight),
+                check_time_index(self.time_index.path, self.base_offset, bases, lasts, max_ts,
+                                 in_flight)):
+            if problem is not None:
+                problems.append(problem)
         return problems
 
     def _index_problem(self) -> str | None:

@@ -328,3 +328,38 @@ def test_dump_log_reads_a_side_file_past_a_damaged_length(tmp_path):
     _, value, _, _ = wl.record(first)
     assert f"| offset: {first} ".encode() in text.stdout
     assert b"payload: " + value in text.stdout
+
+
+def test_verify_lists_side_files_and_stays_sound(tmp_path):
+    import kstore
+    from click.testing import CliRunner
+
+    from kstore.cli import main
+
+    data = tmp_path / "data"
+    with kstore.open(data) as store:
+        store.create_topic("q", config=SMALL)
+        log = store.partition("q", 0)
+        base = 0
+        for _ in range(60):
+            _, last, _ = log.append_batch(wl.build_batch(base))
+            base = last + 1
+    directory = data / "q-0"
+    logs = sorted(directory.glob("*.log"))
+    pos, bad_base, _ = damage(logs[-2], "crc")
+    (directory / CLEAN_SHUTDOWN_MARKER).unlink()
+    set_recovery_point(directory, int(logs[-2].stem))
+    with kstore.open(data) as store:
+        assert store.partition("q", 0).log_end_offset == bad_base
+    sides = side_files(directory)
+    assert len(sides) == 2
+    r = CliRunner().invoke(main, ["verify", str(data)])
+    assert r.exit_code == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.startswith("warning: quarantined:")]
+    assert len(lines) == 2
+    for side, line in zip(sides, lines, strict=True):
+        assert str(side) in line and f"kstore dump-log {side}" in line
+    report = json.loads(CliRunner().invoke(main, ["verify", str(data), "--json"]).stdout)
+    assert report["ok"] and [q.split(" (")[0] for q in report["quarantined"]] == [str(s) for s in sides]
+    r = CliRunner().invoke(main, ["dump-log", str(sides[0])])
+    assert r.exit_code == 2 and f"at byte {pos}" in r.stdout

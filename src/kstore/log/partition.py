@@ -14,7 +14,8 @@ survives the death of the process, not of the machine). ``flush.messages`` and `
 fsyncs; ``flush()`` forces one. The recovery point (Kafka's ``recovery-point-offset-checkpoint``
 in the parent directory) only advances after an fsync. A clean ``close()`` leaves a marker so
 that the next open trusts the files; otherwise the next open re-checks every batch after the
-recovery point with the C scanner, rebuilds the indexes, and cuts a torn or corrupt tail.
+recovery point with the C scanner, rebuilds the indexes, and cuts a torn or corrupt tail, keeping
+cut bytes that are not a half-written last batch in side files (``kstore.log.quarantine``).
 """
 
 from __future__ import annotations

@@ -1582,7 +1582,8 @@ def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
                         continue
                     part_problems.append(prob)
                 for side in lg.quarantined_files():
-                    quarantined.append(f"{side} ({side.stat().st_size:,} bytes)")
+                    with contextlib.suppress(FileNotFoundError):  # deleted meanwhile: gone
+                        quarantined.append(f"{side} ({side.stat().st_size:,} bytes)")
                 problems += part_problems
                 rows.append({"partition": f"{t}-{p}", "segments": len(segs), "batches": nb,
                              "bytes": nbytes, "ok": not part_problems})

@@ -363,3 +363,41 @@ def test_verify_lists_side_files_and_stays_sound(tmp_path):
     assert report["ok"] and [q.split(" (")[0] for q in report["quarantined"]] == [str(s) for s in sides]
     r = CliRunner().invoke(main, ["dump-log", str(sides[0])])
     assert r.exit_code == 2 and f"at byte {pos}" in r.stdout
+
+
+CHILD_OPEN_WITH_FSIZE_LIMIT = r"""
+import resource, signal, sys
+from kstore.errors import KafkaStorageError
+from kstore.log import PartitionLog
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+try:
+    PartitionLog.open(sys.argv[1], {"segment.bytes": 16384})
+except KafkaStorageError as exc:
+    print("KafkaStorageError:", exc)
+    sys.exit(3)
+print("opened")
+"""
+
+
+def test_no_room_for_the_side_file_cuts_nothing(tmp_path):
+    """Disk full (RLIMIT_FSIZE in a child) while keeping the cut bytes: the open fails with
+    KafkaStorageError saying so, and nothing was cut; with room, the next open recovers."""
+    directory = tmp_path / "full-0"
+    write_workload(directory, SMALL, 60)
+    logs = sorted(directory.glob("*.log"))
+    pos, bad_base, cut_bytes = damage(logs[-2], "crc", index=1)
+    assert len(cut_bytes) > 2000
+    before = {p.name: p.read_bytes() for p in directory.glob("*.log")}
+    (directory / CLEAN_SHUTDOWN_MARKER).unlink()
+    set_recovery_point(directory, int(logs[-2].stem))
+    proc = subprocess.run([sys.executable, "-c", CHILD_OPEN_WITH_FSIZE_LIMIT, str(directory),
+                           "2000"], capture_output=True, timeout=60)
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    assert b"nothing was cut" in proc.stdout and str(logs[-2]).encode() in proc.stdout
+    assert {p.name: p.read_bytes() for p in directory.glob("*.log")} == before
+    assert side_files(directory) == []
+    assert not list(directory.glob("*.tmp"))
+    with PartitionLog.open(directory, SMALL) as log:
+        assert log.log_end_offset == bad_base
+        assert log.recovery.side_files[0].read_bytes() == cut_bytes

@@ -271,3 +271,25 @@ def test_writer_partition_log_verify_names_the_damaged_index(tmp_path):
         rebuilt, skipped = log.repair_indexes()
         assert skipped == [] and len(rebuilt) == 1
         assert log.verify() == []
+
+
+def test_index_files_deleted_under_a_read_only_verify_are_not_damage(data):
+    """Retention deletes a segment (and its indexes) while a read-only verify looks at it: the
+    missing index files are not reported as damage (the segment is gone, not broken)."""
+    with kstore.open(data, read_only=True) as store:
+        ro = store.partition(TOPIC, 0)
+        ro.log_end_offset  # noqa: B018  (loads the segments)
+        first = ro._segments[0]
+        scans = [scan(first.log_path.read_bytes())]
+        assert first.verify_indexes(scans) == []
+        with kstore.open(data) as writer:
+            w = writer.partition(TOPIC, 0)
+            w.update_config({"file.delete.delay.ms": 0})
+            assert w.delete_segments_before(int(segment(data, "active").stem)) == 2
+        assert not first.offset_index.path.exists()
+        assert first.verify_indexes(scans) == []
+        # The same files missing from a segment that is still there are damage.
+        alive = ro._segments[-1]
+        alive.time_index.path.unlink()
+        alive_scan = [scan(alive.log_path.read_bytes())]
+        assert alive.verify_indexes(alive_scan) == [f"{alive.time_index.path}: missing"]

@@ -7,7 +7,9 @@ copied to ``<segment>.log.corrupt-<position>`` beside it, and every later segmen
 fsynced, with the directory, before the segment is cut. ``<position>`` is the byte of the
 segment the side file starts at, so ``side file byte i == segment byte position + i`` at the
 time of the cut. A name already taken gets ``.1``, ``.2``... appended: a later recovery never
-overwrites an earlier side file.
+overwrites an earlier side file (a crash between the copy and the cut makes the next recovery
+copy the same bytes again, under the next name). When the copy cannot be made (disk full),
+nothing is cut and opening the log raises KafkaStorageError.
 
 The names end in neither ``.log`` nor an index suffix, so Kafka's log loader and kstore's own
 (``PartitionLog.open``, read-only opens, retention, the cleaner) ignore them; deleting the
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kstore import _core
+from kstore.errors import KafkaStorageError
 from kstore.log.checkpoint import fsync_dir
 
 SIDE_INFIX = ".log.corrupt-"
@@ -64,23 +67,30 @@ def keep_bytes(log_path: Path, position: int, end: int) -> Path | None:
     side = _free_name(log_path, position)
     tmp = side.with_name(side.name + ".tmp")  # a crash mid-copy leaves a .tmp: the next open drops it
     nonzero = False
-    with open(log_path, "rb") as src, open(tmp, "wb") as dst:
-        src.seek(position)
-        left = end - position
-        while left > 0:
-            chunk = src.read(min(left, _COPY_CHUNK))
-            if not chunk:
-                break
-            nonzero = nonzero or bool(chunk.strip(b"\0"))
-            dst.write(chunk)
-            left -= len(chunk)
-        dst.flush()
-        os.fsync(dst.fileno())
-    if not nonzero:
-        tmp.unlink()
-        return None
-    os.replace(tmp, side)
-    fsync_dir(log_path.parent)
+    try:
+        with open(log_path, "rb") as src, open(tmp, "wb") as dst:
+            src.seek(position)
+            left = end - position
+            while left > 0:
+                chunk = src.read(min(left, _COPY_CHUNK))
+                if not chunk:
+                    break
+                nonzero = nonzero or bool(chunk.strip(b"\0"))
+                dst.write(chunk)
+                left -= len(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        if not nonzero:
+            tmp.unlink()
+            return None
+        os.replace(tmp, side)
+        fsync_dir(log_path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise KafkaStorageError(
+            f"recovery must cut {end - position} bytes from {log_path} at byte {position} but "
+            f"cannot keep them in {side}: {exc}; nothing was cut. Free that much space (or fix "
+            f"the permissions) and open the log again") from exc
     return side
 
 
@@ -92,8 +102,11 @@ def keep_segment(log_path: Path) -> Path | None:
         fsync_dir(log_path.parent)
         return None
     side = _free_name(log_path, 0)
-    os.replace(log_path, side)
-    fsync_dir(log_path.parent)
+    try:
+        os.replace(log_path, side)
+        fsync_dir(log_path.parent)
+    except OSError as exc:
+        raise KafkaStorageError(f"recovery cannot move {log_path} to {side}: {exc}") from exc
     return side
 
 

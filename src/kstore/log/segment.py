@@ -355,6 +355,8 @@ class Segment:
                                  in_flight)):
             if problem is not None:
                 problems.append(problem)
+        if problems and self.read_only and _inode(self.log_path) != self.ro_inode:
+            return []  # deleted or swapped (retention, compaction) while we looked: not damage
         return problems
 
     def _index_problem(self) -> str | None:
@@ -617,6 +619,13 @@ def _scan_file(path: Path, start: int, size: int, check_crc: bool) -> _core.Scan
     with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
         res = _core.scan(mm, start, size, check_crc, True)
     return res
+
+
+def _inode(path: Path) -> int:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return -1
 
 
 def _first_batch_max_timestamp(path: Path) -> int:

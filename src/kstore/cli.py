@@ -1407,7 +1407,7 @@ def dump_log(segment: Path, print_data: bool, as_json: bool) -> None:
             break
         # The header at ``end`` cannot be trusted (its length runs past the file or does not
         # parse): look for the next batch that checks out, CRC included, and go on from there.
-        start = _next_sound_batch(mm, end + 1, size)
+        start = quarantine.next_sound_batch(mm, end + 1, size)
         if start < size:
             problems.append(f"bytes {end}..{start} do not hold a batch that checks out (a damaged "
                             f"header); skipped to the next sound batch at position {start}")
@@ -1421,21 +1421,6 @@ def dump_log(segment: Path, print_data: bool, as_json: bool) -> None:
         sys.exit(EXIT_DATA)
     if not as_json:
         _note(f"{batches} batches, {size} bytes, every CRC valid")
-
-
-def _next_sound_batch(mm: Any, start: int, size: int) -> int:
-    """The first position >= ``start`` where a whole batch with a valid CRC starts, or
-    ``size``. Candidates are the bytes that could be its magic (2, 16 bytes in)."""
-    at = start + 16
-    while True:
-        at = mm.find(b"\x02", at, size)
-        if at < 0:
-            return size
-        pos = at - 16
-        res = records.scan(mm, pos, size, True, False, 1)
-        if len(res) == 1 and int(res.base_offsets[0]) >= 0:
-            return pos
-        at += 1
 
 
 def _dump_index(path: Path, as_json: bool) -> None:

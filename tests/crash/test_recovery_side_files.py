@@ -120,6 +120,7 @@ def test_corrupt_batch_mid_segment_is_moved_to_a_side_file_with_later_segments(t
     assert len(logs) >= 4
     victim = logs[1]
     later = {p: p.read_bytes() for p in logs[2:]}
+    victim_last = int(scan(victim.read_bytes()).last_offsets[-1])
     pos, bad_base, cut_bytes = damage(victim, how)
     (directory / CLEAN_SHUTDOWN_MARKER).unlink()
     set_recovery_point(directory, int(victim.stem))  # recovery starts at the damaged segment
@@ -149,9 +150,10 @@ def test_corrupt_batch_mid_segment_is_moved_to_a_side_file_with_later_segments(t
         # The warnings say where the bytes went, from which byte, and which offsets.
         text = caplog.text
         assert str(victim_side) in text and f"from byte {pos}" in text
-        assert f"offsets {bad_base}.." in text
+        assert f"offsets {bad_base}..{victim_last} " in text
         for p in later:
-            assert f"{p.name}.corrupt-0" in text
+            last = int(scan(later[p]).last_offsets[-1])
+            assert f"{p.name}.corrupt-0 (offsets {int(p.stem)}..{last}, was {p.name})" in text
         # The log goes on from the cut.
         _, last, _ = log.append_batch(wl.build_batch(bad_base))
         check_records(log, last + 1)

@@ -129,25 +129,39 @@ def is_partial_write(log_path: Path, position: int, end: int, next_offset: int,
     return len(head) <= _MAGIC_POSITION or head[_MAGIC_POSITION] == 2
 
 
+def next_sound_batch(buf: Any, start: int, end: int) -> int:
+    """The first position >= ``start`` where a whole batch with a valid CRC starts in
+    ``buf[:end]``, or ``end``. Candidates are the bytes that could be its magic (2, 16 bytes
+    in); the CRC-32C check makes a false match as likely as a random CRC collision."""
+    at = start + _MAGIC_POSITION
+    while True:
+        at = buf.find(b"\x02", at, end)
+        if at < 0:
+            return end
+        pos = at - _MAGIC_POSITION
+        res = _core.scan(buf, pos, end, True, False, 1)
+        if len(res) == 1 and int(res.base_offsets[0]) >= 0:
+            return pos
+        at += 1
+
+
 def last_offset_in(path: Path, start: int = 0, end: int | None = None) -> int | None:
-    """The largest last offset any readable batch header in [start, end) names (CRCs not
-    checked, damaged batches stepped over while their length can be trusted), or None."""
+    """The last offset of the last batch in [start, end) whose CRC checks out, walking over
+    damaged batches (by their length while it can be trusted, else to the next sound batch),
+    or None when there is none."""
     size = os.path.getsize(path) if end is None else end
     if size <= start:
         return None
-    best: int | None = None
+    last: int | None = None
     with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
         pos = start
         while pos < size:
-            res = _core.scan(mm, pos, size, False, False)
+            res = _core.scan(mm, pos, size, True, False)
             if len(res):
-                m = int(res.last_offsets.max())
-                best = m if best is None else max(best, m)
-            if res.ok or res.torn:
+                last = int(res.last_offsets[-1])
+            if res.ok:
                 break
-            step = _core.span_batches(mm, res.valid_end, 1, 2**63 - 1, size)
-            if step <= 0:
-                break
-            pos = res.valid_end + step
+            step = 0 if res.torn else _core.span_batches(mm, res.valid_end, 1, 2**63 - 1, size)
+            pos = res.valid_end + step if step > 0 else next_sound_batch(mm, res.valid_end + 1, size)
             del res
-    return best
+    return last

@@ -232,6 +232,9 @@ class Segment:
         if cut:
             partial = active and torn and quarantine.is_partial_write(
                 self.log_path, valid, size, app.next_offset, self.config)
+            if torn and not partial:
+                why = (f"the batch at byte {valid} runs past the end of the file but is not a "
+                       f"half-written next batch (a damaged header): {why}")
             side = None if partial else quarantine.keep_bytes(self.log_path, valid, size)
             self.cut = CutReport(valid, cut, app.next_offset,
                                  quarantine.last_offset_in(self.log_path, valid, size),

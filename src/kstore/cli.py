@@ -1592,8 +1592,8 @@ def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
             _note(f"warning: quarantined: {q}: bytes a crash recovery cut from the log (see its "
                   f"warning in the log); inspect with `kstore dump-log {q.split(' (')[0]}`, "
                   f"delete the file once you no longer need it")
-        for r in repairable:
-            _note(f"warning: repairable: {r}")
+        for line in repairable:
+            _note(f"warning: repairable: {line}")
     if problems:
         _note(f"kstore: error: {len(problems)} problem{'s' * (len(problems) != 1)} found:\n  "
               + "\n  ".join(problems)

@@ -185,15 +185,19 @@ class PartitionLog:
                     last = i == len(segs) - 1
                     moved: list[tuple[Path, str]] = []
                     later = segs[i + 1:]
-                    seg_cut, seg_why = segs[i].recover(
-                        active=last,
-                        before_cut=lambda m=moved, s=later: m.extend(self._quarantine(s)))
+
+                    def move_later(m: list[tuple[Path, str]] = moved,
+                                   s: list[Segment] = later) -> None:
+                        m.extend(self._quarantine(s))
+
+                    seg_cut, seg_why = segs[i].recover(active=last, before_cut=move_later)
                     scanned += 1
-                    if seg_cut:
+                    report = segs[i].cut
+                    if seg_cut and report is not None:
                         cut, why = seg_cut, seg_why
                         self._log_cut(segs[i], seg_why, moved)
-                        if segs[i].cut is not None and segs[i].cut.side_file is not None:
-                            side_files.append(segs[i].cut.side_file)
+                        if report.side_file is not None:
+                            side_files.append(report.side_file)
                         side_files += [side for side, _ in moved]
                         if not last:
                             segs = segs[:i + 1]

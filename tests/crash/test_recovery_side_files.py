@@ -22,7 +22,7 @@ import pytest
 from kstore.log import PartitionLog
 from kstore.log.checkpoint import RECOVERY_POINT, CheckpointFile
 from kstore.log.partition import CLEAN_SHUTDOWN_MARKER
-from kstore.records import HEADER_SIZE, scan
+from kstore.records import HEADER_SIZE, BatchBuilder, scan
 
 from . import _workload as wl
 from .test_crash_recovery import SMALL, Child, batches_in, check_records, write_workload
@@ -403,3 +403,38 @@ def test_no_room_for_the_side_file_cuts_nothing(tmp_path):
     with PartitionLog.open(directory, SMALL) as log:
         assert log.log_end_offset == bad_base
         assert log.recovery.side_files[0].read_bytes() == cut_bytes
+
+
+@pytest.mark.parametrize("policy", ["compact", "delete"])
+def test_cleaner_and_retention_ignore_side_files(tmp_path, policy):
+    """A side file that holds whole, valid batches (a moved segment does) is never taken for
+    a segment: compaction and retention run beside it and leave it as it is."""
+    import kstore
+
+    data = tmp_path / "data"
+    config = {"segment.bytes": 4096, "cleanup.policy": policy, "min.cleanable.dirty.ratio": 0.01,
+              "file.delete.delay.ms": 0, "retention.bytes": 20000}
+    with kstore.open(data) as store:
+        store.create_topic("c", config=config)
+        log = store.partition("c", 0)
+        for i in range(400):
+            b = BatchBuilder()
+            b.append(b"v%d" % i + b"x" * 40, key=b"k%d" % (i % 10))
+            log.append_batch(b.build())
+        directory = data / "c-0"
+        first = sorted(directory.glob("*.log"))[0]
+        side = directory / f"{first.name}.corrupt-0"
+        side.write_bytes(first.read_bytes())
+        content = side.read_bytes()
+        segments_before = len(log.segments())
+        report = store.run_maintenance()
+        assert report, "maintenance had nothing to do: the test needs it to rewrite segments"
+        assert len(log.segments()) < segments_before
+        assert all(".corrupt-" not in str(s.path) for s in log.segments())
+    assert side.read_bytes() == content
+    with kstore.open(data) as store:
+        store.run_maintenance()
+        assert store.partition("c", 0).quarantined_files() == [side]
+    with kstore.open(data, read_only=True) as store:
+        assert all(".corrupt-" not in str(s.path) for s in store.partition("c", 0).segments())
+    assert side.read_bytes() == content

@@ -1527,6 +1527,7 @@ def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
                 lg = store.partition(t, p)
                 progress.update(task, part=f"{t}-{p}")
                 part_problems: list[str] = []
+                part_repairable = 0
                 bad_segments: set[str] = set()
                 torn_segments: set[str] = set()
                 nb = nbytes = 0
@@ -1564,6 +1565,7 @@ def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
                         continue
                     if _is_index_problem(prob):
                         repairable.append(prob)
+                        part_repairable += 1
                         continue
                     part_problems.append(prob)
                 for side in lg.quarantined_files():
@@ -1571,7 +1573,8 @@ def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
                         quarantined.append(f"{side} ({side.stat().st_size:,} bytes)")
                 problems += part_problems
                 rows.append({"partition": f"{t}-{p}", "segments": len(segs), "batches": nb,
-                             "bytes": nbytes, "ok": not part_problems})
+                             "bytes": nbytes, "ok": not part_problems,
+                             "indexes_ok": not part_repairable})
     repair = f"kstore repair-indexes --data {data}"
     if as_json:
         _print_json({"data": str(data), "ok": not problems and not repairable, "partitions": rows,
@@ -1584,7 +1587,7 @@ def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
             table.add_column(col, justify="left" if col in ("partition", "status") else "right")
         for r in rows:
             table.add_row(r["partition"], str(r["segments"]), f"{r['batches']:,}", _human(r["bytes"]),
-                          "ok" if r["ok"] else "CORRUPT")
+                          "CORRUPT" if not r["ok"] else "ok" if r["indexes_ok"] else "REPAIRABLE")
         _out().print(table)
         for w in warnings:
             _note(f"warning: {w}")

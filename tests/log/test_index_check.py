@@ -195,7 +195,7 @@ def test_damaged_index_is_repairable_and_repair_makes_it_sound(data, fault, whic
     lines = [x for x in err.splitlines() if x.startswith("warning: repairable:")]
     assert len(lines) == 1 and str(damaged) in lines[0], err
     assert f"kstore repair-indexes --data {data}" in err
-    assert "CORRUPT" not in out
+    assert "CORRUPT" not in out and "REPAIRABLE" in out
     report = json.loads(CliRunner().invoke(main, ["verify", str(data), "--json"]).stdout)
     assert report["ok"] is False and report["problems"] == []
     assert len(report["repairable"]) == 1 and report["repair_command"]

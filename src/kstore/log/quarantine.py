@@ -34,7 +34,7 @@ from kstore.log.checkpoint import fsync_dir
 
 SIDE_INFIX = ".log.corrupt-"
 _COPY_CHUNK = 1 << 20
-_MAGIC_POSITION = 16
+_MAGIC_POSITION = 16  # RecordBatch v2 header: base offset (8 bytes), batch length (4), epoch (4), magic
 _LENGTH_POSITION = 8
 
 
@@ -121,8 +121,9 @@ def is_partial_write(log_path: Path, position: int, end: int, next_offset: int,
         head = f.read(min(end - position, _core.HEADER_SIZE))
     if len(head) >= 8 and int.from_bytes(head[:8], "big", signed=True) != next_offset:
         return False
-    if len(head) >= 12:
-        whole = 12 + int.from_bytes(head[_LENGTH_POSITION:12], "big", signed=True)
+    if len(head) >= _core.LOG_OVERHEAD:
+        whole = _core.LOG_OVERHEAD + int.from_bytes(head[_LENGTH_POSITION:_core.LOG_OVERHEAD],
+                                                    "big", signed=True)
         limit = max(int(config.get("max.message.bytes", 0)), 1048588)
         if not (_core.HEADER_SIZE <= whole <= limit) or whole <= end - position:
             return False

@@ -438,3 +438,44 @@ def test_cleaner_and_retention_ignore_side_files(tmp_path, policy):
     with kstore.open(data, read_only=True) as store:
         assert all(".corrupt-" not in str(s.path) for s in store.partition("c", 0).segments())
     assert side.read_bytes() == content
+
+
+@pytest.mark.parametrize("state", ["mid_copy", "copied_not_cut", "later_moved_not_cut"])
+def test_crash_during_recovery_loses_nothing(tmp_path, state):
+    """The states a crash can leave recovery in (SQLite crash9 style, made by hand): a side
+    file half copied (.tmp), a side file whole but the segment not cut yet, later segments
+    moved but the segment not cut yet. The next open finishes the job and every cut byte is
+    in a side file; the half copy is dropped."""
+    directory = tmp_path / "again-0"
+    write_workload(directory, SMALL, 60)
+    logs = sorted(directory.glob("*.log"))
+    victim = logs[-3]
+    later = {p: p.read_bytes() for p in logs[-2:]}
+    pos, bad_base, cut_bytes = damage(victim, "crc")
+    (directory / CLEAN_SHUTDOWN_MARKER).unlink()
+    set_recovery_point(directory, int(victim.stem))
+    side = victim.with_name(f"{victim.name}.corrupt-{pos}")
+    if state == "mid_copy":
+        side.with_name(side.name + ".tmp").write_bytes(cut_bytes[: len(cut_bytes) // 2])
+    else:
+        side.write_bytes(cut_bytes)
+    if state == "later_moved_not_cut":
+        for p in later:
+            p.rename(p.with_name(p.name + ".corrupt-0"))
+            p.with_suffix(".index").unlink()
+            p.with_suffix(".timeindex").unlink()
+    with PartitionLog.open(directory, SMALL) as log:
+        assert log.log_end_offset == bad_base
+        assert victim.stat().st_size == pos
+        assert sorted(directory.glob("*.log")) == sorted(p for p in logs if p not in later)
+        check_records(log, bad_base)
+        _, last, _ = log.append_batch(wl.build_batch(bad_base))
+        check_records(log, last + 1)
+    assert not list(directory.glob("*.tmp"))
+    kept = {p.name: p.read_bytes() for p in side_files(directory)}
+    assert kept[side.name] == cut_bytes
+    if state != "mid_copy":  # the next recovery copied them again, under the next name
+        assert kept[side.name + ".1"] == cut_bytes
+    for p, content in later.items():
+        assert kept[p.name + ".corrupt-0"] == content
+    assert len(kept) == len(later) + (1 if state == "mid_copy" else 2)

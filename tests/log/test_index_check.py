@@ -293,3 +293,45 @@ def test_index_files_deleted_under_a_read_only_verify_are_not_damage(data):
         alive.time_index.path.unlink()
         alive_scan = [scan(alive.log_path.read_bytes())]
         assert alive.verify_indexes(alive_scan) == [f"{alive.time_index.path}: missing"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Interrupted compaction swaps (found by the index checks: tests/test_cleaner.py's SIGKILL test
+# left a cleaned segment's .timeindex beside an original .log)
+
+
+def _closed_log(tmp_path: Path) -> Path:
+    d = tmp_path / "swap-0"
+    with PartitionLog.open(d, CONFIG) as log:
+        for i in range(BATCHES):
+            b = BatchBuilder()
+            b.append(value(i), key=b"k", timestamp=timestamp(i))
+            log.append_batch(b.build())
+    return d
+
+
+def test_index_swap_without_its_log_swap_does_not_replace_the_index(tmp_path):
+    """A crash in the first phase of a swap (the indexes became .swap, the .log did not): the
+    swap never happened, so the original segment keeps its own indexes."""
+    d = _closed_log(tmp_path)
+    first, second = sorted(d.glob("*.log"))[:2]
+    originals = {ext: first.with_suffix(ext).read_bytes() for ext in (".index", ".timeindex")}
+    for ext in (".index", ".timeindex"):  # some other segment's indexes, as a cleaner's output
+        first.with_name(first.stem + ext + ".swap").write_bytes(second.with_suffix(ext).read_bytes())
+    with PartitionLog.open(d, CONFIG) as log:
+        assert {ext: first.with_suffix(ext).read_bytes() for ext in originals} == originals
+        assert not list(d.glob("*.swap"))
+        assert log.verify() == []
+
+
+def test_log_swap_whose_indexes_were_already_renamed_is_completed_with_sound_indexes(tmp_path):
+    """A crash in the last phase (the originals are gone, the indexes were renamed from .swap,
+    the .log not yet): the open completes the swap and the indexes that came with it stay."""
+    d = _closed_log(tmp_path)
+    first = sorted(d.glob("*.log"))[0]
+    first.rename(first.with_name(first.name + ".swap"))
+    with PartitionLog.open(d, CONFIG) as log:
+        assert first.exists() and not list(d.glob("*.swap"))
+        assert first.with_suffix(".index").stat().st_size > 0
+        assert first.with_suffix(".timeindex").stat().st_size > 0
+        assert log.verify() == []

@@ -302,6 +302,14 @@ class PartitionLog:
             if n.endswith(".deleted") or n.endswith(".cleaned") or n.endswith(".tmp"):
                 (d / n).unlink(missing_ok=True)
         swaps = sorted(n for n in os.listdir(d) if n.endswith(".swap"))
+        # Index .swap files go first and the .log last, so an index .swap without its .log.swap
+        # is a swap that never started: it must not replace the original's index (Kafka
+        # drops index swap files too).
+        log_swaps = {n.split(".")[0] for n in swaps if n.endswith(".log.swap")}
+        for n in swaps:
+            if n.split(".")[0] not in log_swaps:
+                (d / n).unlink(missing_ok=True)
+        swaps = [n for n in swaps if n.split(".")[0] in log_swaps]
         if swaps:
             # A finished compaction output (.swap) replaces every original segment whose base
             # lies in the range it covers, [its base, its next offset): Kafka's load step 2a.

@@ -12,8 +12,9 @@ that only read open the store read-only, so they work beside a running writer; c
 write take the directory's lock and say so when another process holds it.
 
 Exit codes: 0 success, 1 usage error (bad option, bad config key or value), 2 data error (unknown
-topic or group, corruption, a locked or missing data directory), 130 (143) produce stopped by
-Ctrl-C (SIGTERM): every record it acknowledged is on disk. Messages go to stderr.
+topic or group, corruption, a locked or missing data directory), 3 (verify) only index files are
+damaged and `kstore repair-indexes` rebuilds them, 130 (143) produce stopped by Ctrl-C
+(SIGTERM): every record it acknowledged is on disk. Messages go to stderr.
 """
 
 from __future__ import annotations
@@ -54,9 +55,10 @@ import kstore
 from kstore import errors as kerr
 from kstore import records
 from kstore.config import TOPIC_CONFIG, validate_config
+from kstore.log import quarantine
 
 DEFAULT_DATA = "./kstore-data"
-EXIT_OK, EXIT_USAGE, EXIT_DATA = 0, 1, 2
+EXIT_OK, EXIT_USAGE, EXIT_DATA, EXIT_REPAIRABLE = 0, 1, 2, 3
 READ_ONLY_COMMANDS = ("consume (without --group), topics list/describe, groups list/describe, "
                       "dump-log and verify")
 
@@ -1393,27 +1395,36 @@ def _show(b: bytes | None) -> str:
 @_quiet_pipe
 def dump_log(segment: Path, print_data: bool, as_json: bool) -> None:
     """Print the batches of a segment file (.log) like Kafka's kafka-dump-log: headers, offsets,
-    timestamps and whether each batch's CRC is valid. Also reads .index and .timeindex files.
-    Exits 2 when a batch is invalid or the file has bytes that are not whole batches."""
+    timestamps and whether each batch's CRC is valid. Also reads .index and .timeindex files
+    and the side files recovery keeps cut bytes in (.log.corrupt-<position>). After a batch
+    whose header is damaged it goes on at the next batch whose CRC checks out. Exits 2 when a
+    batch is invalid or the file has bytes that are not whole batches."""
     if segment.suffix in (".index", ".timeindex"):
         _dump_index(segment, as_json)
         return
-    if segment.suffix != ".log" and not segment.name.endswith(".log.deleted"):
-        raise _usage(f"{segment} is not a .log, .index or .timeindex file")
+    side = quarantine.is_side_file(segment.name)
+    if segment.suffix != ".log" and not segment.name.endswith(".log.deleted") and not side:
+        raise _usage(f"{segment} is not a .log, .index, .timeindex or .log.corrupt-* file")
     size = segment.stat().st_size
     out = sys.stdout
     if not as_json:
         out.write(f"Dumping {segment}\n")
         stem = segment.name.split(".")[0]
-        if stem.isdigit():
+        if side:
+            origin = segment.name.split(".corrupt-")[1].split(".")[0]
+            out.write(f"Bytes recovery cut from {stem}.log at byte {origin}: positions below are "
+                      f"in this file (add {origin} for the segment's)\n")
+        elif stem.isdigit():
             out.write(f"Log starting offset: {int(stem)}\n")
     problems: list[str] = []
     batches = 0
     end = 0
-    if size:
-        mm = _map(segment, size)
+    mm = _map(segment, size) if size else None
+    start = 0
+    while mm is not None and start < size:
+        end = start
         try:
-            for b in records.iter_batches(mm, allow_partial=True):
+            for b in records.iter_batches(mm, start, allow_partial=True):
                 batches += 1
                 end = b.position + b.size
                 try:
@@ -1459,10 +1470,17 @@ def dump_log(segment: Path, print_data: bool, as_json: bool) -> None:
                 del b
         except kerr.CorruptRecordError as exc:
             problems.append(f"unreadable batch at position {end}: {exc}")
-            end = size
-    if end < size:
-        problems.append(f"bytes {end}..{size} are not a whole batch (a write in progress, or a "
-                        f"torn write that the next writable open cuts)")
+        if end >= size:
+            break
+        # The header at ``end`` cannot be trusted (its length runs past the file or does not
+        # parse): look for the next batch that checks out, CRC included, and go on from there.
+        start = quarantine.next_sound_batch(mm, end + 1, size)
+        if start < size:
+            problems.append(f"bytes {end}..{start} do not hold a batch that checks out (a damaged "
+                            f"header); skipped to the next sound batch at position {start}")
+        else:
+            problems.append(f"bytes {end}..{size} are not a whole batch (a write in progress, a "
+                            f"torn write that the next writable open cuts, or a damaged header)")
     out.flush()
     if problems:
         _note(f"{segment}: {len(problems)} problem{'s' * (len(problems) != 1)} in {batches} "
@@ -1545,11 +1563,22 @@ def _scan_segment(path: Path, base: int) -> tuple[int, int, int, list[str], str 
 @_data_option
 def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
     """Check every batch's CRC and structure and every index entry of every partition in DATA
-    (read-only: works beside a writer). Exits 2 on corruption, naming the file and byte."""
+    (read-only: works beside a writer), and list the side files (.log.corrupt-*) where crash
+    recovery kept bytes it cut.
+
+    \b
+    Exit codes:
+      0  sound (warnings, e.g. quarantined side files or a write in progress, may be shown)
+      2  data corruption: a batch fails its CRC or structure (file and byte are named)
+      3  the data is sound but .index/.timeindex files are damaged or missing: rebuild
+         them with `kstore repair-indexes` (stop the writer first)
+    """
     data = data_arg or _data_dir(data)
     rows: list[dict[str, Any]] = []
     problems: list[str] = []
     warnings: list[str] = []
+    repairable: list[str] = []
+    quarantined: list[str] = []
     with _open_store(data, write=False) as store:
         tps = []
         for t in store.topics(internal=True):
@@ -1565,6 +1594,7 @@ def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
                 lg = store.partition(t, p)
                 progress.update(task, part=f"{t}-{p}")
                 part_problems: list[str] = []
+                part_repairable = 0
                 bad_segments: set[str] = set()
                 torn_segments: set[str] = set()
                 nb = nbytes = 0
@@ -1600,23 +1630,40 @@ def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
                         warnings.append(f"{prob} (it points into the incomplete tail; the next "
                                         f"writable open rebuilds the index)")
                         continue
+                    if _is_index_problem(prob):
+                        repairable.append(prob)
+                        part_repairable += 1
+                        continue
                     part_problems.append(prob)
+                for side in lg.quarantined_files():
+                    with contextlib.suppress(FileNotFoundError):  # deleted meanwhile: gone
+                        quarantined.append(f"{side} ({side.stat().st_size:,} bytes)")
                 problems += part_problems
                 rows.append({"partition": f"{t}-{p}", "segments": len(segs), "batches": nb,
-                             "bytes": nbytes, "ok": not part_problems})
+                             "bytes": nbytes, "ok": not part_problems,
+                             "indexes_ok": not part_repairable})
+    repair = f"kstore repair-indexes --data {data}"
     if as_json:
-        _print_json({"data": str(data), "ok": not problems, "partitions": rows,
-                     "problems": problems, "warnings": warnings})
+        _print_json({"data": str(data), "ok": not problems and not repairable, "partitions": rows,
+                     "problems": problems, "warnings": warnings, "repairable": repairable,
+                     "repair_command": repair if repairable else None,
+                     "quarantined": quarantined})
     else:
         table = Table(title=f"verify {data}")
         for col in ("partition", "segments", "batches", "size", "status"):
             table.add_column(col, justify="left" if col in ("partition", "status") else "right")
         for r in rows:
             table.add_row(r["partition"], str(r["segments"]), f"{r['batches']:,}", _human(r["bytes"]),
-                          "ok" if r["ok"] else "CORRUPT")
+                          "CORRUPT" if not r["ok"] else "ok" if r["indexes_ok"] else "REPAIRABLE")
         _out().print(table)
         for w in warnings:
             _note(f"warning: {w}")
+        for q in quarantined:
+            _note(f"warning: quarantined: {q}: bytes a crash recovery cut from the log (see its "
+                  f"warning in the log); inspect with `kstore dump-log {q.split(' (')[0]}`, "
+                  f"delete the file once you no longer need it")
+        for line in repairable:
+            _note(f"warning: repairable: {line}")
     if problems:
         _note(f"kstore: error: {len(problems)} problem{'s' * (len(problems) != 1)} found:\n  "
               + "\n  ".join(problems)
@@ -1624,9 +1671,63 @@ def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
                 "affected segments from a backup; opening the store for writing after a crash "
                 "cuts a corrupt tail of the active segment, but not damage inside closed segments.")
         sys.exit(EXIT_DATA)
+    if repairable:
+        _note(f"kstore: {len(repairable)} index file{'s' * (len(repairable) != 1)} damaged or "
+              f"missing; the data itself is sound. Rebuild them from the data with `{repair}` "
+              f"(it takes the writer lock: stop writers first)")
+        sys.exit(EXIT_REPAIRABLE)
     if not as_json:
         _note(f"verified {len(rows)} partition{'s' * (len(rows) != 1)}: every batch CRC and index "
-              f"entry is sound{' (see the warnings above)' if warnings else ''}")
+              f"entry is sound{' (see the warnings above)' if warnings or quarantined else ''}")
+
+
+def _partitions_on_disk(store: kstore.Store, data: Path) -> list[tuple[str, int]]:
+    return [(t, p) for t in store.topics(internal=True) for p in range(store.partitions_for(t))
+            if (data / f"{t}-{p}").is_dir()]
+
+
+def _index_problems(data: Path) -> list[str]:
+    """Index-file problems of every partition, read-only (as verify finds them)."""
+    out = []
+    with _open_store(data, write=False) as store:
+        for t, p in _partitions_on_disk(store, data):
+            out += [prob for prob in store.partition(t, p).verify() if _is_index_problem(prob)]
+    return out
+
+
+def _is_index_problem(problem: str) -> bool:
+    """Problems about index files name the file first (``<path>.index: ...``)."""
+    head = problem.split(": ", 1)[0]
+    return head.endswith(".index") or head.endswith(".timeindex")
+
+
+@main.command("repair-indexes")
+@click.argument("data_arg", metavar="[DATA]", required=False,
+                type=click.Path(file_okay=False, path_type=Path))
+@_data_option
+def repair_indexes(data_arg: Path | None, data: Path | None) -> None:
+    """Rebuild the .index and .timeindex files that `kstore verify` reports as repairable
+    (exit 3) from the .log files, which are not changed. Takes the writer lock of DATA, so it
+    refuses to run beside a writer (stop `kstore serve` and producers first). Segments whose
+    data is corrupt keep their indexes (exit 2: see `kstore verify`)."""
+    data = data_arg or _data_dir(data)
+    # What is damaged, seen as verify sees it: opening for writing already rebuilds some index
+    # files (those the active segment needs), so look first.
+    before = _index_problems(data)
+    skipped: list[str] = []
+    with _open_store(data, write=True) as store:
+        for t, p in _partitions_on_disk(store, data):
+            skipped += store.partition(t, p).repair_indexes()[1]
+    after = set(_index_problems(data))
+    rebuilt = [prob for prob in before if prob not in after]
+    for r in rebuilt:
+        _note(f"rebuilt: {r}")
+    for r in skipped + sorted(after):
+        _note(f"skipped: {r}")
+    if skipped or after:
+        sys.exit(EXIT_DATA)
+    _note(f"{len(rebuilt)} index file{'s' * (len(rebuilt) != 1)} rebuilt" if rebuilt
+          else "every index file is sound; nothing to rebuild")
 
 
 # ==============================================================================================

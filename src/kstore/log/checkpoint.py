@@ -184,3 +184,19 @@ def lock_directory(directory: Path, what: str) -> int:
             ) from None
         raise KafkaStorageError(f"cannot lock {directory}: {exc}") from exc
     return fd
+
+
+def writer_holds_lock(directory: Path) -> bool:
+    """Whether a writer (in any process, this one included) holds ``<dir>/.lock`` now. A probe
+    with a shared lock, released at once: it never keeps a writer out."""
+    try:
+        fd = os.open(directory / ".lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also releases the probe's lock
+    return False

@@ -12,6 +12,8 @@ import mmap
 import os
 from pathlib import Path
 
+import numpy as np
+
 from kstore import _core
 from kstore.errors import KafkaStorageError
 
@@ -145,3 +147,125 @@ class IndexFile:
         if self.path.exists():
             os.replace(self.path, new_path)
         self.path = new_path
+
+
+# -- checking index files against the data (``kstore verify``) ---------------------------------
+
+
+def check_offset_index(path: Path, base_offset: int, positions: np.ndarray,
+                       base_offsets: np.ndarray, last_offsets: np.ndarray, data_end: int,
+                       in_flight: bool = False) -> str | None:
+    """The first problem with the ``.index`` file ``path`` of the segment ``base_offset``,
+    whose batches (from a scan of its data up to byte ``data_end``) start at ``positions``
+    and hold ``base_offsets``..``last_offsets``; None when it is sound.
+
+    Kafka's rules: whole 8-byte entries; relative offsets and positions rise strictly; a
+    position is never 0 (a segment's first batch is never indexed) and is the start of a batch
+    below ``data_end``, and the entry's offset lies within that batch (Kafka writes its last
+    offset). ``in_flight``: a writer is appending to this segment, so entries at or past
+    ``data_end`` and a missing file or a partial last entry are not problems yet.
+    """
+    raw = _read_index(path)
+    if raw is None:
+        return None if in_flight else f"{path}: missing"
+    if len(raw) % OFFSET_ENTRY and not in_flight:
+        return f"{path}: {len(raw)} bytes, not a whole number of {OFFSET_ENTRY}-byte entries"
+    n = len(raw) // OFFSET_ENTRY
+    if n == 0:
+        return None
+    entries = np.frombuffer(raw, dtype=">u4", count=n * 2).reshape(n, 2).astype(np.int64)
+    rel, pos = entries[:, 0], entries[:, 1]
+    past = pos >= data_end
+    if in_flight and past.any():
+        n = int(np.argmax(past))  # not written yet, as far as our scan of the data knows
+        rel, pos, past = rel[:n], pos[:n], past[:n]
+    # Every rule at once (a 1 GB segment has 250 k entries), then the first slot that breaks one.
+    rising = np.ones(n, dtype=bool)
+    rising[1:] = (rel[1:] > rel[:-1]) & (pos[1:] > pos[:-1])
+    at = np.searchsorted(positions, pos)
+    hit = np.minimum(at, max(len(positions) - 1, 0))
+    if len(positions):
+        starts = (at < len(positions)) & (positions[hit] == pos)
+        inside = starts & (base_offsets[hit] <= base_offset + rel) & (base_offset + rel <= last_offsets[hit])
+    else:
+        starts = inside = np.zeros(n, dtype=bool)
+    bad = past | (pos == 0) | ~rising | ~inside
+    if not bad.any():
+        return None
+    slot = int(np.argmax(bad))
+    r, p = int(rel[slot]), int(pos[slot])
+    what = f"{path}: entry {slot} (offset {base_offset + r}, position {p})"
+    if past[slot]:
+        return f"{what} points past the end of the data, {data_end} bytes"
+    if p == 0:
+        return f"{what} points at the first batch, which is never indexed (a zero-filled entry?)"
+    if not rising[slot]:
+        return (f"{what} does not follow entry {slot - 1} (offset "
+                f"{base_offset + int(rel[slot - 1])}, position {int(pos[slot - 1])}): entries "
+                f"must rise")
+    if not starts[slot]:
+        return f"{what} points inside a batch, not at the start of one"
+    i = int(hit[slot])
+    return (f"{what} names an offset outside the batch there, which holds offsets "
+            f"{int(base_offsets[i])}..{int(last_offsets[i])}")
+
+
+def check_time_index(path: Path, base_offset: int, base_offsets: np.ndarray,
+                     last_offsets: np.ndarray, max_timestamps: np.ndarray,
+                     in_flight: bool = False) -> str | None:
+    """The first problem with the ``.timeindex`` file ``path`` of the segment ``base_offset``
+    whose batches hold ``base_offsets``..``last_offsets`` with ``max_timestamps``; None when
+    sound.
+
+    Kafka's rules: whole 12-byte entries; timestamps rise strictly and offsets do not fall; an
+    entry's offset lies within a batch of the segment and its timestamp is that batch's max
+    timestamp (entries are (max timestamp so far, offset of the batch that holds it)).
+    ``in_flight`` as for ``check_offset_index`` (entries past the last scanned batch wait).
+    """
+    raw = _read_index(path)
+    if raw is None:
+        return None if in_flight else f"{path}: missing"
+    if len(raw) % TIME_ENTRY and not in_flight:
+        return f"{path}: {len(raw)} bytes, not a whole number of {TIME_ENTRY}-byte entries"
+    n = len(raw) // TIME_ENTRY
+    if n == 0:
+        return None
+    rec = np.frombuffer(raw, dtype=np.dtype([("ts", ">i8"), ("rel", ">u4")]), count=n)
+    ts = rec["ts"].astype(np.int64)
+    off = base_offset + rec["rel"].astype(np.int64)
+    last = int(last_offsets[-1]) if len(last_offsets) else base_offset - 1
+    rising = np.ones(n, dtype=bool)
+    rising[1:] = (ts[1:] > ts[:-1]) & (off[1:] >= off[:-1])
+    past = off > last
+    if in_flight and past.any():
+        n = int(np.argmax(past))
+        ts, off, rising, past = ts[:n], off[:n], rising[:n], past[:n]
+    at = np.searchsorted(last_offsets, off)
+    hit = np.minimum(at, max(len(last_offsets) - 1, 0))
+    if len(last_offsets):
+        held = (at < len(last_offsets)) & (base_offsets[hit] <= off)
+        matches = held & (max_timestamps[hit] == ts)
+    else:
+        held = matches = np.zeros(n, dtype=bool)
+    bad = ~rising | past | ~matches
+    if not bad.any():
+        return None
+    slot = int(np.argmax(bad))
+    what = f"{path}: entry {slot} (timestamp {int(ts[slot])}, offset {int(off[slot])})"
+    if not rising[slot]:
+        return (f"{what} does not follow entry {slot - 1} (timestamp {int(ts[slot - 1])}, "
+                f"offset {int(off[slot - 1])}): timestamps must rise and offsets must not fall")
+    if past[slot]:
+        return f"{what} names an offset past the segment's last, {last}"
+    if not held[slot]:
+        return f"{what} names an offset no batch of the segment holds"
+    return (f"{what} does not match the batch holding that offset, whose max timestamp is "
+            f"{int(max_timestamps[int(hit[slot])])}")
+
+
+def _read_index(path: Path) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None

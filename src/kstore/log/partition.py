@@ -14,7 +14,8 @@ survives the death of the process, not of the machine). ``flush.messages`` and `
 fsyncs; ``flush()`` forces one. The recovery point (Kafka's ``recovery-point-offset-checkpoint``
 in the parent directory) only advances after an fsync. A clean ``close()`` leaves a marker so
 that the next open trusts the files; otherwise the next open re-checks every batch after the
-recovery point with the C scanner, rebuilds the indexes, and cuts a torn or corrupt tail.
+recovery point with the C scanner, rebuilds the indexes, and cuts a torn or corrupt tail, keeping
+cut bytes that are not a half-written last batch in side files (``kstore.log.quarantine``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from kstore.errors import (
     OffsetOutOfRangeError,
     ReadOnlyError,
 )
+from kstore.log import quarantine
 from kstore.log.checkpoint import (
     LOG_START_OFFSET,
     RECOVERY_POINT,
@@ -82,13 +84,15 @@ class SegmentInfo:
 @dataclass(frozen=True)
 class RecoveryReport:
     """What opening the log found: ``clean`` (marker present, nothing scanned) or which
-    segments were scanned and how many bytes were cut from the tail, and why."""
+    segments were scanned, how many bytes were cut from the tail and why, and the side files
+    that hold the cut bytes."""
 
     clean: bool
     scanned_segments: int
     truncated_bytes: int
     reason: str | None
     seconds: float
+    side_files: tuple[Path, ...] = ()  # where the cut bytes went (kstore.log.quarantine)
 
 
 class PartitionLog:
@@ -169,6 +173,7 @@ class PartitionLog:
         rp = self._rp_file.get(self._key, 0) or 0
         segs = [Segment.load(d, b, self.config) for b in bases]
         scanned, cut, why = 0, 0, None
+        side_files: list[Path] = []
         if segs:
             if clean:
                 try:
@@ -181,17 +186,23 @@ class PartitionLog:
                 start = max(bisect.bisect_right(bases, rp) - 1, 0)
                 for i in range(start, len(segs)):
                     last = i == len(segs) - 1
-                    seg_cut, seg_why = segs[i].recover(active=last)
+                    moved: list[tuple[Path, str]] = []
+                    later = segs[i + 1:]
+
+                    def move_later(m: list[tuple[Path, str]] = moved,
+                                   s: list[Segment] = later) -> None:
+                        m.extend(self._quarantine(s))
+
+                    seg_cut, seg_why = segs[i].recover(active=last, before_cut=move_later)
                     scanned += 1
-                    if seg_cut:
+                    report = segs[i].cut
+                    if seg_cut and report is not None:
                         cut, why = seg_cut, seg_why
-                        log.warning("%s: cut %d bytes from %s at byte %d: %s", d, seg_cut,
-                                    segs[i].log_path.name, segs[i].size, seg_why)
+                        self._log_cut(segs[i], seg_why, moved)
+                        if report.side_file is not None:
+                            side_files.append(report.side_file)
+                        side_files += [side for side, _ in moved]
                         if not last:
-                            for dead in segs[i + 1:]:
-                                log.warning("%s: deleting %s after the cut", d, dead.log_path.name)
-                                for p in dead.rename_deleted():
-                                    p.unlink()
                             segs = segs[:i + 1]
                             segs[i].open_active()
                         break
@@ -210,7 +221,45 @@ class PartitionLog:
         self._use_active(segs[-1])
         self._log_start = max(lso_ck, segs[0].base_offset)
         self._recovery_point = self._leo if clean else min(rp, self._leo)
-        self.recovery = RecoveryReport(clean, scanned, cut, why, time.perf_counter() - started)
+        self.recovery = RecoveryReport(clean, scanned, cut, why, time.perf_counter() - started,
+                                       tuple(side_files))
+
+    def _quarantine(self, later: list[Segment]) -> list[tuple[Path, str]]:
+        """Recovery cuts the log before ``later``: move their .log files to side files (their
+        indexes go) instead of deleting them. Returns (side file, what it holds) for each."""
+        moved = []
+        for seg in later:
+            seg.close()
+            last = quarantine.last_offset_in(seg.log_path)
+            side = quarantine.keep_segment(seg.log_path)
+            for idx in (seg.offset_index.path, seg.time_index.path):
+                idx.unlink(missing_ok=True)
+            if side is not None:
+                moved.append((side, f"{side} (offsets {seg.base_offset}.."
+                                    f"{'?' if last is None else last}, was {seg.log_path.name})"))
+        fsync_dir(self.directory)
+        return moved
+
+    def _log_cut(self, seg: Segment, why: str | None, moved: list[tuple[Path, str]]) -> None:
+        c = seg.cut
+        assert c is not None
+        last = "?" if c.last_offset is None else str(c.last_offset)
+        where = (f"{c.size} bytes of {seg.log_path} from byte {c.position} (offsets "
+                 f"{c.first_offset}..{last} as far as their headers can be read): {why}")
+        if c.side_file is not None:
+            log.warning("recovery cut %s; they are kept, byte for byte, in %s", where,
+                        c.side_file)
+        elif c.partial_write:
+            log.warning("recovery cut %s: a batch the crash left half written", where)
+        else:
+            log.warning("recovery cut %s: every cut byte was zero", where)
+        for _, what in moved:
+            log.warning("recovery removed the segment after the cut from the log: moved to %s",
+                        what)
+
+    def quarantined_files(self) -> list[Path]:
+        """Side files holding bytes earlier recoveries cut (see ``kstore.log.quarantine``)."""
+        return quarantine.side_files(self.directory)
 
     def _open_read_only(self) -> None:
         # A partition the writer has not created yet reads as empty until it appears.
@@ -256,6 +305,14 @@ class PartitionLog:
             if n.endswith(".deleted") or n.endswith(".cleaned") or n.endswith(".tmp"):
                 (d / n).unlink(missing_ok=True)
         swaps = sorted(n for n in os.listdir(d) if n.endswith(".swap"))
+        # Index .swap files go first and the .log last, so an index .swap without its .log.swap
+        # is a swap that never started: it must not replace the original's index (Kafka
+        # drops index swap files too).
+        log_swaps = {n.split(".")[0] for n in swaps if n.endswith(".log.swap")}
+        for n in swaps:
+            if n.split(".")[0] not in log_swaps:
+                (d / n).unlink(missing_ok=True)
+        swaps = [n for n in swaps if n.split(".")[0] in log_swaps]
         if swaps:
             # A finished compaction output (.swap) replaces every original segment whose base
             # lies in the range it covers, [its base, its next offset): Kafka's load step 2a.
@@ -854,6 +911,41 @@ class PartitionLog:
                                 f"below the segment base {seg.base_offset}")
             problems += seg.verify_indexes(parts, first_bad)
         return problems
+
+    def repair_indexes(self) -> tuple[list[str], list[str]]:
+        """Rebuild every ``.index``/``.timeindex`` that ``verify`` finds wrong, from the data,
+        which is left as it is (the writer only: the lock keeps other writers out). Returns
+        (what was rebuilt, what was left alone and why): a segment whose data does not pass its
+        CRC checks keeps its indexes; that is corruption for ``verify`` to report."""
+        self._check_writable()
+        rebuilt, skipped = [], []
+        with self._lock:
+            for seg in list(self._segments):
+                res = _scan_file(seg.log_path, 0, seg.size, check_crc=True)
+                scans = [res] if res is not None else []
+                if res is not None and not res.ok:
+                    skipped.append(f"{seg.log_path}: not rebuilding its indexes: the data is "
+                                   f"damaged at byte {res.valid_end} ({res.error})")
+                    continue
+                problems = seg.verify_indexes(scans)
+                if not problems:
+                    continue
+                if seg.is_active:
+                    seg.deactivate()
+                    seg.recover(active=True)
+                    self._use_active(seg)
+                else:
+                    seg.offset_index.close()
+                    seg.time_index.close()
+                    seg._rebuild_indexes()
+                    seg._indexes_checked = True
+                left = seg.verify_indexes(scans)
+                if left:  # cannot happen unless the files change under us
+                    skipped += left
+                else:
+                    rebuilt += [f"{p} (rebuilt)" for p in problems]
+            fsync_dir(self.directory)
+        return rebuilt, skipped
 
     # ==========================================================================================
     # Read-only refresh

@@ -12,6 +12,8 @@ import mmap
 import os
 import sys
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,16 @@ import numpy as np
 
 from kstore import _core
 from kstore.errors import KafkaStorageError
+from kstore.log import quarantine
 from kstore.log.fileslice import FileSlice, SegmentFile
-from kstore.log.index import OFFSET_ENTRY, TIME_ENTRY, IndexFile
+from kstore.log.checkpoint import writer_holds_lock
+from kstore.log.index import (
+    OFFSET_ENTRY,
+    TIME_ENTRY,
+    IndexFile,
+    check_offset_index,
+    check_time_index,
+)
 
 log = logging.getLogger("kstore.log")
 
@@ -49,6 +59,7 @@ class Segment:
         self._map_lock = threading.Lock()
         self._size = 0
         self._indexes_checked = False
+        self.cut: CutReport | None = None  # what the last recover() cut
         self._max_ts: tuple[int, int] | None = None  # (max timestamp, its offset) once known
         self.next_offset: int | None = None  # known for the last segment
         self._maps: list[mmap.mmap] = []  # mappings handed to slices (closed before truncation)
@@ -172,10 +183,15 @@ class Segment:
 
     # -- recovery -----------------------------------------------------------------------------
 
-    def recover(self, active: bool) -> tuple[int, str | None]:
+    def recover(self, active: bool,
+                before_cut: Callable[[], None] | None = None) -> tuple[int, str | None]:
         """Rebuild both indexes from the .log, truncating at the first invalid or partial batch.
 
-        Returns (bytes cut, why). The segment is left active (appending) when ``active``.
+        Returns (bytes cut, why); ``self.cut`` says more (position, offsets, side file). The cut
+        bytes are first copied to a side file (``quarantine.keep_bytes``), except a partial
+        write at the end of the ``active`` segment and bytes that are all zero; ``before_cut``
+        runs after that copy and before the file shrinks (the log moves later segments away).
+        The segment is left active (appending) when ``active``.
         """
         self.close_files()
         size = os.path.getsize(self.log_path)
@@ -190,6 +206,8 @@ class Segment:
         app.attach_indexes(self.offset_index.mm, 0, self.time_index.mm, 0)
         app.attach_index_files(self.offset_index.fd, self.time_index.fd, 0, 0)
         why = None
+        torn = False
+        self.cut = None
         if size:
             with open(self.log_path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
                 start = 0
@@ -207,6 +225,7 @@ class Segment:
                     app.track_scanned(res)
                     if not res.ok:
                         why = str(res.error)
+                        torn = res.torn
                         break
                     if res.valid_end == start:
                         break
@@ -215,6 +234,17 @@ class Segment:
         valid = app.size
         cut = size - valid
         if cut:
+            partial = active and torn and quarantine.is_partial_write(
+                self.log_path, valid, size, app.next_offset, self.config)
+            if torn and not partial:
+                why = (f"the batch at byte {valid} runs past the end of the file but is not a "
+                       f"half-written next batch (a damaged header): {why}")
+            side = None if partial else quarantine.keep_bytes(self.log_path, valid, size)
+            self.cut = CutReport(valid, cut, app.next_offset,
+                                 quarantine.last_offset_in(self.log_path, valid, size),
+                                 side, partial)
+            if before_cut is not None:
+                before_cut()
             with open(self.log_path, "r+b") as w:
                 w.truncate(valid)
                 os.fsync(w.fileno())
@@ -306,23 +336,34 @@ class Segment:
             self.next_offset = self.base_offset
 
     def verify_indexes(self, scans: list[_core.ScanResult], first_bad: int | None = None) -> list[str]:
-        """Problems with this segment's index entries, given scans of its data; entries at or
-        past a corrupt batch are not judged (what they point at is already reported)."""
+        """Problems with this segment's ``.index`` and ``.timeindex`` files as they are on disk,
+        given scans of its data (``index.check_offset_index`` and ``check_time_index`` say what
+        is checked). Each problem names its index file first; the data is not at fault and
+        ``PartitionLog.repair_indexes`` rebuilds the file. Entries at or past a corrupt batch
+        (``first_bad``) are not judged: what they point at is already reported. Never raises
+        for a damaged or missing file, never changes anything."""
+        if scans:
+            positions = np.concatenate([r.positions for r in scans])
+            bases = np.concatenate([r.base_offsets for r in scans])
+            lasts = np.concatenate([r.last_offsets for r in scans])
+            max_ts = np.concatenate([r.max_timestamps for r in scans])
+        else:
+            positions = bases = lasts = max_ts = np.zeros(0, dtype=np.int64)
+        end = self.size if first_bad is None else first_bad
+        # A writer in another process may be appending to the last segment: what it has not
+        # finished (an entry past the data we scanned, a file not created yet) is not damage.
+        in_flight = first_bad is not None or (
+            self.read_only and not self.ro_complete and writer_holds_lock(self.directory))
         problems = []
-        self._ensure_indexes()
-        by_pos: dict[int, int] = {}
-        for res in scans:
-            by_pos.update(zip(res.positions.tolist(), res.last_offsets.tolist(), strict=True))
-        app = self.appender
-        n = app.offset_entries if app is not None else self.offset_index.entries
-        for slot in range(n):
-            rel, pos = _core.index_entry(self.offset_index.mm, slot, False)
-            if first_bad is not None and pos >= first_bad:
-                break
-            if by_pos.get(pos) != self.base_offset + rel:
-                problems.append(f"{self.offset_index.path}: entry {slot} ({rel}, {pos}) does not "
-                                f"point at the batch whose last offset is {self.base_offset + rel}")
-                break
+        for problem in (
+                check_offset_index(self.offset_index.path, self.base_offset, positions, bases,
+                                   lasts, end, in_flight),
+                check_time_index(self.time_index.path, self.base_offset, bases, lasts, max_ts,
+                                 in_flight)):
+            if problem is not None:
+                problems.append(problem)
+        if problems and self.read_only and _inode(self.log_path) != self.ro_inode:
+            return []  # deleted or swapped (retention, compaction) while we looked: not damage
         return problems
 
     def _index_problem(self) -> str | None:
@@ -585,6 +626,21 @@ class Segment:
         return out
 
 
+@dataclass(frozen=True)
+class CutReport:
+    """What ``Segment.recover`` cut: bytes [position, position + size) of the segment, holding
+    offsets from ``first_offset`` (the next offset the log hands out) up to ``last_offset`` as
+    far as readable headers say (None: none readable). ``side_file`` holds exactly those bytes
+    (None when they were a ``partial_write`` or all zero)."""
+
+    position: int
+    size: int
+    first_offset: int
+    last_offset: int | None
+    side_file: Path | None
+    partial_write: bool
+
+
 class _NeedsRecovery(Exception):
     pass
 
@@ -595,6 +651,13 @@ def _scan_file(path: Path, start: int, size: int, check_crc: bool) -> _core.Scan
     with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
         res = _core.scan(mm, start, size, check_crc, True)
     return res
+
+
+def _inode(path: Path) -> int:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return -1
 
 
 def _first_batch_max_timestamp(path: Path) -> int:

@@ -377,9 +377,18 @@ class Consumer:
         try:
             for b in fs.batches():
                 recs += b.records(True, _core.DEFAULT_MAX_DECOMPRESSED_BYTES, topic, part, pos)
-        except CorruptRecordError as exc:
-            raise type(exc)(f"{topic}-{part}: {exc}; byte positions count from byte "
-                            f"{fs.position} of {fs.file.path}; run 'kstore verify'") from None
+        except CorruptRecordError:
+            # Deliver every record before the damaged batch; raise at it on the next poll
+            # (or now, when it comes first), with the offsets it covers.
+            good, after, err = self._good_prefix(tp, fs)
+            if good == 0:
+                raise err from None
+            recs = []
+            for b in _core.iter_batches(fs.memoryview(), 0, good):
+                recs += b.records(True, _core.DEFAULT_MAX_DECOMPRESSED_BYTES, topic, part, pos)
+            if not recs:
+                self._positions[tp] = max(pos, after)
+                return []
         if not recs:
             if len(fs):
                 self._positions[tp] = max(pos, fs.next_offset)
@@ -389,6 +398,42 @@ class Consumer:
             recs = recs[:budget]
         self._positions[tp] = recs[-1].offset + 1
         return recs
+
+    def _good_prefix(self, tp: TopicPartition,
+                     fs: Any) -> tuple[int, int, CorruptRecordError]:
+        """For a slice holding a damaged batch: (bytes of the good batches before it, the
+        offset after them, the error for the damaged one, naming its offsets, file and byte).
+        Only called once a decode failed, so checking each batch again costs nothing usually."""
+        # Over the whole mapping, so that the positions in messages are the file's.
+        good, after = fs.position, fs.base_offset
+        it = _core.iter_batches(fs._map, fs.position, fs.position + len(fs))
+        while True:
+            try:
+                b = next(it)
+            except StopIteration:  # pragma: no cover - the caller saw a failure
+                raise AssertionError("no damaged batch in a slice that failed to decode") from None
+            except CorruptRecordError as exc:
+                # A header the read did not walk (the slice jumped through the index): its
+                # offsets cannot be trusted; reading at `after` names them.
+                err, lo, hi = exc, after, None
+                break
+            try:
+                b.validate(deep=True)
+            except CorruptRecordError as exc:
+                err, lo, hi = exc, b.base_offset, b.last_offset
+                break
+            good, after = b.position + b.size, b.last_offset + 1
+        topic, part = tp
+        at = good
+        good -= fs.position
+        span = f"offsets {lo}..{hi}" if hi is not None else f"offsets from {lo}"
+        skip = (f"Seek to {hi + 1} to read on past it (`kstore consume --offset {hi + 1}`); "
+                if hi is not None else "")
+        out = type(err)(f"{topic}-{part}: corrupt batch at byte {at} of {fs.file.path} "
+                        f"({span}): {err}. {skip}`kstore verify` lists every damaged batch")
+        out.locate(topic=topic, partition=part, offset=lo, last_offset=hi, path=fs.file.path,
+                   position=at)
+        return good, after, out
 
     def _fetch(self, max_records: int) -> list[_core.Record]:
         self._sync_assignment()
@@ -481,7 +526,13 @@ class Consumer:
                 fs = lg.read(pos, max(self.fetch_max_bytes, 16 << 20))
             if not len(fs):
                 continue
-            cols = _core.columns(fs.memoryview())
+            try:
+                cols = _core.columns(fs.memoryview())
+            except CorruptRecordError:
+                good, after, err = self._good_prefix(tp, fs)
+                if good == 0:
+                    raise err from None
+                cols = _core.columns(fs.memoryview(), 0, good)
             start = int(np.searchsorted(cols.offsets, pos))
             end = min(len(cols), start + left)
             if end > start:

@@ -35,6 +35,7 @@ from kstore import _core
 from kstore.config import resolve_config
 from kstore.errors import (
     ClosedError,
+    CorruptRecordError,
     InvalidRecordError,
     KafkaStorageError,
     OffsetOutOfRangeError,
@@ -530,12 +531,21 @@ class PartitionLog:
                 f"offset {offset} is out of range for {self.directory.name}: the log holds "
                 f"[{lso}, {leo})")
         limit = leo if max_offset is None else min(max_offset, leo)
-        segs, bases = self._segments, self._bases
-        i = max(bisect.bisect_right(bases, offset) - 1, 0)
-        for seg in segs[i:]:
+        segs = self._segments
+        i = max(bisect.bisect_right(segs, offset, key=_base_offset) - 1, 0)
+        for j in range(i, len(segs)):
+            seg = segs[j]
             if seg.base_offset >= limit:
                 break
-            fs = seg.read(offset, max_bytes, limit)
+            # A segment holds offsets below the next one's base; the last one is bounded by
+            # its own log end.
+            end = segs[j + 1].base_offset if j + 1 < len(segs) else None
+            try:
+                fs = seg.read(offset, max_bytes, limit, end)
+            except CorruptRecordError as exc:
+                exc.locate(topic=self.topic, partition=self.partition)
+                exc.args = (f"{self.topic}-{self.partition}: {exc}",)
+                raise
             if fs is not None:
                 return fs
         return FileSlice.empty(offset)
@@ -897,6 +907,10 @@ class PartitionLog:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def _base_offset(seg: Segment) -> int:
+    return seg.base_offset
 
 
 def _inode(path: Path) -> int:

@@ -10,6 +10,8 @@ Buffer = bytes | bytearray | memoryview | Any  # anything with the buffer protoc
 
 HEADER_SIZE: int
 LOG_OVERHEAD: int
+ERR_TRUNCATED: int
+ERR_OFFSET: int
 TIMESTAMP_CREATE: int
 TIMESTAMP_LOG_APPEND: int
 DEFAULT_MAX_DECOMPRESSED_BYTES: int

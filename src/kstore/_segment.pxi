@@ -612,8 +612,8 @@ def read_span(buf, Py_ssize_t start, Py_ssize_t max_bytes, int64_t max_offset, P
     the span stopped at (``start + length``); the bytes before it are whole, good headers."""
     cdef Pinned src = _pin(buf)
     cdef Pinned idx
-    cdef size_t last_pos = start, stop = start, frm = start
-    cdef int64_t slot, limit, jump_min = base_offset
+    cdef size_t last_pos = start, stop = start, frm = start, second, found, prev_pos
+    cdef int64_t slot, limit, jump_min = base_offset, prev_last
     cdef uint32_t rel, epos
     cdef int rc
     if end < 0 or end > src.length:
@@ -635,6 +635,15 @@ def read_span(buf, Py_ssize_t start, Py_ssize_t max_bytes, int64_t max_offset, P
                 jump_min = (<int64_t>ks_load_be64(src.ptr + start + KS_BATCH_BASE_OFFSET_OFFSET)
                             + <int32_t>ks_load_be32(src.ptr + start + KS_BATCH_LAST_OFFSET_DELTA_OFFSET)
                             + 1)
+    if frm > <size_t>start:
+        # The header after the first batch is checked even so: a first batch whose offsets
+        # were damaged shows only there, and it must not lead a slice.
+        second = start + KS_BATCH_LOG_OVERHEAD + <int32_t>ks_load_be32(src.ptr + start + KS_BATCH_LENGTH_OFFSET)
+        if second < <size_t>end:
+            rc = ks_read_find(src.ptr, end, second, INT64_MIN, jump_min, max_last, &found,
+                              &prev_pos, &prev_last)
+            if rc != KS_OK:
+                return second - start, start, rc
     with nogil:
         rc = ks_read_span(src.ptr, end, start, frm, jump_min, max_bytes, max_offset, max_last,
                           &stop, &last_pos)

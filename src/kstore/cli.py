@@ -1120,9 +1120,13 @@ def consume(topic: str, group: str | None, from_beginning: bool, offset: str | N
         except KeyboardInterrupt:
             pass
         except kerr.CorruptRecordError as exc:
+            skip = (f"`kstore consume {topic} --partition {exc.partition} --offset "
+                    f"{exc.last_offset + 1}` reads on past it"
+                    if exc.last_offset is not None and exc.partition is not None else
+                    "--offset N starts past it")
             raise DataError(f"corrupt data in topic {topic!r} after {printed:,} records: {exc}. "
-                            f"`kstore verify` lists every damaged batch (file and byte); "
-                            f"--offset N starts past one") from None
+                            f"{skip}; `kstore verify` lists every damaged batch (file and "
+                            f"byte)") from None
         finally:
             consumer.close()
             commit()

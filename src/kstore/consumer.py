@@ -33,10 +33,18 @@ from kstore.errors import (
     NoOffsetForPartitionError,
     OffsetOutOfRangeError,
     UnknownTopicOrPartitionError,
+    UnsupportedCompressionTypeError,
 )
+
+# What decoding a stored batch raises when its bytes are damaged (an unknown codec id in a
+# stored batch is damage too: nothing with one was ever accepted).
+_DAMAGE = (CorruptRecordError, UnsupportedCompressionTypeError)
 from kstore.log import EARLIEST_TIMESTAMP
 
 TopicPartition = tuple[str, int]
+# Reads up to this size walk every batch header (larger ones jump through the offset index):
+# after a read fails to decode, the consumer reads again this small to find the damage.
+CHECKED_READ_BYTES = 65536
 RESETS = ("earliest", "latest", "none")
 
 
@@ -375,14 +383,20 @@ class Consumer:
         recs: list[_core.Record] = []
         topic, part = tp
         try:
+            last = pos - 1
             for b in fs.batches():
+                # Offsets must rise and stay below the log end: a base offset is outside the
+                # CRC, and a large read walks only the headers near its end (as Kafka's do).
+                if b.base_offset <= last and b.position:
+                    raise CorruptRecordError("batch offsets do not rise")
                 recs += b.records(True, _core.DEFAULT_MAX_DECOMPRESSED_BYTES, topic, part, pos)
-        except CorruptRecordError:
+                last = b.last_offset
+            if last >= lg.cached_log_end_offset:
+                raise CorruptRecordError("batch offsets run past the log end")
+        except _DAMAGE:
             # Deliver every record before the damaged batch; raise at it on the next poll
             # (or now, when it comes first), with the offsets it covers.
-            good, after, err = self._good_prefix(tp, fs)
-            if good == 0:
-                raise err from None
+            fs, good, after = self._checked_prefix(lg, tp, pos)
             recs = []
             for b in _core.iter_batches(fs.memoryview(), 0, good):
                 recs += b.records(True, _core.DEFAULT_MAX_DECOMPRESSED_BYTES, topic, part, pos)
@@ -399,27 +413,36 @@ class Consumer:
         self._positions[tp] = recs[-1].offset + 1
         return recs
 
+    def _checked_prefix(self, lg: Any, tp: TopicPartition, pos: int) -> tuple[Any, int, int]:
+        """After a read failed to decode: read again, small enough that the log checks every
+        header (CHECKED_READ_BYTES), and cut before the first batch that fails its CRC or does
+        not decode: (slice, bytes of good batches, the offset after them). Raises the
+        CorruptRecordError, with the offsets the damage covers, when it comes first."""
+        fs = lg.read(pos, CHECKED_READ_BYTES)
+        good, after, err = self._good_prefix(tp, fs)
+        if good == 0 and err is not None:
+            raise err from None
+        return fs, good, after
+
     def _good_prefix(self, tp: TopicPartition,
-                     fs: Any) -> tuple[int, int, CorruptRecordError]:
-        """For a slice holding a damaged batch: (bytes of the good batches before it, the
-        offset after them, the error for the damaged one, naming its offsets, file and byte).
-        Only called once a decode failed, so checking each batch again costs nothing usually."""
+                     fs: Any) -> tuple[int, int, CorruptRecordError | None]:
+        """(bytes of the good batches at the start of a slice, the offset after them, the
+        error for the damaged batch after them, naming its offsets, file and byte, or None)."""
         # Over the whole mapping, so that the positions in messages are the file's.
         good, after = fs.position, fs.base_offset
         it = _core.iter_batches(fs._map, fs.position, fs.position + len(fs))
         while True:
             try:
                 b = next(it)
-            except StopIteration:  # pragma: no cover - the caller saw a failure
-                raise AssertionError("no damaged batch in a slice that failed to decode") from None
-            except CorruptRecordError as exc:
-                # A header the read did not walk (the slice jumped through the index): its
-                # offsets cannot be trusted; reading at `after` names them.
+            except StopIteration:
+                return len(fs), after, None
+            except _DAMAGE as exc:
+                # The log checked these headers: only a file changed under us gets here.
                 err, lo, hi = exc, after, None
                 break
             try:
                 b.validate(deep=True)
-            except CorruptRecordError as exc:
+            except _DAMAGE as exc:
                 err, lo, hi = exc, b.base_offset, b.last_offset
                 break
             good, after = b.position + b.size, b.last_offset + 1
@@ -429,8 +452,9 @@ class Consumer:
         span = f"offsets {lo}..{hi}" if hi is not None else f"offsets from {lo}"
         skip = (f"Seek to {hi + 1} to read on past it (`kstore consume --offset {hi + 1}`); "
                 if hi is not None else "")
-        out = type(err)(f"{topic}-{part}: corrupt batch at byte {at} of {fs.file.path} "
-                        f"({span}): {err}. {skip}`kstore verify` lists every damaged batch")
+        cls = type(err) if isinstance(err, CorruptRecordError) else CorruptRecordError
+        out = cls(f"{topic}-{part}: corrupt batch at byte {at} of {fs.file.path} "
+                  f"({span}): {err}. {skip}`kstore verify` lists every damaged batch")
         out.locate(topic=topic, partition=part, offset=lo, last_offset=hi, path=fs.file.path,
                    position=at)
         return good, after, out
@@ -526,12 +550,16 @@ class Consumer:
                 fs = lg.read(pos, max(self.fetch_max_bytes, 16 << 20))
             if not len(fs):
                 continue
+            after = -1
             try:
                 cols = _core.columns(fs.memoryview())
-            except CorruptRecordError:
-                good, after, err = self._good_prefix(tp, fs)
-                if good == 0:
-                    raise err from None
+                offs = cols.offsets
+                # As in _fetch_partition: offsets rise and stay below the log end.
+                if len(offs) and (offs[-1] >= lg.cached_log_end_offset
+                                  or (len(offs) > 1 and bool((np.diff(offs) <= 0).any()))):
+                    raise CorruptRecordError("batch offsets do not rise")
+            except _DAMAGE:
+                fs, good, after = self._checked_prefix(lg, tp, pos)
                 cols = _core.columns(fs.memoryview(), 0, good)
             start = int(np.searchsorted(cols.offsets, pos))
             end = min(len(cols), start + left)
@@ -540,7 +568,7 @@ class Consumer:
                 left -= end - start
                 self._positions[tp] = int(cols.offsets[end - 1]) + 1
             else:
-                self._positions[tp] = max(pos, fs.next_offset)
+                self._positions[tp] = max(pos, fs.next_offset if after < 0 else after)
         if n:
             self._rr = (self._rr + 1) % n
         return out

@@ -338,6 +338,12 @@ class PartitionLog:
     high_watermark = log_end_offset
 
     @property
+    def cached_log_end_offset(self) -> int:
+        """The log end as last seen, without looking for new data (a read-only log's
+        ``log_end_offset`` rereads the directory): every read so far stayed below it."""
+        return self._leo
+
+    @property
     def recovery_point(self) -> int:
         return self._recovery_point
 

@@ -434,8 +434,8 @@ class Segment:
         ``end_offset`` bounds the offsets this segment may hold (the next segment's base).
 
         Every header walked is checked (batch.h, "checked reads"): a slice ends before a
-        damaged batch, and a read that starts at one raises CorruptRecordError with the file,
-        byte and the offsets the damage covers. A read for offsets past the damage skips it.
+        damaged batch, and a read that starts at one raises CorruptRecordError naming the
+        file, byte and the offsets the damage covers. A read for offsets past it skips it.
         """
         size = self.size
         if size == 0:
@@ -443,24 +443,35 @@ class Segment:
         max_last = self._max_last(end_offset)  # after size: appends only raise it
         pos = self._start_position(offset)
         mm = self._mapping(size)
-        start = self._find_checked(mm, offset, pos, size, max_last)
-        if start >= size:
-            return None
         app = self.appender
         idx = self.offset_index
         entries = app.offset_entries if app is not None else idx.entries
-        n, last_pos, rc = _core.read_span(mm, start, max_bytes, max_offset, size,
-                                          idx.mm if entries else None, entries,
-                                          self.base_offset, max_last)
-        if rc and n and not _core.batch_crc_ok(mm, last_pos, size):
-            # The batch before the damaged header is itself bad (its length was damaged, so
-            # the walk went on from the wrong place): the slice ends before it.
+        min_base = self.base_offset
+        while True:
+            start, before = self._find_checked(mm, offset, pos, size, max_last, min_base)
+            if start >= size:
+                return None
+            n, last_pos, rc = _core.read_span(mm, start, max_bytes, max_offset, size,
+                                              idx.mm if entries else None, entries,
+                                              self.base_offset, max_last)
+            if not (rc and n and self._blame_previous(mm, size, last_pos, start + n, rc,
+                                                      max_last)):
+                break
+            # The batch before the damaged header is the bad one (its length or offsets were
+            # damaged, so the walk went wrong after it): the slice ends before it.
             header = start + n
             n = last_pos - start
-            if n == 0:
-                raise self._corrupt(mm, size, start, int.from_bytes(mm[start:start + 8], "big"),
-                                    max_last, rc, header)
             last_pos = -1
+            if n:
+                break
+            lo = before + 1
+            resume, hi = self._damage_end(mm, size, start, lo, max_last)
+            if offset <= hi:
+                raise self._corrupt(mm, size, start, lo, max_last, rc, header)
+            # Its damaged offsets only seemed to hold ``offset``: look on after the damage.
+            if resume >= size:
+                return None
+            pos, min_base = resume, hi + 1
         if n == 0:
             return None
         assert self._file is not None
@@ -483,31 +494,49 @@ class Segment:
             return self.next_offset - 1
         return INT64_MAX
 
-    def _find_checked(self, mm: mmap.mmap, offset: int, pos: int, size: int, max_last: int) -> int:
-        """Position of the first batch holding ``offset`` or later (``size`` when none), every
-        header on the way checked. Damage below ``offset`` is stepped over; damage at it raises."""
-        min_base = self.base_offset
-        from_index = pos > 0
+    def _find_checked(self, mm: mmap.mmap, offset: int, pos: int, size: int,
+                      max_last: int, min_base: int) -> tuple[int, int]:
+        """(position of the first batch holding ``offset`` or later, ``size`` when none; the
+        last offset before it), every header on the way checked. Damage below ``offset`` is
+        stepped over; damage at it raises."""
+        from_index = pos > 0 and min_base == self.base_offset
         while True:
             rc, found, prev_pos, prev_last = _core.read_find(mm, offset, pos, size, min_base,
                                                              max_last)
             if rc == 0:
-                return found
+                return found, prev_last
             if from_index:
                 # The walk began at an index entry, which may itself be stale: judge the data
                 # by a walk from the segment's start.
                 pos, from_index = 0, False
                 continue
-            lo = prev_last + 1
-            bad = found
-            if prev_pos < size and not _core.batch_crc_ok(mm, prev_pos, size):
+            bad, lo = found, prev_last + 1
+            if prev_pos < size and self._blame_previous(mm, size, prev_pos, found, rc, max_last):
                 bad, lo = prev_pos, int.from_bytes(mm[prev_pos:prev_pos + 8], "big")
             resume, hi = self._damage_end(mm, size, bad, lo, max_last)
             if offset <= hi:
                 raise self._corrupt(mm, size, bad, lo, max_last, rc, found)
             if resume >= size:
-                return size
+                return size, hi
             pos, min_base = resume, hi + 1
+
+    def _blame_previous(self, mm: mmap.mmap, size: int, prev: int, bad: int, rc: int,
+                        max_last: int) -> bool:
+        """Whether the damage found at byte ``bad`` lies in the good-looking batch before it,
+        at ``prev``: its CRC fails (a damaged length sent the walk astray), or the two overlap
+        in offsets (the base offset is outside the CRC) and the later one agrees with the
+        batch after it, so the earlier one's base offset must be the damaged one."""
+        if not _core.batch_crc_ok(mm, prev, size):
+            return True
+        if rc != _core.ERR_OFFSET or not _core.batch_crc_ok(mm, bad, size):
+            return False
+        last = (int.from_bytes(mm[bad:bad + 8], "big")
+                + int.from_bytes(mm[bad + 23:bad + 27], "big"))
+        after = bad + 12 + int.from_bytes(mm[bad + 8:bad + 12], "big")
+        if after >= size:
+            return last == max_last
+        rc2, found, _, _ = _core.read_find(mm, last + 1, after, size, last + 1, max_last)
+        return rc2 == 0 and found == after and int.from_bytes(mm[after:after + 8], "big") == last + 1
 
     def _damage_end(self, mm: mmap.mmap, size: int, bad: int, lo: int,
                     max_last: int) -> tuple[int, int]:
@@ -528,12 +557,12 @@ class Segment:
                  found: int) -> CorruptRecordError:
         _, hi = self._damage_end(mm, size, bad, lo, max_last)
         why = (_core.read_error_text(rc) if bad == found else
-               f"its CRC does not match and the header after it, at byte {found}, is damaged "
+               f"it does not agree with the batch after it, at byte {found} "
                f"({_core.read_error_text(rc)})")
-        span = f"offsets {lo}..{hi}" if hi >= lo else f"offset {lo}"
+        span = f"offsets {lo}..{hi}" if hi > lo else f"offset {lo}"
         exc = CorruptRecordError(
             f"corrupt batch at byte {bad} of {self.log_path}: {why}; {span} cannot be read. "
-            f"Seek to {hi + 1} to read on past them (`kstore consume --offset {hi + 1}`); "
+            f"Seek to {hi + 1} to read on past the damage (`kstore consume --offset {hi + 1}`); "
             f"`kstore verify` lists every damaged batch")
         return exc.locate(path=str(self.log_path), position=bad, offset=lo, last_offset=hi)
 

@@ -373,13 +373,7 @@ class Consumer:
         pos = self._position(tp)
         if pos == lg.log_end_offset:
             return []
-        try:
-            fs = lg.read(pos, self.fetch_max_bytes)
-        except OffsetOutOfRangeError:
-            if self.auto_offset_reset == "none":
-                raise
-            self._positions[tp] = pos = self._reset(tp)
-            fs = lg.read(pos, self.fetch_max_bytes)
+        pos, fs = self._read(lg, tp, pos, self.fetch_max_bytes)
         recs: list[_core.Record] = []
         topic, part = tp
         try:
@@ -412,6 +406,20 @@ class Consumer:
             recs = recs[:budget]
         self._positions[tp] = recs[-1].offset + 1
         return recs
+
+    def _read(self, lg: Any, tp: TopicPartition, pos: int, max_bytes: int) -> tuple[int, Any]:
+        """(position, slice read there). Out of range (e.g. retention deleted the segment it
+        was in), the position resets as auto_offset_reset says, or OffsetOutOfRangeError is
+        raised with 'none'. A writer deleting more meanwhile moves the log start again, so the
+        reset is tried a few times."""
+        for attempt in range(3):
+            try:
+                return pos, lg.read(pos, max_bytes)
+            except OffsetOutOfRangeError:
+                if self.auto_offset_reset == "none" or attempt == 2:
+                    raise
+                self._positions[tp] = pos = self._reset(tp)
+        raise AssertionError("unreachable")
 
     def _checked_prefix(self, lg: Any, tp: TopicPartition, pos: int) -> tuple[Any, int, int]:
         """After a read failed to decode: read again, small enough that the log checks every
@@ -541,13 +549,7 @@ class Consumer:
             pos = self._position(tp)
             if pos == lg.log_end_offset:
                 continue
-            try:
-                fs = lg.read(pos, max(self.fetch_max_bytes, 16 << 20))
-            except OffsetOutOfRangeError:
-                if self.auto_offset_reset == "none":
-                    raise
-                self._positions[tp] = pos = self._reset(tp)
-                fs = lg.read(pos, max(self.fetch_max_bytes, 16 << 20))
+            pos, fs = self._read(lg, tp, pos, max(self.fetch_max_bytes, 16 << 20))
             if not len(fs):
                 continue
             after = -1

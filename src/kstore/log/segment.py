@@ -96,9 +96,14 @@ class Segment:
 
     @classmethod
     def load(cls, directory: Path, base_offset: int, config: dict[str, Any]) -> "Segment":
-        """An existing, closed segment; indexes are opened on first use."""
+        """An existing, closed segment; indexes are opened on first use. Raises SegmentGone
+        when its file is not there (a reader beside a writer: retention or compaction took
+        it after the directory was listed)."""
         seg = cls(directory, base_offset, config)
-        seg._size = os.path.getsize(seg.log_path)
+        try:
+            seg._size = os.path.getsize(seg.log_path)
+        except FileNotFoundError:
+            raise SegmentGone(f"segment {seg.log_path} is gone") from None
         return seg
 
     def activate(self, appender: _core.SegmentAppender) -> None:
@@ -297,7 +302,10 @@ class Segment:
             return
         start = self._size
         if size > start:
-            res = _scan_file(self.log_path, start, size, check_crc=True)
+            try:
+                res = _scan_file(self.log_path, start, size, check_crc=True)
+            except FileNotFoundError:
+                return  # deleted meanwhile: the next refresh drops this segment
             if res is not None and len(res):
                 # next_offset first: a reader takes size, then the offset bound (read()).
                 self.next_offset = int(res.last_offsets[-1]) + 1
@@ -379,7 +387,7 @@ class Segment:
                 try:
                     self._file = SegmentFile(self.log_path)
                 except FileNotFoundError:
-                    raise KafkaStorageError(
+                    raise SegmentGone(
                         f"segment {self.log_path} is missing (deleted outside kstore); its "
                         f"offsets from {self.base_offset} cannot be read") from None
             full = os.fstat(self._file.fd).st_size
@@ -676,6 +684,12 @@ class Segment:
 
 class _NeedsRecovery(Exception):
     pass
+
+
+class SegmentGone(KafkaStorageError, register=False):
+    """A segment's file is not there. Beside a writer that is routine (retention deleted it,
+    compaction merged it): the PartitionLog refreshes and reads on, or raises
+    OffsetOutOfRangeError when the offset went with it."""
 
 
 def _scan_file(path: Path, start: int, size: int, check_crc: bool) -> _core.ScanResult | None:

@@ -59,7 +59,7 @@ class CorruptRecordError(KStoreError, ValueError):
     path: str | None = None
     position: int | None = None
 
-    def locate(self, **where: object) -> "CorruptRecordError":
+    def locate(self, **where: object) -> CorruptRecordError:
         """Set the location attributes given (topic, partition, offset, ...); returns self."""
         for k, v in where.items():
             if k not in ("topic", "partition", "offset", "last_offset", "path", "position"):

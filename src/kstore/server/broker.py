@@ -433,8 +433,11 @@ class Broker:
         elif ts >= 0:
             off = lg.offset_for_time(ts)
             if off is not None:
-                out["offset"] = off
-                out["timestamp"] = _timestamp_at(lg, off)
+                try:
+                    out["timestamp"] = _timestamp_at(lg, off)
+                    out["offset"] = off
+                except CorruptRecordError:  # the batch holding it is damaged (as in Fetch)
+                    out["error_code"] = CORRUPT_MESSAGE
         else:
             out["error_code"] = INVALID_REQUEST
             return out

@@ -292,3 +292,39 @@ def test_kstore_consume_prints_the_good_records_then_fails_naming_the_range(dama
                                   "--offset", str(dmg.hi + 1)])
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines() == [D.value(o).decode() for o in range(dmg.hi + 1, dmg.end)]
+
+
+def test_kstore_consume_process_on_a_segment_cut_by_hand(tmp_path):
+    """The issue's case, in a real process: 100,000 records, a closed segment truncated by
+    hand. Before: `kstore consume` printed 97,225 of them and exited 0. Now it prints every
+    record before the cut, then exits 2 naming the file, the byte and the offsets lost."""
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    n = 100_000
+    with kstore.open(data, retention_check_interval_ms=0) as store:
+        store.create_topic("big", 1, config={"segment.bytes": 256 * 1024})
+        lg = store.partition("big", 0)
+        for i in range(0, n, 1000):
+            lg.append_many([b"%d" % o for o in range(i, i + 1000)])
+    logs = sorted((data / "big-0").glob("*.log"))
+    victim = logs[len(logs) // 2]
+    res = kstore.records.scan(victim.read_bytes())
+    k = len(res) // 2
+    cut = int(res.positions[k]) + int(res.sizes[k]) // 3
+    first_lost = int(res.base_offsets[k])
+    next_base = int(logs[len(logs) // 2 + 1].name[:-4])
+    os.truncate(victim, cut)
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root / "src"))
+    out = subprocess.run([sys.executable, "-m", "kstore", "--data", str(data), "consume", "big"],
+                         capture_output=True, timeout=120, env=env, check=False)
+    printed = out.stdout.splitlines()
+    assert out.returncode == 2, out.stderr.decode()
+    assert printed == [b"%d" % i for i in range(first_lost)]
+    err = out.stderr.decode()
+    assert victim.name in err and f"byte {int(res.positions[k])}" in err, err
+    assert f"{first_lost}..{next_base - 1}" in err and f"--offset {next_base}" in err, err
+    print(f"kstore consume printed {len(printed):,} of {n:,} records, then: {err.strip()[:300]}")

@@ -15,6 +15,10 @@ ROLL_TIME = 2
 ROLL_INDEX_FULL = 3
 ROLL_OFFSET_OVERFLOW = 4
 cdef int64_t _INT32_MAX = 0x7fffffff
+# Reads larger than this jump through the offset index (span_with_index, read_span); smaller
+# ones walk, and so check, every batch header.
+cdef Py_ssize_t _JUMP_MIN_BYTES = 65536
+INDEX_JUMP_MIN_BYTES = _JUMP_MIN_BYTES
 
 
 def offset_index_lookup(buf, Py_ssize_t entries, int64_t relative_offset):
@@ -560,7 +564,7 @@ def span_with_index(buf, Py_ssize_t start, Py_ssize_t max_bytes, int64_t max_off
     cdef uint32_t rel, epos
     if end < 0 or end > src.length:
         end = src.length
-    if index is not None and entries > 0 and max_bytes > 65536:
+    if index is not None and entries > 0 and max_bytes > _JUMP_MIN_BYTES:
         idx = _pin(index)
         limit = min(<int64_t>end, <int64_t>start + max_bytes)
         slot = ks_offset_index_floor_position(idx.ptr, entries, <uint32_t>min(limit, 0xffffffff))
@@ -620,7 +624,7 @@ def read_span(buf, Py_ssize_t start, Py_ssize_t max_bytes, int64_t max_offset, P
         end = src.length
     if start < 0 or start + KS_BATCH_HEADER_SIZE > end:
         raise ValueError(f"no batch header at {start} in a buffer of {end} bytes")
-    if index is not None and entries > 0 and max_bytes > 65536:
+    if index is not None and entries > 0 and max_bytes > _JUMP_MIN_BYTES:
         # As span_with_index: jump through the offset index near the byte limit.
         idx = _pin(index)
         limit = min(<int64_t>end, <int64_t>start + max_bytes)

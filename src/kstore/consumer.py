@@ -35,16 +35,15 @@ from kstore.errors import (
     UnknownTopicOrPartitionError,
     UnsupportedCompressionTypeError,
 )
-
-# What decoding a stored batch raises when its bytes are damaged (an unknown codec id in a
-# stored batch is damage too: nothing with one was ever accepted).
-_DAMAGE = (CorruptRecordError, UnsupportedCompressionTypeError)
 from kstore.log import EARLIEST_TIMESTAMP
 
 TopicPartition = tuple[str, int]
+# What decoding a stored batch raises when its bytes are damaged (an unknown codec id in a
+# stored batch is damage too: nothing with one was ever accepted).
+_DAMAGE = (CorruptRecordError, UnsupportedCompressionTypeError)
 # Reads up to this size walk every batch header (larger ones jump through the offset index):
 # after a read fails to decode, the consumer reads again this small to find the damage.
-CHECKED_READ_BYTES = 65536
+CHECKED_READ_BYTES = _core.INDEX_JUMP_MIN_BYTES
 RESETS = ("earliest", "latest", "none")
 
 

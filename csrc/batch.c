@@ -505,3 +505,83 @@ size_t ks_span_batches_from(const uint8_t *buf, size_t len, size_t start, size_t
     }
     return pos;
 }
+
+/* ---- checked reads ---- */
+
+/* The batch at pos, checked as a read must check it (see batch.h). */
+static int read_check(const uint8_t *buf, size_t len, size_t pos, int64_t min_base,
+                      int64_t max_last, ks_batch_header *h, size_t *size)
+{
+    size_t at;
+    int rc = ks_batch_check(buf + pos, len - pos, 0, h, size, &at);
+    if (rc != KS_OK)
+        return rc;
+    if (h->base_offset < min_base || h->base_offset + h->last_offset_delta > max_last)
+        return KS_ERR_OFFSET;
+    return KS_OK;
+}
+
+int ks_read_find(const uint8_t *buf, size_t len, size_t start, int64_t target, int64_t min_base,
+                 int64_t max_last, size_t *found_pos, size_t *prev_pos, int64_t *prev_last)
+{
+    size_t pos = start, size;
+    ks_batch_header h;
+    *prev_pos = len;
+    *prev_last = min_base - 1;
+    while (pos < len) {
+        int rc = read_check(buf, len, pos, *prev_last + 1, max_last, &h, &size);
+        if (rc != KS_OK) {
+            *found_pos = pos;
+            return rc;
+        }
+        if (h.base_offset + h.last_offset_delta >= target) {
+            *found_pos = pos;
+            return KS_OK;
+        }
+        *prev_pos = pos;
+        *prev_last = h.base_offset + h.last_offset_delta;
+        pos += size;
+    }
+    *found_pos = len;
+    return KS_OK;
+}
+
+int ks_read_span(const uint8_t *buf, size_t len, size_t start, size_t from, int64_t min_base,
+                 size_t max_bytes, int64_t max_offset, int64_t max_last, size_t *end,
+                 size_t *last_pos)
+{
+    size_t pos = from, size;
+    ks_batch_header h;
+    int rc = KS_OK;
+    *last_pos = start;
+    while (pos < len) {
+        rc = read_check(buf, len, pos, min_base, max_last, &h, &size);
+        if (rc != KS_OK)
+            break;
+        if (h.base_offset >= max_offset)
+            break;
+        if (pos > start && pos - start + size > max_bytes)
+            break;
+        *last_pos = pos;
+        min_base = h.base_offset + h.last_offset_delta + 1;
+        pos += size;
+    }
+    *end = pos;
+    return rc;
+}
+
+size_t ks_resync(const uint8_t *buf, size_t len, size_t from, int64_t min_base, int64_t max_last)
+{
+    for (size_t p = from + 1; p + KS_BATCH_HEADER_SIZE <= len; p++) {
+        /* Cheap filters first: most positions fail on the magic byte. */
+        if (buf[p + KS_BATCH_MAGIC_OFFSET] != KS_BATCH_MAGIC)
+            continue;
+        ks_batch_header h;
+        size_t size, at;
+        if (read_check(buf, len, p, min_base, max_last, &h, &size) != KS_OK)
+            continue;
+        if (ks_batch_check(buf + p, len - p, 1, &h, &size, &at) == KS_OK)
+            return p;
+    }
+    return len;
+}

@@ -241,4 +241,39 @@ size_t ks_span_batches(const uint8_t *buf, size_t len, size_t start, size_t max_
 size_t ks_span_batches_from(const uint8_t *buf, size_t len, size_t start, size_t from,
                             size_t max_bytes, int64_t max_offset, size_t *last_pos);
 
+/* ---- checked reads ---- */
+/*
+ * Reads trust no header they walk. Each batch must pass ks_batch_check (without the CRC: the
+ * consumer checks it, as Kafka's does), lie wholly inside len, and hold offsets within
+ * [min_base, max_last] that rise from batch to batch. A walk that meets a batch failing these
+ * stops there with its error code. Before these, a damaged length ended the walk as if the
+ * segment ended there, and every reader skipped the rest of the segment without a word.
+ */
+
+/*
+ * The first batch from start whose last offset >= target: KS_OK with *found_pos its position,
+ * or len when the walk ends exactly at len (offsets past the segment's data, e.g. after
+ * compaction). An error code with *found_pos at the failing batch otherwise. *prev_pos and
+ * *prev_last describe the last good batch walked before *found_pos (len and min_base - 1 when
+ * none).
+ */
+int ks_read_find(const uint8_t *buf, size_t len, size_t start, int64_t target, int64_t min_base,
+                 int64_t max_last, size_t *found_pos, size_t *prev_pos, int64_t *prev_last);
+
+/*
+ * ks_span_batches_from with the checks above, walking from `from` (batches from there on must
+ * start at min_base or later). *end is where the span stops; the return code says why it
+ * stopped: KS_OK (the end, max_bytes or max_offset) or the error of the batch at *end.
+ */
+int ks_read_span(const uint8_t *buf, size_t len, size_t start, size_t from, int64_t min_base,
+                 size_t max_bytes, int64_t max_offset, int64_t max_last, size_t *end,
+                 size_t *last_pos);
+
+/*
+ * After a batch at `from` whose header cannot be trusted: the first position past it where a
+ * whole batch with offsets in [min_base, max_last] and a matching CRC starts, or len. Reads
+ * every byte up to there: for error paths only.
+ */
+size_t ks_resync(const uint8_t *buf, size_t len, size_t from, int64_t min_base, int64_t max_last);
+
 #endif

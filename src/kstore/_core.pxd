@@ -156,6 +156,14 @@ cdef extern from "batch.h" nogil:
                            int64_t max_offset)
     size_t ks_span_batches_from(const uint8_t *buf, size_t len, size_t start, size_t walk_from,
                                 size_t max_bytes, int64_t max_offset, size_t *last_pos)
+    int ks_read_find(const uint8_t *buf, size_t len, size_t start, int64_t target,
+                     int64_t min_base, int64_t max_last, size_t *found_pos, size_t *prev_pos,
+                     int64_t *prev_last)
+    int ks_read_span(const uint8_t *buf, size_t len, size_t start, size_t walk_from,
+                     int64_t min_base, size_t max_bytes, int64_t max_offset, int64_t max_last,
+                     size_t *end, size_t *last_pos)
+    size_t ks_resync(const uint8_t *buf, size_t len, size_t walk_from, int64_t min_base,
+                     int64_t max_last)
 
 
 cdef class Pinned:

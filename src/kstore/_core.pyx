@@ -5,7 +5,7 @@ The byte work happens in C (csrc/); this module pins Python buffers, calls it, a
 error codes into kstore.errors exceptions carrying the byte position of the fault.
 """
 
-from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, INT64_MAX
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, INT64_MAX, INT64_MIN
 from libc.string cimport memcpy, memset
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
@@ -41,6 +41,8 @@ cdef extern from "Python.h":
 
 HEADER_SIZE = KS_BATCH_HEADER_SIZE
 LOG_OVERHEAD = KS_BATCH_LOG_OVERHEAD
+ERR_TRUNCATED = KS_ERR_TRUNCATED  # error codes of scan()/read_find()/read_span()
+ERR_OFFSET = KS_ERR_OFFSET
 TIMESTAMP_CREATE = 0
 TIMESTAMP_LOG_APPEND = 1
 #: Default ceiling on the decompressed size of one batch: a guard against zip bombs.

@@ -15,6 +15,10 @@ ROLL_TIME = 2
 ROLL_INDEX_FULL = 3
 ROLL_OFFSET_OVERFLOW = 4
 cdef int64_t _INT32_MAX = 0x7fffffff
+# Reads larger than this jump through the offset index (span_with_index, read_span); smaller
+# ones walk, and so check, every batch header.
+cdef Py_ssize_t _JUMP_MIN_BYTES = 65536
+INDEX_JUMP_MIN_BYTES = _JUMP_MIN_BYTES
 
 
 def offset_index_lookup(buf, Py_ssize_t entries, int64_t relative_offset):
@@ -560,7 +564,7 @@ def span_with_index(buf, Py_ssize_t start, Py_ssize_t max_bytes, int64_t max_off
     cdef uint32_t rel, epos
     if end < 0 or end > src.length:
         end = src.length
-    if index is not None and entries > 0 and max_bytes > 65536:
+    if index is not None and entries > 0 and max_bytes > _JUMP_MIN_BYTES:
         idx = _pin(index)
         limit = min(<int64_t>end, <int64_t>start + max_bytes)
         slot = ks_offset_index_floor_position(idx.ptr, entries, <uint32_t>min(limit, 0xffffffff))
@@ -581,3 +585,111 @@ def span_with_index(buf, Py_ssize_t start, Py_ssize_t max_bytes, int64_t max_off
         with nogil:
             stop = ks_span_batches_from(src.ptr, end, start, start, frm - start, max_offset, &last_pos)
     return stop - start, last_pos
+
+
+# Checked reads (batch.h "checked reads"): a read meets a damaged header as an error, never as
+# the end of the segment.
+
+def read_find(buf, int64_t target, Py_ssize_t start, Py_ssize_t end, int64_t min_base,
+              int64_t max_last):
+    """Checked ``find_offset``: ``(rc, position, prev_position, prev_last)``. ``rc`` is 0 with
+    ``position`` the first batch whose last offset >= target (``end`` when none), or the error
+    code of the batch at ``position``; ``prev_*`` describe the good batch before it."""
+    cdef Pinned src = _pin(buf)
+    cdef size_t found = 0, prev_pos = 0
+    cdef int64_t prev_last = 0
+    cdef int rc
+    if end < 0 or end > src.length:
+        end = src.length
+    if start < 0 or start > end:
+        raise ValueError(f"start {start} is outside the buffer of {end} bytes")
+    with nogil:
+        rc = ks_read_find(src.ptr, end, start, target, min_base, max_last, &found, &prev_pos,
+                          &prev_last)
+    return rc, found, prev_pos, prev_last
+
+
+def read_span(buf, Py_ssize_t start, Py_ssize_t max_bytes, int64_t max_offset, Py_ssize_t end,
+              index, Py_ssize_t entries, int64_t base_offset, int64_t max_last):
+    """Checked ``span_with_index`` from the (already checked) batch at ``start``: returns
+    ``(length, position of the last batch, rc)`` where rc is 0, or the error code of the batch
+    the span stopped at (``start + length``); the bytes before it are whole, good headers."""
+    cdef Pinned src = _pin(buf)
+    cdef Pinned idx
+    cdef size_t last_pos = start, stop = start, frm = start, second, found, prev_pos
+    cdef int64_t slot, limit, jump_min = base_offset, prev_last
+    cdef uint32_t rel, epos
+    cdef int rc
+    if end < 0 or end > src.length:
+        end = src.length
+    if start < 0 or start + KS_BATCH_HEADER_SIZE > end:
+        raise ValueError(f"no batch header at {start} in a buffer of {end} bytes")
+    if index is not None and entries > 0 and max_bytes > _JUMP_MIN_BYTES:
+        # As span_with_index: jump through the offset index near the byte limit.
+        idx = _pin(index)
+        limit = min(<int64_t>end, <int64_t>start + max_bytes)
+        slot = ks_offset_index_floor_position(idx.ptr, entries, <uint32_t>min(limit, 0xffffffff))
+        slot -= 1
+        if slot >= 0:
+            rel = ks_load_be32(idx.ptr + slot * KS_OFFSET_INDEX_ENTRY)
+            epos = ks_load_be32(idx.ptr + slot * KS_OFFSET_INDEX_ENTRY + 4)
+            if epos > <uint32_t>start and <size_t>epos < <size_t>end and base_offset + rel < max_offset:
+                frm = epos
+                # Batches past the one at start begin after its last offset.
+                jump_min = (<int64_t>ks_load_be64(src.ptr + start + KS_BATCH_BASE_OFFSET_OFFSET)
+                            + <int32_t>ks_load_be32(src.ptr + start + KS_BATCH_LAST_OFFSET_DELTA_OFFSET)
+                            + 1)
+    if frm > <size_t>start:
+        # The header after the first batch is checked even so: a first batch whose offsets
+        # were damaged shows only there, and it must not lead a slice.
+        second = start + KS_BATCH_LOG_OVERHEAD + <int32_t>ks_load_be32(src.ptr + start + KS_BATCH_LENGTH_OFFSET)
+        if second < <size_t>end:
+            rc = ks_read_find(src.ptr, end, second, INT64_MIN, jump_min, max_last, &found,
+                              &prev_pos, &prev_last)
+            if rc != KS_OK:
+                return second - start, start, rc
+    with nogil:
+        rc = ks_read_span(src.ptr, end, start, frm, jump_min, max_bytes, max_offset, max_last,
+                          &stop, &last_pos)
+    if frm > <size_t>start and stop == frm:
+        # Nothing fitted after the jump point, or the index entry does not point at a good
+        # batch: walk from start, trusting only the data.
+        with nogil:
+            rc = ks_read_span(src.ptr, end, start, start, base_offset, max_bytes, max_offset,
+                              max_last, &stop, &last_pos)
+    return stop - start, last_pos, rc
+
+
+def resync(buf, Py_ssize_t bad, Py_ssize_t end, int64_t min_base, int64_t max_last):
+    """The position of the first whole, CRC-valid batch after the damaged one at ``bad`` whose
+    offsets lie in [min_base, max_last], or ``end``. Reads every byte: error paths only."""
+    cdef Pinned src = _pin(buf)
+    cdef size_t found
+    if end < 0 or end > src.length:
+        end = src.length
+    if bad < 0 or bad > end:
+        raise ValueError(f"position {bad} is outside the buffer of {end} bytes")
+    with nogil:
+        found = ks_resync(src.ptr, end, bad, min_base, max_last)
+    return found
+
+
+def batch_crc_ok(buf, Py_ssize_t position, Py_ssize_t end=-1):
+    """Whether the batch at ``position`` is whole and matches its CRC."""
+    cdef Pinned src = _pin(buf)
+    cdef ks_batch_header h
+    cdef size_t size, at
+    if end < 0 or end > src.length:
+        end = src.length
+    if position < 0 or position >= end:
+        return False
+    return ks_batch_check(src.ptr + position, end - position, 1, &h, &size, &at) == KS_OK
+
+
+def read_error_text(int rc):
+    """Words for a read_find/read_span error code."""
+    if rc == KS_ERR_OFFSET:
+        return "offsets out of order or outside the segment"
+    if rc == KS_ERR_TRUNCATED:
+        return "the batch runs past the end of the segment (length field damaged or file cut)"
+    return _rc_text(rc)

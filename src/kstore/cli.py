@@ -1180,9 +1180,13 @@ def consume(topic: str, group: str | None, from_beginning: bool, offset: str | N
         except KeyboardInterrupt:
             pass
         except kerr.CorruptRecordError as exc:
+            skip = (f"`kstore consume {topic} --partition {exc.partition} --offset "
+                    f"{exc.last_offset + 1}` reads on past it"
+                    if exc.last_offset is not None and exc.partition is not None else
+                    "--offset N starts past it")
             raise DataError(f"corrupt data in topic {topic!r} after {printed:,} records: {exc}. "
-                            f"`kstore verify` lists every damaged batch (file and byte); "
-                            f"--offset N starts past one") from None
+                            f"{skip}; `kstore verify` lists every damaged batch (file and "
+                            f"byte)") from None
         finally:
             consumer.close()
             commit()
@@ -1579,6 +1583,7 @@ def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
     warnings: list[str] = []
     repairable: list[str] = []
     quarantined: list[str] = []
+    skipped: list[str] = []
     with _open_store(data, write=False) as store:
         tps = []
         for t in store.topics(internal=True):
@@ -1601,7 +1606,17 @@ def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
                 prev_last = -1
                 segs = lg.segments()
                 for i, seg in enumerate(segs):
-                    n, last, size, probs, tail = _scan_segment(seg.path, seg.base_offset)
+                    try:
+                        n, last, size, probs, tail = _scan_segment(seg.path, seg.base_offset)
+                    except FileNotFoundError:
+                        if lg.deleted_by_writer(seg.base_offset):
+                            # Retention or compaction beside us: routine, not damage.
+                            skipped.append(f"{seg.path}: deleted by the writer while verify "
+                                           f"ran (retention or compaction); not checked")
+                            progress.advance(task, seg.size)
+                            continue
+                        raise DataError(f"{seg.path} is missing (deleted outside kstore); "
+                                        f"offsets {seg.base_offset}.. cannot be read") from None
                     nb += n
                     nbytes += size
                     if n and prev_last >= seg.base_offset:
@@ -1647,7 +1662,7 @@ def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
         _print_json({"data": str(data), "ok": not problems and not repairable, "partitions": rows,
                      "problems": problems, "warnings": warnings, "repairable": repairable,
                      "repair_command": repair if repairable else None,
-                     "quarantined": quarantined})
+                     "quarantined": quarantined, "skipped": skipped})
     else:
         table = Table(title=f"verify {data}")
         for col in ("partition", "segments", "batches", "size", "status"):
@@ -1664,6 +1679,8 @@ def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
                   f"delete the file once you no longer need it")
         for line in repairable:
             _note(f"warning: repairable: {line}")
+        for k in skipped:
+            _note(f"skipped: {k}")
     if problems:
         _note(f"kstore: error: {len(problems)} problem{'s' * (len(problems) != 1)} found:\n  "
               + "\n  ".join(problems)

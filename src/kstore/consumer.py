@@ -33,10 +33,17 @@ from kstore.errors import (
     NoOffsetForPartitionError,
     OffsetOutOfRangeError,
     UnknownTopicOrPartitionError,
+    UnsupportedCompressionTypeError,
 )
 from kstore.log import EARLIEST_TIMESTAMP
 
 TopicPartition = tuple[str, int]
+# What decoding a stored batch raises when its bytes are damaged (an unknown codec id in a
+# stored batch is damage too: nothing with one was ever accepted).
+_DAMAGE = (CorruptRecordError, UnsupportedCompressionTypeError)
+# Reads up to this size walk every batch header (larger ones jump through the offset index):
+# after a read fails to decode, the consumer reads again this small to find the damage.
+CHECKED_READ_BYTES = _core.INDEX_JUMP_MIN_BYTES
 RESETS = ("earliest", "latest", "none")
 
 
@@ -365,21 +372,30 @@ class Consumer:
         pos = self._position(tp)
         if pos == lg.log_end_offset:
             return []
-        try:
-            fs = lg.read(pos, self.fetch_max_bytes)
-        except OffsetOutOfRangeError:
-            if self.auto_offset_reset == "none":
-                raise
-            self._positions[tp] = pos = self._reset(tp)
-            fs = lg.read(pos, self.fetch_max_bytes)
+        pos, fs = self._read(lg, tp, pos, self.fetch_max_bytes)
         recs: list[_core.Record] = []
         topic, part = tp
         try:
+            last = pos - 1
             for b in fs.batches():
+                # Offsets must rise and stay below the log end: a base offset is outside the
+                # CRC, and a large read walks only the headers near its end (as Kafka's do).
+                if b.base_offset <= last and b.position:
+                    raise CorruptRecordError("batch offsets do not rise")
                 recs += b.records(True, _core.DEFAULT_MAX_DECOMPRESSED_BYTES, topic, part, pos)
-        except CorruptRecordError as exc:
-            raise type(exc)(f"{topic}-{part}: {exc}; byte positions count from byte "
-                            f"{fs.position} of {fs.file.path}; run 'kstore verify'") from None
+                last = b.last_offset
+            if last >= lg.cached_log_end_offset:
+                raise CorruptRecordError("batch offsets run past the log end")
+        except _DAMAGE:
+            # Deliver every record before the damaged batch; raise at it on the next poll
+            # (or now, when it comes first), with the offsets it covers.
+            fs, good, after = self._checked_prefix(lg, tp, pos)
+            recs = []
+            for b in _core.iter_batches(fs.memoryview(), 0, good):
+                recs += b.records(True, _core.DEFAULT_MAX_DECOMPRESSED_BYTES, topic, part, pos)
+            if not recs:
+                self._positions[tp] = max(pos, after)
+                return []
         if not recs:
             if len(fs):
                 self._positions[tp] = max(pos, fs.next_offset)
@@ -389,6 +405,66 @@ class Consumer:
             recs = recs[:budget]
         self._positions[tp] = recs[-1].offset + 1
         return recs
+
+    def _read(self, lg: Any, tp: TopicPartition, pos: int, max_bytes: int) -> tuple[int, Any]:
+        """(position, slice read there). Out of range (e.g. retention deleted the segment it
+        was in), the position resets as auto_offset_reset says, or OffsetOutOfRangeError is
+        raised with 'none'. A writer deleting more meanwhile moves the log start again, so the
+        reset is tried a few times."""
+        for attempt in range(3):
+            try:
+                return pos, lg.read(pos, max_bytes)
+            except OffsetOutOfRangeError:
+                if self.auto_offset_reset == "none" or attempt == 2:
+                    raise
+                self._positions[tp] = pos = self._reset(tp)
+        raise AssertionError("unreachable")
+
+    def _checked_prefix(self, lg: Any, tp: TopicPartition, pos: int) -> tuple[Any, int, int]:
+        """After a read failed to decode: read again, small enough that the log checks every
+        header (CHECKED_READ_BYTES), and cut before the first batch that fails its CRC or does
+        not decode: (slice, bytes of good batches, the offset after them). Raises the
+        CorruptRecordError, with the offsets the damage covers, when it comes first."""
+        fs = lg.read(pos, CHECKED_READ_BYTES)
+        good, after, err = self._good_prefix(tp, fs)
+        if good == 0 and err is not None:
+            raise err from None
+        return fs, good, after
+
+    def _good_prefix(self, tp: TopicPartition,
+                     fs: Any) -> tuple[int, int, CorruptRecordError | None]:
+        """(bytes of the good batches at the start of a slice, the offset after them, the
+        error for the damaged batch after them, naming its offsets, file and byte, or None)."""
+        # Over the whole mapping, so that the positions in messages are the file's.
+        good, after = fs.position, fs.base_offset
+        it = _core.iter_batches(fs._map, fs.position, fs.position + len(fs))
+        while True:
+            try:
+                b = next(it)
+            except StopIteration:
+                return len(fs), after, None
+            except _DAMAGE as exc:
+                # The log checked these headers: only a file changed under us gets here.
+                err, lo, hi = exc, after, None
+                break
+            try:
+                b.validate(deep=True)
+            except _DAMAGE as exc:
+                err, lo, hi = exc, b.base_offset, b.last_offset
+                break
+            good, after = b.position + b.size, b.last_offset + 1
+        topic, part = tp
+        at = good
+        good -= fs.position
+        span = f"offsets {lo}..{hi}" if hi is not None else f"offsets from {lo}"
+        skip = (f"Seek to {hi + 1} to read on past it (`kstore consume --offset {hi + 1}`); "
+                if hi is not None else "")
+        cls = type(err) if isinstance(err, CorruptRecordError) else CorruptRecordError
+        out = cls(f"{topic}-{part}: corrupt batch at byte {at} of {fs.file.path} "
+                  f"({span}): {err}. {skip}`kstore verify` lists every damaged batch")
+        out.locate(topic=topic, partition=part, offset=lo, last_offset=hi, path=fs.file.path,
+                   position=at)
+        return good, after, out
 
     def _fetch(self, max_records: int) -> list[_core.Record]:
         self._sync_assignment()
@@ -472,16 +548,20 @@ class Consumer:
             pos = self._position(tp)
             if pos == lg.log_end_offset:
                 continue
-            try:
-                fs = lg.read(pos, max(self.fetch_max_bytes, 16 << 20))
-            except OffsetOutOfRangeError:
-                if self.auto_offset_reset == "none":
-                    raise
-                self._positions[tp] = pos = self._reset(tp)
-                fs = lg.read(pos, max(self.fetch_max_bytes, 16 << 20))
+            pos, fs = self._read(lg, tp, pos, max(self.fetch_max_bytes, 16 << 20))
             if not len(fs):
                 continue
-            cols = _core.columns(fs.memoryview())
+            after = -1
+            try:
+                cols = _core.columns(fs.memoryview())
+                offs = cols.offsets
+                # As in _fetch_partition: offsets rise and stay below the log end.
+                if len(offs) and (offs[-1] >= lg.cached_log_end_offset
+                                  or (len(offs) > 1 and bool((np.diff(offs) <= 0).any()))):
+                    raise CorruptRecordError("batch offsets do not rise")
+            except _DAMAGE:
+                fs, good, after = self._checked_prefix(lg, tp, pos)
+                cols = _core.columns(fs.memoryview(), 0, good)
             start = int(np.searchsorted(cols.offsets, pos))
             end = min(len(cols), start + left)
             if end > start:
@@ -489,7 +569,7 @@ class Consumer:
                 left -= end - start
                 self._positions[tp] = int(cols.offsets[end - 1]) + 1
             else:
-                self._positions[tp] = max(pos, fs.next_offset)
+                self._positions[tp] = max(pos, fs.next_offset if after < 0 else after)
         if n:
             self._rr = (self._rr + 1) % n
         return out

@@ -43,10 +43,29 @@ class OffsetOutOfRangeError(KStoreError, IndexError):
 
 
 class CorruptRecordError(KStoreError, ValueError):
-    """Bytes that fail their CRC, or whose fields disagree with their sizes."""
+    """Bytes that fail their CRC, or whose fields disagree with their sizes.
+
+    Raised by a read of stored data, it says where: ``topic``, ``partition``, ``path`` and
+    ``position`` (the byte in that file), and the offsets the damage covers, ``offset`` ..
+    ``last_offset``: ``consumer.seek(tp, err.last_offset + 1)`` reads on past it. Each is None
+    when unknown (e.g. bytes that never were stored)."""
 
     code = 2
     retriable = True
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    last_offset: int | None = None
+    path: str | None = None
+    position: int | None = None
+
+    def locate(self, **where: object) -> CorruptRecordError:
+        """Set the location attributes given (topic, partition, offset, ...); returns self."""
+        for k, v in where.items():
+            if k not in ("topic", "partition", "offset", "last_offset", "path", "position"):
+                raise TypeError(f"CorruptRecordError has no location field {k!r}")
+            setattr(self, k, v)
+        return self
 
 
 class UnknownTopicOrPartitionError(KStoreError, LookupError):

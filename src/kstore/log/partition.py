@@ -36,6 +36,7 @@ from kstore import _core
 from kstore.config import resolve_config
 from kstore.errors import (
     ClosedError,
+    CorruptRecordError,
     InvalidRecordError,
     KafkaStorageError,
     OffsetOutOfRangeError,
@@ -51,7 +52,7 @@ from kstore.log.checkpoint import (
     lock_directory,
 )
 from kstore.log.fileslice import FileSlice
-from kstore.log.segment import Segment, _NeedsRecovery, _scan_file
+from kstore.log.segment import Segment, SegmentGone, _NeedsRecovery, _scan_file
 from kstore.topic import is_internal_topic, refuse_internal
 
 log = logging.getLogger("kstore.log")
@@ -264,7 +265,12 @@ class PartitionLog:
     def _open_read_only(self) -> None:
         # A partition the writer has not created yet reads as empty until it appears.
         d = self.directory
-        segs = [Segment.load(d, b, self.config) for b in self._segment_bases()]
+        segs = []
+        for b in self._segment_bases():
+            try:
+                segs.append(Segment.load(d, b, self.config))
+            except SegmentGone:
+                continue  # retention or compaction took it since the listing
         for i, seg in enumerate(segs):
             seg.read_only = True
             seg.ro_inode = _inode(seg.log_path)
@@ -395,6 +401,12 @@ class PartitionLog:
         return self._leo
 
     high_watermark = log_end_offset
+
+    @property
+    def cached_log_end_offset(self) -> int:
+        """The log end as last seen, without looking for new data (a read-only log's
+        ``log_end_offset`` rereads the directory): every read so far stayed below it."""
+        return self._leo
 
     @property
     def recovery_point(self) -> int:
@@ -613,18 +625,41 @@ class PartitionLog:
         self._check_open()
         if self.read_only and offset >= self._leo:
             self._ro_refresh()
+        for attempt in range(3):
+            try:
+                return self._read(offset, max_bytes, max_offset)
+            except SegmentGone:
+                # Retention or compaction removed a segment after this read picked it: read
+                # again from the segments there are now (offsets that went with it are out of
+                # range). Only a file removed outside kstore fails three times.
+                if attempt == 2:
+                    raise
+                if self.read_only:
+                    self._ro_refresh()
+        raise AssertionError("unreachable")
+
+    def _read(self, offset: int, max_bytes: int, max_offset: int | None) -> FileSlice:
         lso, leo = self._log_start, self._leo
         if offset < lso or offset > leo:
             raise OffsetOutOfRangeError(
                 f"offset {offset} is out of range for {self.directory.name}: the log holds "
                 f"[{lso}, {leo})")
         limit = leo if max_offset is None else min(max_offset, leo)
-        segs, bases = self._segments, self._bases
-        i = max(bisect.bisect_right(bases, offset) - 1, 0)
-        for seg in segs[i:]:
+        segs = self._segments
+        i = max(bisect.bisect_right(segs, offset, key=_base_offset) - 1, 0)
+        for j in range(i, len(segs)):
+            seg = segs[j]
             if seg.base_offset >= limit:
                 break
-            fs = seg.read(offset, max_bytes, limit)
+            # A segment holds offsets below the next one's base; the last one is bounded by
+            # its own log end.
+            end = segs[j + 1].base_offset if j + 1 < len(segs) else None
+            try:
+                fs = seg.read(offset, max_bytes, limit, end)
+            except CorruptRecordError as exc:
+                exc.locate(topic=self.topic, partition=self.partition)
+                exc.args = (f"{self.topic}-{self.partition}: {exc}",)
+                raise
             if fs is not None:
                 return fs
         return FileSlice.empty(offset)
@@ -881,16 +916,23 @@ class PartitionLog:
 
     def verify(self) -> list[str]:
         """Check every batch's CRC and structure and every index entry against the data.
-        Returns a list of problems (empty when the log is sound); never changes anything."""
+        Returns a list of problems (empty when the log is sound); never changes anything.
+        A segment the writer deletes meanwhile (retention, compaction) is not a problem."""
         problems = []
         for seg in list(self._segments):
             size = seg.size
             if not seg.log_path.exists():
-                problems.append(f"{seg.log_path}: missing (deleted outside kstore); offsets "
-                                f"{seg.base_offset}.. cannot be read")
+                if not self.deleted_by_writer(seg.base_offset):
+                    problems.append(f"{seg.log_path}: missing (deleted outside kstore); offsets "
+                                    f"{seg.base_offset}.. cannot be read")
                 continue
             first_bad: int | None = None
-            res = _scan_file(seg.log_path, 0, size, check_crc=True)
+            try:
+                res = _scan_file(seg.log_path, 0, size, check_crc=True)
+            except FileNotFoundError:
+                if not self.deleted_by_writer(seg.base_offset):
+                    problems.append(f"{seg.log_path}: missing (deleted outside kstore)")
+                continue
             if res is None:
                 continue
             parts = [res]
@@ -947,6 +989,26 @@ class PartitionLog:
             fsync_dir(self.directory)
         return rebuilt, skipped
 
+    def deleted_by_writer(self, base_offset: int) -> bool:
+        """Whether the segment at ``base_offset``, whose file is not there, went the routine
+        way: retention (below the log start now; its ``.deleted`` twin may linger for
+        file.delete.delay.ms) or compaction (merged into the segment before it, a new file)."""
+        path = self.directory / f"{base_offset:020d}.log"
+        if path.exists():
+            return False
+        before = {s.base_offset: s.ro_inode for s in self._segments}
+        if self.read_only:
+            self._ro_refresh()
+        if base_offset < self._log_start:
+            return True
+        if path.with_name(path.name + ".deleted").exists():
+            return True
+        prev = [b for b in before if b < base_offset]
+        if self.read_only and prev:
+            b = max(prev)
+            return _inode(self.directory / f"{b:020d}.log") != before[b]
+        return False
+
     # ==========================================================================================
     # Read-only refresh
 
@@ -959,16 +1021,22 @@ class PartitionLog:
             # A segment is known by its base and its file: compaction swaps in a new file under
             # the same base, and segments merged into it disappear.
             current = {b: _inode(self.directory / f"{b:020d}.log") for b in bases}
+            current = {b: ino for b, ino in current.items() if ino >= 0}  # gone since listed
             segs = [s for s in self._segments
                     if s.base_offset in current and s.ro_inode == current[s.base_offset]]
             known = {s.base_offset for s in segs}
-            for b in bases:
+            for b in current:
                 if b not in known:
-                    seg = Segment.load(self.directory, b, self.config)
+                    try:
+                        seg = Segment.load(self.directory, b, self.config)
+                    except SegmentGone:
+                        continue
                     seg.read_only = True
                     seg.ro_inode = current[b]
                     seg._size = 0
                     segs.append(seg)
+            if not segs:
+                return
             segs.sort(key=lambda s: s.base_offset)
             for i, seg in enumerate(segs):
                 if seg.ro_complete:
@@ -1046,6 +1114,10 @@ class PartitionLog:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def _base_offset(seg: Segment) -> int:
+    return seg.base_offset
 
 
 def _inode(path: Path) -> int:

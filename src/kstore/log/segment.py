@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from kstore import _core
-from kstore.errors import KafkaStorageError
+from kstore.errors import CorruptRecordError, KafkaStorageError
 from kstore.log import quarantine
 from kstore.log.fileslice import FileSlice, SegmentFile
 from kstore.log.checkpoint import writer_holds_lock
@@ -35,6 +35,7 @@ from kstore.log.index import (
 log = logging.getLogger("kstore.log")
 
 INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 SCAN_CHUNK = 1 << 20  # batches per scan call during recovery (bounds memory)
 
 
@@ -61,6 +62,9 @@ class Segment:
         self._indexes_checked = False
         self.cut: CutReport | None = None  # what the last recover() cut
         self._max_ts: tuple[int, int] | None = None  # (max timestamp, its offset) once known
+        # Damage found by reads: (byte, size, max_last) -> (next good batch, last bad offset),
+        # so that a reader retrying at a damaged batch does not rescan the bytes after it.
+        self._damage: dict[tuple[int, int, int], tuple[int, int]] = {}
         self.next_offset: int | None = None  # known for the last segment
         self._maps: list[mmap.mmap] = []  # mappings handed to slices (closed before truncation)
         # Read-only opens (another process writes): no writes, indexes read with pread.
@@ -107,9 +111,14 @@ class Segment:
 
     @classmethod
     def load(cls, directory: Path, base_offset: int, config: dict[str, Any]) -> "Segment":
-        """An existing, closed segment; indexes are opened on first use."""
+        """An existing, closed segment; indexes are opened on first use. Raises SegmentGone
+        when its file is not there (a reader beside a writer: retention or compaction took
+        it after the directory was listed)."""
         seg = cls(directory, base_offset, config)
-        seg._size = os.path.getsize(seg.log_path)
+        try:
+            seg._size = os.path.getsize(seg.log_path)
+        except FileNotFoundError:
+            raise SegmentGone(f"segment {seg.log_path} is gone") from None
         return seg
 
     def activate(self, appender: _core.SegmentAppender) -> None:
@@ -194,6 +203,7 @@ class Segment:
         The segment is left active (appending) when ``active``.
         """
         self.close_files()
+        self._damage.clear()
         size = os.path.getsize(self.log_path)
         self.offset_index.reset()
         self.time_index.reset()
@@ -326,10 +336,14 @@ class Segment:
             return
         start = self._size
         if size > start:
-            res = _scan_file(self.log_path, start, size, check_crc=True)
+            try:
+                res = _scan_file(self.log_path, start, size, check_crc=True)
+            except FileNotFoundError:
+                return  # deleted meanwhile: the next refresh drops this segment
             if res is not None and len(res):
-                self._size = res.valid_end
+                # next_offset first: a reader takes size, then the offset bound (read()).
                 self.next_offset = int(res.last_offsets[-1]) + 1
+                self._size = res.valid_end
                 if self._size - getattr(self, "_ro_indexed_size", 0) > (1 << 20):
                     self._indexes_checked = False  # pick up the writer's newer index entries
         if self.next_offset is None and self._size == 0:
@@ -418,7 +432,7 @@ class Segment:
                 try:
                     self._file = SegmentFile(self.log_path)
                 except FileNotFoundError:
-                    raise KafkaStorageError(
+                    raise SegmentGone(
                         f"segment {self.log_path} is missing (deleted outside kstore); its "
                         f"offsets from {self.base_offset} cannot be read") from None
             full = os.fstat(self._file.fd).st_size
@@ -466,32 +480,144 @@ class Segment:
         self._ensure_indexes()
         return idx.lookup(offset - self.base_offset)[2]
 
-    def read(self, offset: int, max_bytes: int, max_offset: int) -> FileSlice | None:
+    def read(self, offset: int, max_bytes: int, max_offset: int,
+             end_offset: int | None = None) -> FileSlice | None:
         """Whole batches from the one holding ``offset`` (or the first after it), within
-        ``max_bytes`` (the first batch always counts) and below ``max_offset``."""
+        ``max_bytes`` (the first batch always counts) and below ``max_offset``.
+        ``end_offset`` bounds the offsets this segment may hold (the next segment's base).
+
+        Every header walked is checked (batch.h, "checked reads"): a slice ends before a
+        damaged batch, and a read that starts at one raises CorruptRecordError naming the
+        file, byte and the offsets the damage covers. A read for offsets past it skips it.
+        """
         size = self.size
         if size == 0:
             return None
+        max_last = self._max_last(end_offset)  # after size: appends only raise it
         pos = self._start_position(offset)
         mm = self._mapping(size)
-        start = _core.find_offset(mm, offset, pos, size)
-        if start >= size:
-            return None
         app = self.appender
         idx = self.offset_index
         entries = app.offset_entries if app is not None else idx.entries
-        n, last_pos = _core.span_with_index(mm, start, max_bytes, max_offset, size,
-                                            idx.mm if entries else None, entries,
-                                            self.base_offset)
+        min_base = self.base_offset
+        while True:
+            start, before = self._find_checked(mm, offset, pos, size, max_last, min_base)
+            if start >= size:
+                return None
+            n, last_pos, rc = _core.read_span(mm, start, max_bytes, max_offset, size,
+                                              idx.mm if entries else None, entries,
+                                              self.base_offset, max_last)
+            if not (rc and n and self._blame_previous(mm, size, last_pos, start + n, rc,
+                                                      max_last)):
+                break
+            # The batch before the damaged header is the bad one (its length or offsets were
+            # damaged, so the walk went wrong after it): the slice ends before it.
+            header = start + n
+            n = last_pos - start
+            last_pos = -1
+            if n:
+                break
+            lo = before + 1
+            resume, hi = self._damage_end(mm, size, start, lo, max_last)
+            if offset <= hi:
+                raise self._corrupt(mm, size, start, lo, max_last, rc, header)
+            # Its damaged offsets only seemed to hold ``offset``: look on after the damage.
+            if resume >= size:
+                return None
+            pos, min_base = resume, hi + 1
         if n == 0:
             return None
         assert self._file is not None
         base = int.from_bytes(mm[start:start + 8], "big")
         fs = FileSlice(self._file, start, n, mm, base)
-        # The last batch's header gives the next offset without walking the others.
-        fs._next = (int.from_bytes(mm[last_pos:last_pos + 8], "big")
-                    + int.from_bytes(mm[last_pos + 23:last_pos + 27], "big") + 1)
+        if last_pos >= 0:
+            # The last batch's header gives the next offset without walking the others.
+            fs._next = (int.from_bytes(mm[last_pos:last_pos + 8], "big")
+                        + int.from_bytes(mm[last_pos + 23:last_pos + 27], "big") + 1)
         return fs
+
+    def _max_last(self, end_offset: int | None) -> int:
+        """The largest offset this segment may hold."""
+        if end_offset is not None:
+            return end_offset - 1
+        app = self.appender
+        if app is not None:
+            return app.next_offset - 1
+        if self.next_offset is not None:
+            return self.next_offset - 1
+        return INT64_MAX
+
+    def _find_checked(self, mm: mmap.mmap, offset: int, pos: int, size: int,
+                      max_last: int, min_base: int) -> tuple[int, int]:
+        """(position of the first batch holding ``offset`` or later, ``size`` when none; the
+        last offset before it), every header on the way checked. Damage below ``offset`` is
+        stepped over; damage at it raises."""
+        from_index = pos > 0 and min_base == self.base_offset
+        while True:
+            rc, found, prev_pos, prev_last = _core.read_find(mm, offset, pos, size, min_base,
+                                                             max_last)
+            if rc == 0:
+                return found, prev_last
+            if from_index:
+                # The walk began at an index entry, which may itself be stale: judge the data
+                # by a walk from the segment's start.
+                pos, from_index = 0, False
+                continue
+            bad, lo = found, prev_last + 1
+            if prev_pos < size and self._blame_previous(mm, size, prev_pos, found, rc, max_last):
+                bad, lo = prev_pos, int.from_bytes(mm[prev_pos:prev_pos + 8], "big")
+            resume, hi = self._damage_end(mm, size, bad, lo, max_last)
+            if offset <= hi:
+                raise self._corrupt(mm, size, bad, lo, max_last, rc, found)
+            if resume >= size:
+                return size, hi
+            pos, min_base = resume, hi + 1
+
+    def _blame_previous(self, mm: mmap.mmap, size: int, prev: int, bad: int, rc: int,
+                        max_last: int) -> bool:
+        """Whether the damage found at byte ``bad`` lies in the good-looking batch before it,
+        at ``prev``: its CRC fails (a damaged length sent the walk astray), or the two overlap
+        in offsets (the base offset is outside the CRC) and the later one agrees with the
+        batch after it, so the earlier one's base offset must be the damaged one."""
+        if not _core.batch_crc_ok(mm, prev, size):
+            return True
+        if rc != _core.ERR_OFFSET or not _core.batch_crc_ok(mm, bad, size):
+            return False
+        last = (int.from_bytes(mm[bad:bad + 8], "big")
+                + int.from_bytes(mm[bad + 23:bad + 27], "big"))
+        after = bad + 12 + int.from_bytes(mm[bad + 8:bad + 12], "big")
+        if after >= size:
+            return last == max_last
+        rc2, found, _, _ = _core.read_find(mm, last + 1, after, size, last + 1, max_last)
+        return rc2 == 0 and found == after and int.from_bytes(mm[after:after + 8], "big") == last + 1
+
+    def _damage_end(self, mm: mmap.mmap, size: int, bad: int, lo: int,
+                    max_last: int) -> tuple[int, int]:
+        """(position of the next good batch, last offset the damage covers) for damage at
+        byte ``bad``: the offsets below the next good batch, or all up to ``max_last``."""
+        key = (bad, size, max_last)
+        cached = self._damage.get(key)
+        if cached is not None:
+            return cached
+        resume = _core.resync(mm, bad, size, lo, max_last)
+        hi = int.from_bytes(mm[resume:resume + 8], "big") - 1 if resume < size else max_last
+        if len(self._damage) > 64:
+            self._damage.clear()
+        self._damage[key] = (resume, hi)
+        return resume, hi
+
+    def _corrupt(self, mm: mmap.mmap, size: int, bad: int, lo: int, max_last: int, rc: int,
+                 found: int) -> CorruptRecordError:
+        _, hi = self._damage_end(mm, size, bad, lo, max_last)
+        why = (_core.read_error_text(rc) if bad == found else
+               f"it does not agree with the batch after it, at byte {found} "
+               f"({_core.read_error_text(rc)})")
+        span = f"offsets {lo}..{hi}" if hi > lo else f"offset {lo}"
+        exc = CorruptRecordError(
+            f"corrupt batch at byte {bad} of {self.log_path}: {why}; {span} cannot be read. "
+            f"Seek to {hi + 1} to read on past the damage (`kstore consume --offset {hi + 1}`); "
+            f"`kstore verify` lists every damaged batch")
+        return exc.locate(path=str(self.log_path), position=bad, offset=lo, last_offset=hi)
 
     def find_time(self, timestamp: int, min_offset: int = 0) -> tuple[int, int] | None:
         """(offset, timestamp) of the first record at or after ``min_offset`` (the log start)
@@ -643,6 +769,12 @@ class CutReport:
 
 class _NeedsRecovery(Exception):
     pass
+
+
+class SegmentGone(KafkaStorageError, register=False):
+    """A segment's file is not there. Beside a writer that is routine (retention deleted it,
+    compaction merged it): the PartitionLog refreshes and reads on, or raises
+    OffsetOutOfRangeError when the offset went with it."""
 
 
 def _scan_file(path: Path, start: int, size: int, check_crc: bool) -> _core.ScanResult | None:

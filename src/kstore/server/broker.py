@@ -112,6 +112,7 @@ class Broker:
         self._storage_failed: set[tuple[str, int]] = set()
         # Auto-creations in progress (in a thread): topic -> the future of its batch.
         self._creating: dict[str, asyncio.Future[Any]] = {}
+        self._damage_logged: set[tuple[str | None, int | None]] = set()  # once per place
         self.handlers: dict[int, Any] = {
             0: self.produce, 1: self.fetch, 2: self.list_offsets, 3: self.metadata,
             8: self.offset_commit, 9: self.offset_fetch, 10: self.find_coordinator,
@@ -500,6 +501,21 @@ class Broker:
                     r["error_code"] = OFFSET_OUT_OF_RANGE
                     error = True
                     continue
+                except CorruptRecordError as exc:
+                    # Kafka answers CORRUPT_MESSAGE when its read meets a batch it cannot
+                    # parse (the CorruptRecordException of the log read maps to code 2);
+                    # KAFKA_STORAGE_ERROR is for an I/O failure that takes the whole log
+                    # directory offline, while here one batch is bad and the rest readable: a
+                    # client can seek past it. A fetch that starts before the damage gets the
+                    # good batches before it with no error; this answer comes when a fetch
+                    # starts at the damaged batch.
+                    place = (exc.path, exc.position)
+                    if place not in self._damage_logged:
+                        self._damage_logged.add(place)
+                        log.error("fetch %s-%d at offset %d: %s", name, p["partition"], offset, exc)
+                    r["error_code"] = CORRUPT_MESSAGE
+                    error = True
+                    continue
                 r["high_watermark"] = r["last_stable_offset"] = max(leo, lg.log_end_offset)
                 if len(fs) and (total == 0 or total + len(fs) <= budget):
                     # KIP-74: the first batch of the first non-empty partition is whole even
@@ -549,8 +565,11 @@ class Broker:
         elif ts >= 0:
             off = lg.offset_for_time(ts)
             if off is not None:
-                out["offset"] = off
-                out["timestamp"] = _timestamp_at(lg, off)
+                try:
+                    out["timestamp"] = _timestamp_at(lg, off)
+                    out["offset"] = off
+                except CorruptRecordError:  # the batch holding it is damaged (as in Fetch)
+                    out["error_code"] = CORRUPT_MESSAGE
         else:
             out["error_code"] = INVALID_REQUEST
             return out

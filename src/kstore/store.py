@@ -512,7 +512,15 @@ class Store:
         off = lg.log_start_offset
         try:
             while off < lg.log_end_offset:
-                fs = lg.read(off, 1 << 20)
+                try:
+                    fs = lg.read(off, 1 << 20)
+                except CorruptRecordError as exc:  # a damaged batch header: step past it
+                    if exc.last_offset is None or exc.last_offset < off:
+                        raise
+                    self._warn_offsets(p, off, f"skipping the damaged batches at offsets "
+                                       f"{off}..{exc.last_offset} of {tp}: {exc}")
+                    off = exc.last_offset + 1
+                    continue
                 nxt = fs.next_offset
                 for b in fs.batches():
                     try:

@@ -136,3 +136,63 @@ def test_fresh_copy_is_unaffected(tmp_path):
     finally:
         s.stop()
     shutil.rmtree(data)
+
+
+# ---- large fetches: the span is longer than the index jump, the damage in its middle --------
+
+BIG_BATCHES = 300  # ~1 KiB each, one 1 MB segment: a 1 MiB fetch spans all of them
+STRUCTURAL = sorted(n for n, (_, structural) in D.HEADER_DAMAGE.items() if structural)
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """One topic per structural damage: a single closed segment of 300 batches with a dense
+    offset index, batch 150 damaged, so a 1 MiB Fetch from 0 crosses it in mid-span."""
+    import kstore
+    from kstore.records import scan
+    data = tmp_path_factory.mktemp("bigfetch") / "data"
+    with kstore.open(data, retention_check_interval_ms=0) as store:
+        for name in STRUCTURAL:
+            store.create_topic(f"b-{name}", 1, config={"segment.bytes": 1 << 20,
+                                                       "index.interval.bytes": 1024})
+            lg = store.partition(f"b-{name}", 0)
+            for i in range(BIG_BATCHES):
+                lg.append_batch(D.make_batch(i * D.BATCH))
+            lg.roll()
+    victims = {}
+    for name in STRUCTURAL:
+        path = sorted((data / f"b-{name}-0").glob("*.log"))[0]
+        raw = bytearray(path.read_bytes())
+        res = scan(raw)
+        pos, size = int(res.positions[150]), int(res.sizes[150])
+        D.HEADER_DAMAGE[name][0](raw, pos, size)
+        path.write_bytes(bytes(raw))
+        victims[name] = int(res.base_offsets[150])
+    s = ServerThread(data)
+    s.victims = victims
+    yield s
+    s.stop()
+
+
+@pytest.mark.parametrize("name", STRUCTURAL)
+def test_large_fetch_never_carries_a_damaged_header_in_mid_span(big, name):
+    """With 1 MiB fetches (past the 64 KiB where reads jump through the offset index), every
+    batch sent is a whole, sound batch and the damaged one is never among them: the client gets
+    the good records before it, in order, then CORRUPT_MESSAGE, as with small fetches."""
+    victim = big.victims[name]
+    got: list[int] = []
+    with big.client() as c:
+        offset = 0
+        for _ in range(BIG_BATCHES):
+            p = fetch(c, f"b-{name}", offset, 1 << 20)
+            if p["error_code"] == 2:
+                break
+            assert p["error_code"] == 0
+            raw = bytes(p["records"])
+            batches = list(iter_batches(raw))  # no partial batch, no garbage after the last
+            assert sum(b.size for b in batches) == len(raw)
+            recs = [r for b in batches for r in b.records() if r.offset >= offset]
+            assert recs, offset
+            got += [r.offset for r in recs]
+            offset = recs[-1].offset + 1
+    assert got[:victim] == list(range(victim)) and offset <= victim

@@ -615,10 +615,12 @@ class PartitionLog:
     # Reading
 
     def read(self, offset: int, max_bytes: int = DEFAULT_MAX_BYTES,
-             max_offset: int | None = None) -> FileSlice:
+             max_offset: int | None = None, *, every_header: bool = False) -> FileSlice:
         """Whole batches starting with the one that holds ``offset``, up to ``max_bytes`` (a
         first batch larger than that is still returned whole, as Kafka does) and below
         ``max_offset``. Returns an empty slice at the log end. Never blocks appends.
+        ``every_header``: check every batch header of the slice, also in reads over 64 KiB
+        (which otherwise check those near their end): for bytes sent out unchecked (Fetch).
 
         Raises OffsetOutOfRangeError below the log start or past the log end.
         """
@@ -627,7 +629,7 @@ class PartitionLog:
             self._ro_refresh()
         for attempt in range(3):
             try:
-                return self._read(offset, max_bytes, max_offset)
+                return self._read(offset, max_bytes, max_offset, every_header)
             except SegmentGone:
                 # Retention or compaction removed a segment after this read picked it: read
                 # again from the segments there are now (offsets that went with it are out of
@@ -638,7 +640,8 @@ class PartitionLog:
                     self._ro_refresh()
         raise AssertionError("unreachable")
 
-    def _read(self, offset: int, max_bytes: int, max_offset: int | None) -> FileSlice:
+    def _read(self, offset: int, max_bytes: int, max_offset: int | None,
+              every_header: bool = False) -> FileSlice:
         lso, leo = self._log_start, self._leo
         if offset < lso or offset > leo:
             raise OffsetOutOfRangeError(
@@ -655,7 +658,7 @@ class PartitionLog:
             # its own log end.
             end = segs[j + 1].base_offset if j + 1 < len(segs) else None
             try:
-                fs = seg.read(offset, max_bytes, limit, end)
+                fs = seg.read(offset, max_bytes, limit, end, every_header)
             except CorruptRecordError as exc:
                 exc.locate(topic=self.topic, partition=self.partition)
                 exc.args = (f"{self.topic}-{self.partition}: {exc}",)

@@ -481,7 +481,7 @@ class Segment:
         return idx.lookup(offset - self.base_offset)[2]
 
     def read(self, offset: int, max_bytes: int, max_offset: int,
-             end_offset: int | None = None) -> FileSlice | None:
+             end_offset: int | None = None, every_header: bool = False) -> FileSlice | None:
         """Whole batches from the one holding ``offset`` (or the first after it), within
         ``max_bytes`` (the first batch always counts) and below ``max_offset``.
         ``end_offset`` bounds the offsets this segment may hold (the next segment's base).
@@ -489,6 +489,9 @@ class Segment:
         Every header walked is checked (batch.h, "checked reads"): a slice ends before a
         damaged batch, and a read that starts at one raises CorruptRecordError naming the
         file, byte and the offsets the damage covers. A read for offsets past it skips it.
+        Reads over 64 KiB jump through the offset index and check the headers near their end,
+        unless ``every_header`` (bytes that leave the process unchecked by anyone, as a Fetch
+        to a client that may not check CRCs, must not carry a damaged header in mid-span).
         """
         size = self.size
         if size == 0:
@@ -505,7 +508,8 @@ class Segment:
             if start >= size:
                 return None
             n, last_pos, rc = _core.read_span(mm, start, max_bytes, max_offset, size,
-                                              idx.mm if entries else None, entries,
+                                              idx.mm if entries and not every_header else None,
+                                              entries,
                                               self.base_offset, max_last)
             if not (rc and n and self._blame_previous(mm, size, last_pos, start + n, rc,
                                                       max_last)):

@@ -496,7 +496,10 @@ class Broker:
                     continue  # the response is full: later partitions come next time
                 limit = min(p["partition_max_bytes"], budget - total) if total else p["partition_max_bytes"]
                 try:
-                    fs = lg.read(offset, max(limit, 1))
+                    # Every header checked: many clients do not check CRCs (librdkafka's
+                    # check.crcs is off by default), and a damaged length or offset in mid-span
+                    # would misframe what they parse, silently dropping records.
+                    fs = lg.read(offset, max(limit, 1), every_header=True)
                 except OffsetOutOfRangeError:
                     r["error_code"] = OFFSET_OUT_OF_RANGE
                     error = True

@@ -28,8 +28,10 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old or the new content.
+    ``mode``: the new file's permission bits, whatever the umask, from its creation on (for
+    secrets: never readable by others, not even briefly); by default 0644 less the umask.
 
     Raises KafkaStorageError when the disk refuses (full, EFBIG, EIO, read-only, permission):
     the ``.tmp`` file is removed and ``path`` keeps its previous content."""
@@ -39,8 +41,11 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     replaced = False
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                     0o644 if mode is None else mode & 0o600)
         try:
+            if mode is not None:
+                os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]

@@ -152,6 +152,20 @@ class IndexFile:
 # -- checking index files against the data (``kstore verify``) ---------------------------------
 
 
+def _whole_entries(path: Path, entry: int, in_flight: bool) -> tuple[bytes | None, str | None]:
+    """(the index file's bytes, None), or (None, its problem or None when there is nothing to
+    check): missing, or not a whole number of ``entry``-byte entries (both fine while a writer
+    is appending), or empty."""
+    raw = _read_index(path)
+    if raw is None:
+        return None, None if in_flight else f"{path}: missing"
+    if len(raw) % entry and not in_flight:
+        return None, f"{path}: {len(raw)} bytes, not a whole number of {entry}-byte entries"
+    if len(raw) < entry:
+        return None, None
+    return raw, None
+
+
 def check_offset_index(path: Path, base_offset: int, positions: np.ndarray,
                        base_offsets: np.ndarray, last_offsets: np.ndarray, data_end: int,
                        in_flight: bool = False) -> str | None:
@@ -165,14 +179,10 @@ def check_offset_index(path: Path, base_offset: int, positions: np.ndarray,
     offset). ``in_flight``: a writer is appending to this segment, so entries at or past
     ``data_end`` and a missing file or a partial last entry are not problems yet.
     """
-    raw = _read_index(path)
+    raw, problem = _whole_entries(path, OFFSET_ENTRY, in_flight)
     if raw is None:
-        return None if in_flight else f"{path}: missing"
-    if len(raw) % OFFSET_ENTRY and not in_flight:
-        return f"{path}: {len(raw)} bytes, not a whole number of {OFFSET_ENTRY}-byte entries"
+        return problem
     n = len(raw) // OFFSET_ENTRY
-    if n == 0:
-        return None
     entries = np.frombuffer(raw, dtype=">u4", count=n * 2).reshape(n, 2).astype(np.int64)
     rel, pos = entries[:, 0], entries[:, 1]
     past = pos >= data_end
@@ -222,14 +232,10 @@ def check_time_index(path: Path, base_offset: int, base_offsets: np.ndarray,
     timestamp (entries are (max timestamp so far, offset of the batch that holds it)).
     ``in_flight`` as for ``check_offset_index`` (entries past the last scanned batch wait).
     """
-    raw = _read_index(path)
+    raw, problem = _whole_entries(path, TIME_ENTRY, in_flight)
     if raw is None:
-        return None if in_flight else f"{path}: missing"
-    if len(raw) % TIME_ENTRY and not in_flight:
-        return f"{path}: {len(raw)} bytes, not a whole number of {TIME_ENTRY}-byte entries"
+        return problem
     n = len(raw) // TIME_ENTRY
-    if n == 0:
-        return None
     rec = np.frombuffer(raw, dtype=np.dtype([("ts", ">i8"), ("rel", ">u4")]), count=n)
     ts = rec["ts"].astype(np.int64)
     off = base_offset + rec["rel"].astype(np.int64)

@@ -78,9 +78,11 @@ from typing import Final, NoReturn
 from kstore.errors import (
     IllegalSaslStateError,
     InvalidConfigError,
+    KafkaStorageError,
     SaslAuthenticationFailedError,
     UnsupportedSaslMechanismError,
 )
+from kstore.log.checkpoint import atomic_write
 
 log = logging.getLogger("kstore.server.auth")
 
@@ -235,25 +237,11 @@ def add_credential_line(path: str | PathLike[str], user: str, mechanism: str, li
         kept.append(raw)
     kept.append(line)
     data = ("\n".join(kept) + "\n").encode()
-    tmp = f"{path}.tmp"
     try:
-        # 0600 from the start: the credential is never readable by others, not even briefly.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.fchmod(fd, 0o600 if mode is None else mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise InvalidConfigError(f"{path}: cannot write the users file: {e.strerror or e}") from e
+        # 0600 for a new file, from its creation on: never readable by others, not even briefly.
+        atomic_write(path, data, mode=0o600 if mode is None else mode)
+    except KafkaStorageError as e:
+        raise InvalidConfigError(f"{path}: cannot write the users file: {e}") from e
     if mode is not None:
         warn_if_exposed(path, os.stat(path).st_mode)  # kept as it was: say it is too open
 

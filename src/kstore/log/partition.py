@@ -482,10 +482,19 @@ class PartitionLog:
                             f"batches of {len(memoryview(buf))} bytes cannot go into a fresh "
                             f"segment (roll reason {result})")
                 if fast.needs_flush:
-                    self.flush()
+                    try:
+                        self.flush()
+                    except OSError as exc:
+                        # The batches are in the log (readers see them): the append succeeded,
+                        # and saying otherwise would make a producer's retry store them twice.
+                        # The recovery point stays where it was; the next flush tries again.
+                        log.error("%s: offsets %d..%d are appended, but the flush that "
+                                  "flush.messages/flush.ms asked for failed: %s; they are in "
+                                  "the page cache, not yet known to be on disk (the next flush "
+                                  "retries)", self.directory, result[0], result[1], exc)
         except OSError as exc:
-            # A roll's file creation or fsync, or a flush, refused by the disk: the kstore
-            # error (KAFKA_STORAGE_ERROR) as for the write itself.
+            # A roll's file creation or fsync refused by the disk: the kstore error
+            # (KAFKA_STORAGE_ERROR) as for the write itself.
             if isinstance(exc, KafkaStorageError):
                 raise
             raise KafkaStorageError(

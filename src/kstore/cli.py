@@ -1684,9 +1684,11 @@ def verify(data_arg: Path | None, as_json: bool, data: Path | None) -> None:
     if problems:
         _note(f"kstore: error: {len(problems)} problem{'s' * (len(problems) != 1)} found:\n  "
               + "\n  ".join(problems)
-              + "\nThe bytes at these positions do not match their CRC or structure. Restore the "
-                "affected segments from a backup; opening the store for writing after a crash "
-                "cuts a corrupt tail of the active segment, but not damage inside closed segments.")
+              + "\nThe bytes at these positions do not match their CRC or structure. Readers "
+                "stop at them (`kstore consume --offset N` starts past one). Restore the affected "
+                "segments from a backup if you have one; recovery after an unclean shutdown cuts "
+                "the log at damage past its recovery point and keeps the cut bytes in "
+                "<segment>.log.corrupt-* side files (see README, Durability).")
         sys.exit(EXIT_DATA)
     if repairable:
         _note(f"kstore: {len(repairable)} index file{'s' * (len(repairable) != 1)} damaged or "
@@ -1724,8 +1726,9 @@ def _is_index_problem(problem: str) -> bool:
 @_data_option
 def repair_indexes(data_arg: Path | None, data: Path | None) -> None:
     """Rebuild the .index and .timeindex files that `kstore verify` reports as repairable
-    (exit 3) from the .log files, which are not changed. Takes the writer lock of DATA, so it
-    refuses to run beside a writer (stop `kstore serve` and producers first). Segments whose
+    (exit 3) from the .log files, which it does not change (opening a store that was not closed
+    cleanly still runs recovery first, which may cut a torn tail). Takes the writer lock of
+    DATA, so it refuses to run beside a writer (stop `kstore serve` and producers first). Segments whose
     data is corrupt keep their indexes (exit 2: see `kstore verify`)."""
     data = data_arg or _data_dir(data)
     # What is damaged, seen as verify sees it: opening for writing already rebuilds some index

@@ -47,8 +47,8 @@ class CorruptRecordError(KStoreError, ValueError):
 
     Raised by a read of stored data, it says where: ``topic``, ``partition``, ``path`` and
     ``position`` (the byte in that file), and the offsets the damage covers, ``offset`` ..
-    ``last_offset``: ``consumer.seek(tp, err.last_offset + 1)`` reads on past it. Each is None
-    when unknown (e.g. bytes that never were stored)."""
+    ``last_offset``: ``consumer.seek(err.topic, err.partition, err.last_offset + 1)`` reads on
+    past it. Each is None when unknown (e.g. bytes that never were stored)."""
 
     code = 2
     retriable = True

@@ -32,6 +32,8 @@ from kstore.errors import (
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
 )
+from kstore import _core
+from kstore.log.fileslice import FileSlice
 from kstore.log.partition import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from kstore.offsets import OFFSETS_TOPIC
 from kstore.server import protocol
@@ -319,6 +321,26 @@ class Broker:
                 for p in t["partition_data"]]}
             for t in req["topic_data"]]}
 
+    def _crc_checked(self, fs: FileSlice, topic: str, partition: int,
+                     offset: int) -> FileSlice | None:
+        """``fs`` up to its first batch whose CRC-32C fails, or None when that is the first
+        one (answered CORRUPT_MESSAGE, logged once per batch). Kafka's broker leaves the CRC to
+        the client, but librdkafka does not check it unless check.crcs is set, so a damaged
+        value would reach the application as data. In C, GIL released: about 13 GB/s, against
+        the 2 GB/s sendfile of the same bytes."""
+        with fs.memoryview() as mv:
+            res = _core.scan(mv, check_crc=True, check_offsets=False)
+        if res.ok:
+            return fs
+        if res.valid_end:
+            return FileSlice(fs.file, fs.position, res.valid_end, fs._map, fs.base_offset)
+        place = (fs.file.path, fs.position)
+        if place not in self._damage_logged:
+            self._damage_logged.add(place)
+            log.error("fetch %s-%d at offset %d: the batch at byte %d of %s is corrupt: %s",
+                      topic, partition, offset, fs.position, fs.file.path, res.error)
+        return None
+
     def _produce_partition(self, topic: str, partition: int, records: Any, version: int,
                            transactional: bool, later: Any) -> dict:
         out: dict[str, Any] = {"index": partition, "error_code": NONE, "base_offset": -1,
@@ -519,6 +541,12 @@ class Broker:
                     r["error_code"] = CORRUPT_MESSAGE
                     error = True
                     continue
+                if len(fs):
+                    fs = self._crc_checked(fs, name, p["partition"], offset)
+                    if fs is None:
+                        r["error_code"] = CORRUPT_MESSAGE
+                        error = True
+                        continue
                 r["high_watermark"] = r["last_stable_offset"] = max(leo, lg.log_end_offset)
                 if len(fs) and (total == 0 or total + len(fs) <= budget):
                     # KIP-74: the first batch of the first non-empty partition is whole even

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import kstore
 from kstore.log import PartitionLog
 from kstore.log.checkpoint import RECOVERY_POINT, CheckpointFile
 from kstore.log.partition import CLEAN_SHUTDOWN_MARKER
@@ -481,3 +482,77 @@ def test_crash_during_recovery_loses_nothing(tmp_path, state):
     for p, content in later.items():
         assert kept[p.name + ".corrupt-0"] == content
     assert len(kept) == len(later) + (1 if state == "mid_copy" else 2)
+
+
+READER_BESIDE_RECOVERY = r'''
+import subprocess, sys
+import kstore
+from kstore.errors import CorruptRecordError
+data, total = sys.argv[1], int(sys.argv[2])
+s = kstore.open(data, read_only=True)
+c = s.consumer(auto_offset_reset="earliest")
+c.assign([("t", 0)])
+seen, bad = 0, None
+while True:  # read everything, seeking past the damage as the error says
+    try:
+        recs = c.poll(timeout=0.1, max_records=100000)
+    except CorruptRecordError as e:
+        bad = (e.offset, e.last_offset)
+        c.seek("t", 0, e.last_offset + 1)
+        continue
+    if not recs:
+        break
+    seen += len(recs)
+print("first", seen, bad, flush=True)
+# A writer opens the store: its recovery cuts the segment this reader has mapped.
+w = subprocess.run([sys.executable, "-c", "import kstore, sys\n"
+                    "with kstore.open(sys.argv[1]) as s: print(s.partition('t', 0).log_end_offset)",
+                    data], capture_output=True, text=True, timeout=120)
+assert w.returncode == 0, w.stderr
+leo = int(w.stdout)
+print("writer", leo, flush=True)
+c.seek("t", 0, bad[1] + 50)  # where this reader had read before: past the new end now
+got = []
+while True:
+    recs = c.poll(timeout=0.2, max_records=100000)
+    if not recs:
+        break
+    got += [r.offset for r in recs]
+assert got == list(range(leo)), (got[:5], len(got), leo)  # reset to the start, all sound
+print("second", len(got), flush=True)
+'''
+
+
+def test_read_only_reader_survives_a_writer_recovery_cutting_its_segment(tmp_path):
+    """A read-only reader that read past a damaged batch (seeking past it) keeps its mapping of
+    the segment; a writer's recovery then cuts that file in place (the cut bytes go to a side
+    file). The reader's next read must not touch the mapping past the new end (SIGBUS killed
+    the process before): it reads the segment afresh and moves to the log as it is now."""
+    import signal
+    import struct
+
+    data = tmp_path / "d"
+    with kstore.open(data, retention_check_interval_ms=0) as s:
+        s.create_topic("t", 1, {"segment.bytes": 100000})
+        p = s.producer(linger_ms=0)
+        for i in range(3000):
+            p.send("t", b"x%05d" % i * 10)
+            if i % 20 == 19:
+                p.flush()
+        p.flush()
+    (data / "t-0" / CLEAN_SHUTDOWN_MARKER).unlink()  # as after a crash: recovery from 0
+    (data / "recovery-point-offset-checkpoint").write_text("0\n1\nt 0 0\n")
+    path = sorted((data / "t-0").glob("*.log"))[0]
+    raw = bytearray(path.read_bytes())
+    starts, pos = [], 0
+    while pos < len(raw):
+        starts.append(pos)
+        pos += 12 + struct.unpack_from(">i", raw, pos + 8)[0]
+    victim = starts[len(starts) // 4]
+    raw[victim + 70] ^= 0xFF  # a record byte: the CRC fails
+    path.write_bytes(bytes(raw))
+    proc = subprocess.run([sys.executable, "-c", READER_BESIDE_RECOVERY, str(data), "3000"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != -signal.SIGBUS, "the reader died of SIGBUS"
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "second" in proc.stdout and side_files(data / "t-0"), proc.stdout

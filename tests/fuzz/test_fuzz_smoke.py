@@ -20,7 +20,7 @@ pytest.importorskip("atheris", reason="atheris is not installed: it comes with t
                                       "extra on x86_64 (pip install -e '.[test]')")
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-RUNS = int(os.environ.get("KSTORE_FUZZ_RUNS", "30000"))
+RUNS = int(os.environ.get("KSTORE_FUZZ_RUNS", "10000"))
 
 
 def test_decoder_survives_fuzzing(tmp_path):

@@ -1032,10 +1032,13 @@ class PartitionLog:
                 return
             # A segment is known by its base and its file: compaction swaps in a new file under
             # the same base, and segments merged into it disappear.
-            current = {b: _inode(self.directory / f"{b:020d}.log") for b in bases}
-            current = {b: ino for b, ino in current.items() if ino >= 0}  # gone since listed
+            stats = {b: _stat(self.directory / f"{b:020d}.log") for b in bases}
+            current = {b: st[0] for b, st in stats.items() if st[0] >= 0}  # gone since listed
+            # A file cut below what we knew (a writer's recovery moved damage to a side file,
+            # keeping the inode) is read afresh: its old mapping must not be touched.
             segs = [s for s in self._segments
-                    if s.base_offset in current and s.ro_inode == current[s.base_offset]]
+                    if s.base_offset in current and s.ro_inode == current[s.base_offset]
+                    and stats[s.base_offset][1] >= s.size]
             known = {s.base_offset for s in segs}
             for b in current:
                 if b not in known:
@@ -1130,6 +1133,15 @@ class PartitionLog:
 
 def _base_offset(seg: Segment) -> int:
     return seg.base_offset
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    """(inode, size) of a file, (-1, -1) when it is not there."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return -1, -1
+    return st.st_ino, st.st_size
 
 
 def _inode(path: Path) -> int:

@@ -496,6 +496,11 @@ class Segment:
         size = self.size
         if size == 0:
             return None
+        if self.read_only and self._file is not None and os.fstat(self._file.fd).st_size < size:
+            # A writer's recovery cut this file below what this reader knew (damage it moved
+            # to a side file): touching the mapping past the new end would be SIGBUS.
+            raise SegmentGone(f"segment {self.log_path} was cut by a writer's recovery to "
+                              f"{os.fstat(self._file.fd).st_size} bytes; reading it afresh")
         max_last = self._max_last(end_offset)  # after size: appends only raise it
         pos = self._start_position(offset)
         mm = self._mapping(size)

@@ -542,11 +542,12 @@ class Broker:
                     error = True
                     continue
                 if len(fs):
-                    fs = self._crc_checked(fs, name, p["partition"], offset)
-                    if fs is None:
+                    checked = self._crc_checked(fs, name, p["partition"], offset)
+                    if checked is None:
                         r["error_code"] = CORRUPT_MESSAGE
                         error = True
                         continue
+                    fs = checked
                 r["high_watermark"] = r["last_stable_offset"] = max(leo, lg.log_end_offset)
                 if len(fs) and (total == 0 or total + len(fs) <= budget):
                     # KIP-74: the first batch of the first non-empty partition is whole even

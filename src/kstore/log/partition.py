@@ -1145,10 +1145,7 @@ def _stat(path: Path) -> tuple[int, int]:
 
 
 def _inode(path: Path) -> int:
-    try:
-        return os.stat(path).st_ino
-    except FileNotFoundError:
-        return -1
+    return _stat(path)[0]
 
 
 def _read_at(path: Path, position: int, size: int) -> bytes:

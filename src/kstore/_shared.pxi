@@ -83,6 +83,8 @@ cdef class SharedTail:
 
     def lock(self):
         cdef int rc
+        if self.t == NULL:
+            raise errors.ClosedError("this shared tail was released (its log is closed)")
         with nogil:
             rc = ks_tail_lock(self.t)
         if rc == KS_TAIL_OWNER_DIED:
@@ -110,7 +112,9 @@ cdef class SharedTail:
 
     @property
     def seq(self):
-        return self.t.seq
+        # Read without the log's lock (readers, the store's watcher): a released tail is -1.
+        cdef ks_tail *t = self.t
+        return -1 if t == NULL else t.seq
 
     @property
     def session(self):

@@ -143,6 +143,7 @@ class PartitionLog:
         self._tail_map: mmap.mmap | None = None
         self._tail_fd = -1
         self._tail_depth = 0
+        self._closing = False
         self._seen_seq = -1
         self._seen_gen = -1
         self._rp_file = CheckpointFile.for_path(directory.parent / RECOVERY_POINT)
@@ -363,6 +364,15 @@ class PartitionLog:
         finally:
             self._tail_unlock()
 
+    def mark_deleted(self) -> None:
+        """Shared mode: the topic is being deleted; every process appending to or reading this
+        log gets UnknownTopicOrPartitionError from its next append or read."""
+        if self._tail is None:
+            return
+        with self._lock, self._tail_held():
+            self._tail.deleted = 1
+            self._seen_seq = self._tail.bump()
+
     def _shared_refresh(self) -> None:
         """Readers: pick up what other processes published (cheap when nothing moved)."""
         tail = self._tail
@@ -378,7 +388,7 @@ class PartitionLog:
         """Under the mutex: take over what other processes published since we last looked."""
         tail = self._tail
         assert tail is not None and self._active is not None and self._fast is not None
-        if tail.deleted:
+        if tail.deleted and not self._closing:
             raise UnknownTopicOrPartitionError(
                 f"{self.topic}-{self.partition} was deleted by another process")
         if tail.segments_gen != self._seen_gen or tail.active_base != self._active.base_offset:
@@ -505,17 +515,21 @@ class PartitionLog:
         failures: list[OSError] = []
         tail = self._tail
         assert tail is not None
+        self._closing = True
         fcntl.flock(self._tail_fd, fcntl.LOCK_EX)
         try:
             self._tail_lock()
             try:
+                deleted = bool(tail.deleted)  # the folder is going: nothing more to write
+                if not deleted:
+                    try:
+                        self.flush()
+                    except OSError as exc:
+                        failures.append(exc)
+                last = not deleted
                 try:
-                    self.flush()
-                except OSError as exc:
-                    failures.append(exc)
-                last = True
-                try:
-                    fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    if last:
+                        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
                     last = False
                 if last:

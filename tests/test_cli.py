@@ -348,8 +348,36 @@ def test_group_consume_commits_and_groups_commands(filled: Path) -> None:
 # Read-only commands beside a writer; writing commands refused
 
 
-def test_locked_directory(filled: Path) -> None:
+def test_writing_commands_work_beside_another_writer(filled: Path) -> None:
+    """The default store is shared: producers, topic changes, group consumers, maintenance and
+    offset resets run while a program embedding kstore writes to the same directory."""
     with kstore.open(filled, retention_check_interval_ms=0) as store:   # another writer
+        p = store.producer(linger_ms=0)
+        p.send("events", b"fresh", key=b"k")
+        p.flush()
+        for args, stdin in ((["produce", "events"], "from-cli\n"), (["topics", "create", "more"], None),
+                            (["consume", "events", "--group", "g", "-e"], None),
+                            (["maintenance"], None),
+                            (["groups", "reset-offsets", "g", "--topic", "events", "--to-earliest",
+                              "--execute"], None)):
+            r = run(filled, *args, input=stdin)
+            assert r.exit_code == 0, (args, r.stderr)
+        p.send("events", b"after", key=b"k")
+        p.flush()
+        # Another process too, while this one keeps the store open.
+        proc = subprocess.run([sys.executable, "-m", "kstore", "--data", str(filled), "produce",
+                               "events"], input=b"from-process\n", capture_output=True,
+                              env=subprocess_env(), timeout=60, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert "more" in store.topics()  # made by the CLI, seen here
+        values = [r.value for p_ in range(store.partitions_for("events"))
+                  for r in store.partition("events", p_).read_records(0)]
+        for v in (b"fresh", b"from-cli", b"after", b"from-process"):
+            assert values.count(v) == 1, v
+
+
+def test_locked_directory(filled: Path) -> None:
+    with kstore.open(filled, retention_check_interval_ms=0, exclusive=True) as store:
         p = store.producer(linger_ms=0)
         p.send("events", b"fresh", key=b"k")
         p.flush()

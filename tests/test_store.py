@@ -90,7 +90,8 @@ def test_bad_topic_names_are_refused(store, name):
     with pytest.raises(errors.InvalidTopicError):
         store.create_topic(name)
     assert store.topics() == []
-    assert sorted(os.listdir(store.path)) == [".lock"]
+    # Nothing but the lock files of a (shared) store: no registry, no partition folder.
+    assert sorted(os.listdir(store.path)) == [".kstore-shared", ".lock"]
 
 
 def test_topic_name_of_249_legal_characters_is_accepted(store):
@@ -414,16 +415,31 @@ def test_corrupt_registry_is_a_clear_error_and_nothing_is_deleted(tmp_path):
 # One writer; readers alongside
 
 
-def test_second_writer_in_this_process_is_refused(tmp_path):
+def test_second_writer_in_this_process_is_refused_by_an_exclusive_store(tmp_path):
     path = tmp_path / "data"
-    with kstore.open(path) as s:
+    with kstore.open(path, exclusive=True) as s:
         s.create_topic("t")
-        with pytest.raises(errors.LogLockedError, match="read_only"):
-            kstore.open(path)
+        for exclusive in (False, True):
+            with pytest.raises(errors.LogLockedError, match="read_only"):
+                kstore.open(path, exclusive=exclusive)
         s.create_topic("u")  # the first writer is unaffected
         assert s.topics() == ["t", "u"]
     with kstore.open(path) as s:  # released on close
         assert s.topics() == ["t", "u"]
+        with pytest.raises(errors.LogLockedError, match="read_only"):
+            kstore.open(path, exclusive=True)  # an exclusive store waits for shared ones to go
+
+
+def test_shared_stores_in_one_process_write_side_by_side(tmp_path):
+    path = tmp_path / "data"
+    with kstore.open(path) as a, kstore.open(path) as b:
+        a.create_topic("t", partitions=2)
+        assert b.topics() == ["t"]  # b sees a's topic
+        pa, pb = a.producer(linger_ms=0), b.producer(linger_ms=0)
+        for i in range(100):
+            (pa if i % 2 else pb).send("t", b"%d" % i, partition=0)
+        assert [r.value for r in a.partition("t", 0).read_records(0)] == [b"%d" % i for i in range(100)]
+        assert b.partition("t", 0).log_end_offset == 100
 
 
 SECOND_WRITER = r"""
@@ -440,9 +456,9 @@ with kstore.open(sys.argv[1], read_only=True) as r:
 """
 
 
-def test_second_writer_in_another_process_is_refused(tmp_path):
+def test_second_writer_in_another_process_is_refused_by_an_exclusive_store(tmp_path):
     path = tmp_path / "data"
-    with kstore.open(path) as s:
+    with kstore.open(path, exclusive=True) as s:
         s.create_topic("t")
         out = subprocess.run([sys.executable, "-c", SECOND_WRITER, str(path)],
                              capture_output=True, text=True, timeout=60)

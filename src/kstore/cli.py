@@ -26,6 +26,7 @@ import functools
 import json
 import mmap
 import os
+import re
 import signal
 import stat
 import struct
@@ -127,17 +128,22 @@ class KGroup(click.Group):
                 kerr.InvalidGroupIdError) as exc:
             raise UsageError(str(exc), ctx) from None
         except kerr.LogLockedError as exc:
-            raise DataError(_locked_message(str(exc).split(" is already open")[0])) from None
+            raise DataError(_locked_message(re.split(" is (?:already )?open", str(exc))[0])) from None
         except kerr.UnknownTopicOrPartitionError as exc:
             raise DataError(f"{exc} (see `kstore topics list`)") from None
         except kerr.KStoreError as exc:
             raise DataError(str(exc)) from None
 
 
-def _locked_message(what: str) -> str:
-    return (f"{what} is open for writing by another process (a producer, a consumer with --group, "
-            f"maintenance, or a program embedding kstore). Stop it and retry; read-only commands "
-            f"({READ_ONLY_COMMANDS}) work beside it.")
+def _locked_message(what: str, exclusive: bool = False) -> str:
+    if exclusive:
+        return (f"{what} is open for writing by another process (a producer, a consumer with "
+                f"--group, maintenance, `kstore serve`, or a program embedding kstore), and this "
+                f"command needs it alone. Stop them and retry; read-only commands "
+                f"({READ_ONLY_COMMANDS}) work beside them.")
+    return (f"{what} is open for writing by another process that keeps it to itself (a program "
+            f"that opened it with kstore.open(..., exclusive=True)). Stop it and retry; "
+            f"read-only commands ({READ_ONLY_COMMANDS}) work beside it.")
 
 
 # ==============================================================================================
@@ -160,18 +166,20 @@ def _data_dir(data: Path | None) -> Path:
 
 
 @contextlib.contextmanager
-def _open_store(data: Path, *, write: bool, create: bool = False) -> Iterator[kstore.Store]:
-    """Open the store: read-only unless ``write`` (then take the lock; a missing directory is an
-    error unless ``create``)."""
+def _open_store(data: Path, *, write: bool, create: bool = False,
+                exclusive: bool = False) -> Iterator[kstore.Store]:
+    """Open the store: read-only unless ``write`` (then as a shared writer, beside other
+    processes, unless ``exclusive``; a missing directory is an error unless ``create``)."""
     if not data.exists() and not create:
         raise DataError(f"no kstore data directory at {data}; pass --data DIR (or set "
                         f"KSTORE_DATA), or create one with `kstore topics create` or `kstore bench`")
     if data.exists() and not data.is_dir():
         raise DataError(f"{data} is a file, not a kstore data directory; pass --data DIR")
     try:
-        store = kstore.open(data, read_only=not write, retention_check_interval_ms=0)
+        store = kstore.open(data, read_only=not write, retention_check_interval_ms=0,
+                            exclusive=exclusive and write)
     except kerr.LogLockedError:
-        raise DataError(_locked_message(f"the data directory {data}")) from None
+        raise DataError(_locked_message(f"the data directory {data}", exclusive)) from None
     try:
         yield store
     finally:
@@ -1735,7 +1743,9 @@ def repair_indexes(data_arg: Path | None, data: Path | None) -> None:
     # files (those the active segment needs), so look first.
     before = _index_problems(data)
     skipped: list[str] = []
-    with _open_store(data, write=True) as store:
+    # Exclusive: rewriting index files under readers in other processes could cut files they
+    # have mapped.
+    with _open_store(data, write=True, exclusive=True) as store:
         for t, p in _partitions_on_disk(store, data):
             skipped += store.partition(t, p).repair_indexes()[1]
     after = set(_index_problems(data))

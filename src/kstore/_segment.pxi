@@ -14,6 +14,10 @@ ROLL_SIZE = 1
 ROLL_TIME = 2
 ROLL_INDEX_FULL = 3
 ROLL_OFFSET_OVERFLOW = 4
+#: append_shared() outcomes that leave the tail locked for the caller to finish.
+SHARED_OWNER_DIED = -1
+SHARED_STALE = -2
+SHARED_SLOW = -3
 cdef int64_t _INT32_MAX = 0x7fffffff
 # Reads larger than this jump through the offset index (span_with_index, read_span); smaller
 # ones walk, and so check, every batch header.
@@ -345,6 +349,10 @@ cdef class SegmentAppender:
         """Store this segment's append state in the shared tail and move its ``seq`` (the caller
         holds the tail's lock). Index entries beyond what the shared area can carry go to the
         files first."""
+        return self._publish(st, leo, recovery_point, last_flush_ms)
+
+    cdef uint64_t _publish(self, SharedTail st, int64_t leo, int64_t recovery_point,
+                           int64_t last_flush_ms) except? 0:
         cdef ks_tail *t = st.t
         cdef int64_t pid = getpid()
         if (self.offset_entries - self.offset_persisted > KS_TAIL_PENDING
@@ -607,10 +615,14 @@ cdef class AppendPath:
     cdef public object clock
     cdef public bint needs_flush
     cdef public bint require_keys
+    # Shared mode: the tail, and its seq as this process last published or took it over.
+    cdef public SharedTail tail
+    cdef public int64_t seen_seq
 
     def __init__(self, SegmentAppender appender, int64_t leo):
         self.appender = appender
         self.leo = leo
+        self.seen_seq = -1
         self.clock = None
         self.flush_messages = 0x7fffffffffffffff
         self.flush_ms = 0x7fffffffffffffff
@@ -639,6 +651,51 @@ cdef class AppendPath:
         self.leo = app.next_offset
         self.needs_flush = (self.leo - self.recovery_point >= self.flush_messages
                             or now - self.last_flush_ms >= self.flush_ms)
+        return (app.last_first_offset, app.last_last_offset, lat)
+
+    def append_shared(self, buf, bint deep, bint verify_crc=True):
+        """Shared mode, the common case in one call: lock the tail, append, publish, unlock;
+        returns ``(first, last, log_append_time)``. Anything else returns, with the tail still
+        locked, SHARED_OWNER_DIED (rebuild it), SHARED_STALE (another process published: take
+        it over) or SHARED_SLOW (a roll or a flush is due): the caller finishes under the lock.
+        Nothing is written in those cases."""
+        cdef SharedTail st = self.tail
+        cdef int rc
+        cdef int64_t now, lat
+        cdef SegmentAppender app = self.appender
+        if st is None or st.t == NULL:
+            raise errors.ClosedError("this log has no shared tail")
+        with nogil:
+            rc = ks_tail_lock(st.t)
+        if rc == KS_TAIL_OWNER_DIED:
+            st.held = True
+            st.t.repairs += 1
+            return SHARED_OWNER_DIED
+        if rc:
+            raise errors.KafkaStorageError(f"cannot lock a partition's shared tail: "
+                                           f"{strerror(rc).decode()}")
+        st.held = True
+        if <int64_t>st.t.seq != self.seen_seq:
+            return SHARED_STALE
+        if self.flush_messages != 0x7fffffffffffffff or self.flush_ms != 0x7fffffffffffffff:
+            return SHARED_SLOW
+        try:
+            now = _now_ms() if self.clock is None else self.clock()
+            lat = now if self.log_append_time else -1
+            rc = app._append(buf, self.leo, lat, 0, deep, self.max_message_bytes,
+                             self.segment_bytes, self.segment_ms, now, verify_crc,
+                             self.require_keys)
+            if rc:
+                return SHARED_SLOW  # roll first: nothing was written
+            self.leo = app.next_offset
+            self.seen_seq = <int64_t>app._publish(st, self.leo, self.recovery_point,
+                                                  self.last_flush_ms)
+        except BaseException:
+            st.held = False
+            ks_tail_unlock(st.t)
+            raise
+        st.held = False
+        ks_tail_unlock(st.t)
         return (app.last_first_offset, app.last_last_offset, lat)
 
 

@@ -144,7 +144,6 @@ class PartitionLog:
         self._tail_fd = -1
         self._tail_depth = 0
         self._closing = False
-        self._seen_seq = -1
         self._seen_gen = -1
         self._rp_file = CheckpointFile.for_path(directory.parent / RECOVERY_POINT)
         self._lso_file = CheckpointFile.for_path(directory.parent / LOG_START_OFFSET)
@@ -284,6 +283,8 @@ class PartitionLog:
                 tail.log_start = self._log_start
                 tail.segments_gen = 1
                 self._tail = tail
+                assert self._fast is not None
+                self._fast.tail = tail
                 self._publish()
                 tail.mark_valid()
                 share_lock(self._lock_fd, d, "log directory")
@@ -306,6 +307,18 @@ class PartitionLog:
                 self.recovery = RecoveryReport(True, 0, 0, None, 0.0)
         finally:
             fcntl.flock(self._tail_fd, fcntl.LOCK_UN)
+
+    @property
+    def _seen_seq(self) -> int:
+        """The tail's seq as this process last published or took it over (kept by the
+        AppendPath, whose fast path publishes without coming back here)."""
+        f = self._fast
+        return f.seen_seq if f is not None else -1
+
+    @_seen_seq.setter
+    def _seen_seq(self, value: int) -> None:
+        if self._fast is not None:
+            self._fast.seen_seq = value
 
     def _publish(self, segments_changed: bool = False) -> None:
         """Store this process's view of the tail in the shared tail (the mutex is held)."""
@@ -730,6 +743,7 @@ class PartitionLog:
         self._active = seg
         if self._fast is None:
             self._fast = _core.AppendPath(seg.appender, seg.appender.next_offset)
+            self._fast.tail = self._tail
             self._fast.configure(self.config, None if self._clock is _core.now_ms else self._clock)
             self._fast.last_flush_ms = self._clock()
         else:
@@ -828,12 +842,20 @@ class PartitionLog:
                     self._check_writable()
                     raise ClosedError(f"log {self.directory} is closed")
                 if self._tail is not None:
-                    self._tail_lock()
-                    try:
-                        result = self._append_locked(fast, buf, validate_records, verify_crc)
-                        self._publish()
-                    finally:
-                        self._tail_unlock()
+                    result = fast.append_shared(buf, validate_records, verify_crc)
+                    if result.__class__ is int:
+                        # Still locked: the tail needs rebuilding or taking over, or a roll or
+                        # flush is due. Finish here.
+                        self._tail_depth = 1
+                        try:
+                            if result == _core.SHARED_OWNER_DIED:
+                                self._shared_repair()
+                            elif self._tail.seq != self._seen_seq:
+                                self._shared_sync()
+                            result = self._append_locked(fast, buf, validate_records, verify_crc)
+                            self._publish()
+                        finally:
+                            self._tail_unlock()
                 else:
                     result = self._append_locked(fast, buf, validate_records, verify_crc)
         except OSError as exc:

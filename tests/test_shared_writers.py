@@ -272,3 +272,34 @@ def test_retention_in_one_process_beside_an_appender_in_another(tmp_path):
         recs = _records(lg)  # what is left: dense, whole, in order, up to the end
         assert [int(v[:8]) for _, v in recs] == list(range(lg.log_start_offset, n))
         assert lg.verify() == []
+
+
+def _create_topics(path: str, wid: int, q: mp.Queue) -> None:
+    with kstore.open(path, retention_check_interval_ms=0) as s:
+        won = 0
+        for i in range(25):
+            s.create_topic(f"w{wid}-{i}", 1 + i % 3)
+            try:
+                s.create_topic(f"same-{i}")  # every process tries: one wins
+                won += 1
+            except errors.TopicAlreadyExistsError:
+                pass
+        q.put(won)
+
+
+def test_topics_created_by_processes_at_once_are_all_kept(tmp_path):
+    path = tmp_path / "data"
+    kstore.open(path).close()
+    q: mp.Queue = CTX.Queue()
+    procs = [CTX.Process(target=_create_topics, args=(str(path), w, q)) for w in range(4)]
+    for p in procs:
+        p.start()
+    won = sum(q.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert won == 25  # each shared name created exactly once
+    with kstore.open(path) as s:  # no registry write lost another's topic
+        names = s.topics()
+        assert len(names) == 125
+        assert all(s.partitions_for(f"w{w}-{i}") == 1 + i % 3 for w in range(4) for i in range(25))

@@ -303,3 +303,14 @@ def test_topics_created_by_processes_at_once_are_all_kept(tmp_path):
         names = s.topics()
         assert len(names) == 125
         assert all(s.partitions_for(f"w{w}-{i}") == 1 + i % 3 for w in range(4) for i in range(25))
+
+
+def test_truncate_needs_the_log_to_itself(tmp_path):
+    with PartitionLog.open(tmp_path / "t-0", shared=True) as log:
+        log.append_many([b"a", b"b"])
+        with pytest.raises(errors.InvalidRequestError, match="to itself"):
+            log.truncate_to(1)
+        assert log.log_end_offset == 2
+    with PartitionLog.open(tmp_path / "t-0") as log:  # exclusive: allowed
+        log.truncate_to(1)
+        assert log.log_end_offset == 1

@@ -41,6 +41,7 @@ from kstore.errors import (
     ClosedError,
     CorruptRecordError,
     InvalidRecordError,
+    InvalidRequestError,
     KafkaStorageError,
     OffsetOutOfRangeError,
     ReadOnlyError,
@@ -1194,7 +1195,13 @@ class PartitionLog:
         if self._internal:
             refuse_internal(self.topic, "truncate")
         self._check_writable()
-        with self._lock, self._tail_held(segments_changed=True):
+        if self._tail is not None:
+            # Readers in other processes map the active segment: cutting data they may be
+            # reading would kill them with SIGBUS.
+            raise InvalidRequestError(
+                f"{self.directory}: truncate_to needs the log to itself; open it with "
+                f"shared=False (kstore.open(..., exclusive=True))")
+        with self._lock:
             if offset >= self._leo:
                 return
             if offset < self._log_start:

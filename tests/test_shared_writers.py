@@ -307,7 +307,8 @@ def test_topics_created_by_processes_at_once_are_all_kept(tmp_path):
 
 def test_truncate_needs_the_log_to_itself(tmp_path):
     with PartitionLog.open(tmp_path / "t-0", shared=True) as log:
-        log.append_many([b"a", b"b"])
+        log.append(b"a")
+        log.append(b"b")
         with pytest.raises(errors.InvalidRequestError, match="to itself"):
             log.truncate_to(1)
         assert log.log_end_offset == 2

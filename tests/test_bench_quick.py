@@ -182,6 +182,26 @@ def test_server_benchmarks_quick(tmp_path, capsys):
         assert "x vs redis_xadd" in text and "x vs redis_xrange" in text
 
 
+# ---- benchmarks/test_bench_multiprocess.py at a tiny N ----------------------------------------
+
+def test_multiprocess_benchmarks_quick(tmp_path):
+    """1, 2 and 4 writer processes (and the exclusive baseline) once each at a tiny N: every
+    record lands and the throughput is reported; the data folders are gone afterwards."""
+    out = tmp_path / "mp.json"
+    env = {**os.environ, "KSTORE_BENCH_RECORDS": str(N), "KSTORE_BENCH_ROUNDS": "1",
+           "KSTORE_BENCH_DIR": str(tmp_path)}
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "benchmarks" / "test_bench_multiprocess.py"),
+         "--benchmark-only", f"--benchmark-json={out}", "-q", "-p", "no:cacheprovider"],
+        check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    runs = {b["extra_info"]["processes"]: b["extra_info"] for b in
+            json.loads(out.read_text())["benchmarks"] if b["extra_info"]["mode"] == "shared"}
+    assert sorted(runs) == [1, 2, 4]
+    assert all(r["records_per_s_median"] > 0 for r in runs.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mp.json"]
+
+
 # ---- asv suite, each benchmark once ---------------------------------------------------------
 
 def _load_asv_module():

@@ -216,7 +216,14 @@ class Store:
                 fd = os.open(p / SHARED_FILE, os.O_RDWR | os.O_CREAT, 0o644)
                 try:
                     if os.fstat(fd).st_size < mmap.PAGESIZE:
-                        os.ftruncate(fd, mmap.PAGESIZE)
+                        # Allocated, not sparse: storing into a mapped hole on a full disk
+                        # would be SIGBUS.
+                        try:
+                            os.posix_fallocate(fd, 0, mmap.PAGESIZE)
+                        except OSError as exc:
+                            raise KafkaStorageError(
+                                f"cannot make {p / SHARED_FILE}: {exc.strerror or exc}; free "
+                                f"disk space and retry") from exc
                     self._shared_map = mmap.mmap(fd, mmap.PAGESIZE)
                 finally:
                     os.close(fd)

@@ -275,7 +275,13 @@ class PartitionLog:
             # twice through one fd.)
             self._lock_fd, first = lock_shared(d, "log directory")
             if os.fstat(self._tail_fd).st_size < _core.TAIL_FILE_SIZE:
-                os.ftruncate(self._tail_fd, _core.TAIL_FILE_SIZE)
+                # Allocated, not sparse: a store into a mapped hole on a full disk is SIGBUS.
+                try:
+                    os.posix_fallocate(self._tail_fd, 0, _core.TAIL_FILE_SIZE)
+                except OSError as exc:
+                    raise KafkaStorageError(
+                        f"cannot make {d / TAIL_FILE}: {exc.strerror or exc}; free disk "
+                        f"space and retry") from exc
             self._tail_map = mmap.mmap(self._tail_fd, _core.TAIL_FILE_SIZE)
             tail = _core.SharedTail(self._tail_map)
             if first:

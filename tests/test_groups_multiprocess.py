@@ -338,3 +338,28 @@ def test_store_sees_commits_appended_behind_its_cache(tmp_path):
         assert s.committed("g", "t", 0) == 7
         assert s.committed("other", "t", 0) == 5
         assert s.groups() == ["g", "other"]
+
+
+def _join_many(data_dir, mid, barrier, n):
+    barrier.wait(DEADLINE)
+    for i in range(n):
+        m = GroupMember(data_dir, f"new-{i}", mid, partitions_for)
+        m.join(["t"])
+        m.leave()
+
+
+def test_processes_creating_one_group_at_once_do_not_trip_over_each_other(tmp_path):
+    """Regression: the group's name file was written (name.tmp + rename) before taking the
+    group lock, so two processes creating the group at once could lose the rename race and
+    fail to join with KafkaStorageError."""
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_join_many, args=(str(tmp_path), f"m{i}", barrier, 40))
+             for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(DEADLINE * 2)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert all(localgroups.read_state(localgroups.group_dir(tmp_path, f"new-{i}"))["members"] == {}
+               for i in range(40))

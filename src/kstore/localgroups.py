@@ -229,9 +229,6 @@ class GroupMember:
         def take() -> int:
             for sub in ("members", "claims"):
                 (self.directory / sub).mkdir(parents=True, exist_ok=True)
-            name = self.directory / "name"
-            if not name.exists():
-                _write_atomic(name, self.group.encode("utf-8", "surrogatepass"))
             return os.open(self.directory / "group.lock", os.O_RDWR | os.O_CREAT, 0o644)
 
         fd = self._fs("open the group lock", take)
@@ -239,11 +236,21 @@ class GroupMember:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
             except OSError as exc:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     os.close(fd)
                     raise KafkaStorageError(f"cannot lock {self.directory / 'group.lock'}: {exc}") from exc
+            else:
+                name = self.directory / "name"
+                try:
+                    if not name.exists():  # under the lock: one writer of name.tmp at a time
+                        _write_atomic(name, self.group.encode("utf-8", "surrogatepass"))
+                except OSError as exc:
+                    os.close(fd)
+                    raise KafkaStorageError(
+                        f"consumer group {self.group!r}: cannot write {name}: {exc}; check the "
+                        f"data directory's permissions and free space") from exc
+                return fd
             if time.monotonic() > deadline:
                 os.close(fd)
                 raise RebalanceInProgressError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import random
 import signal
 import statistics
 import tempfile
@@ -53,7 +54,9 @@ def one_run(session_ms: int) -> float:
         d = localgroups.group_dir(tmp, "bench")
         while not (len(localgroups.read_state(d)["members"]) == 3 and _all_claimed(d)):
             time.sleep(0.001)
-        time.sleep(0.2)  # settled
+        # Settled; kill at a random phase of the members' check interval (a fixed delay
+        # would land just after their checks, which started together).
+        time.sleep(0.2 + random.uniform(0, localgroups.check_interval(session_ms)))
         t0 = time.perf_counter()
         os.kill(procs["b"].pid, signal.SIGKILL)
         procs["b"].join()
@@ -69,7 +72,8 @@ def one_run(session_ms: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=9)
-    ap.add_argument("--session-timeout-ms", type=int, default=localgroups.DEFAULT_SESSION_TIMEOUT_MS)
+    ap.add_argument("--session-timeout-ms", type=int,
+                    default=localgroups.DEFAULT_SESSION_TIMEOUT_MS)
     args = ap.parse_args()
     times = []
     for i in range(args.runs):

@@ -11,8 +11,8 @@ Consumers of one group split the subscribed partitions between them (Kafka's ran
 assignment) and rebalance when one joins, closes or dies, whether they live in one process or
 in several processes on one data directory (kstore.localgroups: no server; a dead process is
 seen within ``session_timeout_ms`` by the lock it held). A store opened ``read_only`` cannot
-commit, so its group consumers balance only among themselves, in this process. ``group=None`` consumes without
-committing, as a Kafka consumer without ``group.id``. A Consumer is used by one thread at a
+commit, so its group consumers balance only among themselves, in this process.
+``group=None`` consumes without committing, as a Kafka consumer without ``group.id``. A Consumer is used by one thread at a
 time (``wakeup`` and ``close`` may come from another).
 """
 
@@ -199,7 +199,7 @@ class SharedGroupState(GroupState):
         self._store = store
         # Expiry (KIP-211) must not drop the commits of a group with members elsewhere.
         if not any(getattr(h, "kstore_local_groups", False) for h in store.group_activity_hooks):
-            hook = localgroups.activity_hook(store.path)
+            hook = localgroups.activity_hook(store.path, store.now_ms)
             hook.kstore_local_groups = True  # type: ignore[attr-defined]
             store.group_activity_hooks.append(hook)
 

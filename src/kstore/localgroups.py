@@ -174,12 +174,14 @@ def list_groups(data_dir: str | os.PathLike) -> list[str]:
     return sorted(names)
 
 
-def activity_hook(data_dir: str | os.PathLike) -> Callable[[], tuple[dict[str, int], int]]:
-    """For ``Store.group_activity_hooks``: groups with a live member in any process count as
-    active now, so offset expiry (KIP-211) never drops their commits; it says nothing of the
-    others (floor 0: their commit time decides, as without a hook)."""
+def activity_hook(data_dir: str | os.PathLike, now_ms: Callable[[], int],
+                  ) -> Callable[[], tuple[dict[str, int], int]]:
+    """For ``Store.group_activity_hooks`` (``now_ms``: the store's clock): groups with a live
+    member in any process count as active now, so offset expiry (KIP-211) never drops their
+    commits; it says nothing of the others (floor 0: their commit time decides, as without a
+    hook)."""
     def hook() -> tuple[dict[str, int], int]:
-        now = int(time.time() * 1000)
+        now = now_ms()
         return {g: now for g in list_groups(data_dir)}, 0
     return hook
 
@@ -239,7 +241,8 @@ class GroupMember:
             except OSError as exc:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     os.close(fd)
-                    raise KafkaStorageError(f"cannot lock {self.directory / 'group.lock'}: {exc}") from exc
+                    raise KafkaStorageError(
+                        f"cannot lock {self.directory / 'group.lock'}: {exc}") from exc
             else:
                 name = self.directory / "name"
                 try:
@@ -471,4 +474,5 @@ class GroupMember:
 
 
 __all__ = ["GroupMember", "range_assign", "live_members", "list_groups", "group_dir",
-           "check_interval", "read_state", "activity_hook", "GROUPS_DIR", "DEFAULT_SESSION_TIMEOUT_MS"]
+           "check_interval", "read_state", "activity_hook", "GROUPS_DIR",
+           "DEFAULT_SESSION_TIMEOUT_MS"]

@@ -485,6 +485,11 @@ class Store:
     # ==========================================================================================
     # Committed offsets (__consumer_offsets, Kafka's record format)
 
+    # Where the cached commits stand: the next offset to replay per __consumer_offsets
+    # partition, and when missing partition folders were last looked for (set with _committed).
+    _committed_next: dict[int, int]
+    _committed_scan: float = 0.0
+
     def _load_committed(self) -> dict[str, dict[tuple[str, int], offsets.OffsetCommit]]:
         """Every group's committed offsets. A writable store caches them and, on each call,
         replays only what other processes appended to __consumer_offsets since the last call
@@ -515,7 +520,7 @@ class Store:
                 else:
                     return self._committed
             committed: dict[str, dict[tuple[str, int], offsets.OffsetCommit]] = {}
-            self._committed_next: dict[int, int] = {}
+            self._committed_next = {}
             self._committed_scan = time.monotonic()
             if offsets.OFFSETS_TOPIC in self._topics or (self.read_only and offsets.OFFSETS_TOPIC in self._read_registry()):
                 if self.read_only:

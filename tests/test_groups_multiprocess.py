@@ -363,3 +363,34 @@ def test_processes_creating_one_group_at_once_do_not_trip_over_each_other(tmp_pa
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     assert all(localgroups.read_state(localgroups.group_dir(tmp_path, f"new-{i}"))["members"] == {}
                for i in range(40))
+
+
+def test_offsets_of_a_group_live_in_another_process_do_not_expire(tmp_path):
+    """KIP-211: commits of a group with members never expire, also when the members live in
+    another process (this Store only knows them through the group files)."""
+    now = [1_000]
+    with kstore.open(tmp_path / "d", clock=lambda: now[0], retention_check_interval_ms=0,
+                     offsets_retention_minutes=1) as s:
+        s.create_topic("t", partitions=4)
+        fill(s, "t", 2)
+        s.commit_offsets("live", {("t", 0): (1, "", 0)})
+        s.commit_offsets("gone", {("t", 0): (1, "", 0)})
+        ctx = mp.get_context("fork")
+        stop, pause = ctx.Event(), ctx.Event()
+        status = str(tmp_path / "status.json")
+        p = ctx.Process(target=_member_main, daemon=True,
+                        args=(str(s.path), "live", "m", status, stop, pause, 1000))
+        p.start()
+        try:
+            end = time.monotonic() + DEADLINE
+            while not os.path.exists(status):
+                assert time.monotonic() < end
+                time.sleep(0.01)
+            c = s.consumer(group="mine", topics=["t"])  # this process uses groups too
+            now[0] += 120_000
+            assert s.expire_offsets() == {"gone": [("t", 0)]}
+            assert s.committed("live", "t", 0) == 1
+            c.close()
+        finally:
+            stop.set()
+            p.join(DEADLINE)

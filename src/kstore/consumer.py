@@ -345,6 +345,12 @@ class Consumer:
     def _sync_assignment(self) -> None:
         if self.group is None or not self.subscription:
             return
+        # Also called from another consumer's thread (_sync_others) and by assignment():
+        # the group member's files and claims are used by one thread at a time.
+        with self._sync_lock:
+            self._sync_assignment_locked()
+
+    def _sync_assignment_locked(self) -> None:
         state = self.store._groups.get(self.group)
         if state is None:
             return

@@ -11,7 +11,7 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-CSRC = ["csrc/batch.c", "csrc/crc32c.c", "csrc/index.c", "csrc/murmur2.c"]
+CSRC = ["csrc/batch.c", "csrc/crc32c.c", "csrc/index.c", "csrc/murmur2.c", "csrc/shared.c"]
 
 compile_args = ["-O3", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-function"]
 link_args = []

@@ -1598,5 +1598,6 @@ def encode_batches(values, keys=None, timestamps=None, *, compression="none",
     return b._take()
 
 
+include "_shared.pxi"
 include "_segment.pxi"
 include "_producer.pxi"

@@ -286,6 +286,98 @@ cdef class SegmentAppender:
         self.offset_of_max_timestamp = offset_of_max_timestamp
         self.first_batch_timestamp = first_batch_timestamp
 
+    # -- shared tails (several processes append to one partition: csrc/shared.h) ----------
+
+    cdef int _pread_entries(self, int fd, Pinned buf, Py_ssize_t start, Py_ssize_t end,
+                            Py_ssize_t size) except -1:
+        cdef uint8_t *p = <uint8_t *>buf.ptr + start * size
+        cdef Py_ssize_t left = (end - start) * size
+        cdef Py_ssize_t at = start * size
+        cdef ssize_t n
+        while left > 0:
+            n = pread(fd, p, left, at)
+            if n < 0 and errno == EINTR:
+                continue
+            if n <= 0:
+                raise errors.KafkaStorageError(
+                    f"reading index entries of segment {self.base_offset:020d} another process "
+                    f"wrote failed: {strerror(errno).decode() if n < 0 else 'file too short'}")
+            p += n
+            at += n
+            left -= n
+        return 0
+
+    def load_shared(self, SharedTail st):
+        """Take over the state another process published for this (same) active segment:
+        sizes, offsets, index bookkeeping and the index entries it added (from the files, and
+        from the shared pending entries not yet in them)."""
+        cdef ks_tail *t = st.t
+        cdef Py_ssize_t oe = t.offset_entries, op = t.offset_persisted
+        cdef Py_ssize_t te = t.time_entries, tp = t.time_persisted
+        if oe > self.offset_max_entries or te > self.time_max_entries or op > oe or tp > te:
+            raise errors.KafkaStorageError(
+                f"the shared tail of segment {self.base_offset:020d} names {oe} offset and "
+                f"{te} time index entries, more than its index holds")
+        if self.oidx is not None:
+            if self.offset_entries < op:
+                self._pread_entries(self.ofd, self.oidx, self.offset_entries, op, KS_OFFSET_INDEX_ENTRY)
+            memcpy(<uint8_t *>self.oidx.ptr + op * KS_OFFSET_INDEX_ENTRY, &t.offset_pending[0],
+                   (oe - op) * KS_OFFSET_INDEX_ENTRY)
+        if self.tidx is not None:
+            if self.time_entries < tp:
+                self._pread_entries(self.tfd, self.tidx, self.time_entries, tp, KS_TIME_INDEX_ENTRY)
+            memcpy(<uint8_t *>self.tidx.ptr + tp * KS_TIME_INDEX_ENTRY, &t.time_pending[0],
+                   (te - tp) * KS_TIME_INDEX_ENTRY)
+        self.offset_entries = oe
+        self.offset_persisted = op
+        self.time_entries = te
+        self.time_persisted = tp
+        self.size = t.size
+        self.next_offset = t.next_offset
+        self.bytes_since_index = t.bytes_since_index
+        self.max_timestamp = t.max_timestamp
+        self.offset_of_max_timestamp = t.offset_of_max_timestamp
+        self.first_batch_timestamp = t.first_batch_timestamp
+        self.created_ms = t.created_ms
+        self.last_time_entry = t.last_time_entry
+
+    def publish(self, SharedTail st, int64_t leo, int64_t recovery_point, int64_t last_flush_ms):
+        """Store this segment's append state in the shared tail and move its ``seq`` (the caller
+        holds the tail's lock). Index entries beyond what the shared area can carry go to the
+        files first."""
+        cdef ks_tail *t = st.t
+        cdef int64_t pid = getpid()
+        if (self.offset_entries - self.offset_persisted > KS_TAIL_PENDING
+                or self.time_entries - self.time_persisted > KS_TAIL_PENDING):
+            self._persist()
+        if self.oidx is not None:
+            memcpy(&t.offset_pending[0], self.oidx.ptr + self.offset_persisted * KS_OFFSET_INDEX_ENTRY,
+                   (self.offset_entries - self.offset_persisted) * KS_OFFSET_INDEX_ENTRY)
+        if self.tidx is not None:
+            memcpy(&t.time_pending[0], self.tidx.ptr + self.time_persisted * KS_TIME_INDEX_ENTRY,
+                   (self.time_entries - self.time_persisted) * KS_TIME_INDEX_ENTRY)
+        t.active_base = self.base_offset
+        t.offset_entries = self.offset_entries
+        t.offset_persisted = self.offset_persisted
+        t.time_entries = self.time_entries
+        t.time_persisted = self.time_persisted
+        t.size = self.size
+        t.next_offset = leo
+        t.bytes_since_index = self.bytes_since_index
+        t.max_timestamp = self.max_timestamp
+        t.offset_of_max_timestamp = self.offset_of_max_timestamp
+        t.first_batch_timestamp = self.first_batch_timestamp
+        t.created_ms = self.created_ms
+        t.last_time_entry = self.last_time_entry
+        t.recovery_point = recovery_point
+        t.last_flush_ms = last_flush_ms
+        t.appends += 1
+        if t.last_pid != pid:
+            t.takeovers += 1
+            t.last_pid = pid
+        t.seq += 1
+        return t.seq
+
     @property
     def offset_index_full(self):
         return self.offset_entries >= self.offset_max_entries

@@ -8,20 +8,28 @@
 The directory looks like a Kafka broker's log directory: ``<topic>-<partition>/`` folders of
 segments, Kafka's checkpoint files, and ``__consumer_offsets-N/`` for committed offsets. The
 topic registry is ``kstore.json`` (replaced atomically). One process may hold a store for writing
+By default several processes (and several Stores in one process) may open one directory at once
+and all write to it: appends to a partition are serialised by a robust process-shared mutex
+(``kstore.log.partition``), topic changes by an flock around the registry, retention and
+compaction run in one process at a time. ``exclusive=True`` keeps the directory to one Store
 (an fcntl lock on ``<dir>/.lock``); others open it with ``read_only=True``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
+import fcntl
 import json
 import logging
 import os
 import shutil
+import mmap
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +49,18 @@ from kstore.errors import (
     UnknownTopicOrPartitionError,
 )
 from kstore.log import PartitionLog
-from kstore.log.checkpoint import atomic_write, lock_directory
+from kstore.log.checkpoint import atomic_write, lock_directory, lock_shared, share_lock
 from kstore.topic import refuse_internal, validate_topic_name
 
 log = logging.getLogger("kstore.store")
 
 REGISTRY = "kstore.json"
 LOCK_FILE = ".lock"
+#: Shared mode: a mapped counter that moves whenever a process changes the registry.
+SHARED_FILE = ".kstore-shared"
+#: Shared mode: flocks serialising registry changes and maintenance passes between processes.
+REGISTRY_LOCK = ".kstore-registry.lock"
+MAINTENANCE_LOCK = ".kstore-maintenance.lock"
 OFFSETS_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": 104857600,
                         "compression.type": "producer"}
 
@@ -64,6 +77,8 @@ class DataSignal:
         # ends (woken, timed out or cancelled), so waits that time out leave nothing behind.
         self._async: dict[asyncio.Future, asyncio.AbstractEventLoop] = {}
         self._async_lock = threading.Lock()
+        #: Set when a wait starts (shared stores watch other processes' appends meanwhile).
+        self.waiting = threading.Event()
 
     def notify(self) -> None:
         with self._cond:
@@ -82,6 +97,7 @@ class DataSignal:
         """Wait until the version moves past ``version``; False on timeout."""
         with self._cond:
             self.waiters += 1
+            self.waiting.set()
             try:
                 return self._cond.wait_for(lambda: self.version != version, timeout)
             finally:
@@ -96,6 +112,7 @@ class DataSignal:
             self._async[fut] = loop
         with self._cond:
             self.waiters += 1
+            self.waiting.set()
         try:
             if self.version != version:
                 return True
@@ -125,9 +142,16 @@ class Store:
                  auto_create_topics: bool = False, num_partitions: int = 1,
                  clock: Callable[[], int] | None = None,
                  retention_check_interval_ms: int = 300_000,
-                 offsets_retention_minutes: int = 10080) -> None:
+                 offsets_retention_minutes: int = 10080, exclusive: bool = False) -> None:
         self.path = Path(path)
         self.read_only = read_only
+        self.exclusive = exclusive
+        #: Other processes may write to this directory at the same time (see the module doc).
+        self.shared = not read_only and not exclusive
+        self._shared_map: mmap.mmap | None = None
+        self._registry_seen = 0
+        self._registry_depth = 0
+        self._maintenance_fd = -1
         self.auto_create_topics = auto_create_topics
         self.default_partitions = num_partitions
         self._clock = clock
@@ -161,7 +185,12 @@ class Store:
         self.offsets_retention_ms = offsets_retention_minutes * 60_000
         self._maintenance_stop = threading.Event()
         self._maintenance_thread: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
         self._open()
+        if self.shared:
+            self._watcher = threading.Thread(target=self._watch_other_processes,
+                                             name="kstore-watch", daemon=True)
+            self._watcher.start()
         if not read_only and retention_check_interval_ms > 0:
             self._maintenance_thread = threading.Thread(
                 target=self._maintenance_loop, name="kstore-maintenance", daemon=True)
@@ -177,15 +206,140 @@ class Store:
         if self.read_only:
             if not p.is_dir():
                 raise KafkaStorageError(f"data directory {p} does not exist")
+        elif self.shared:
+            self._lock_fd, first = lock_shared(p, "data directory")
         else:
             self._lock_fd = lock_directory(p, "data directory")
         try:
+            if self.shared:
+                if first:
+                    share_lock(self._lock_fd, p, "data directory")
+                fd = os.open(p / SHARED_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    if os.fstat(fd).st_size < mmap.PAGESIZE:
+                        os.ftruncate(fd, mmap.PAGESIZE)
+                    self._shared_map = mmap.mmap(fd, mmap.PAGESIZE)
+                finally:
+                    os.close(fd)
+                self._registry_seen = self._registry_version()
             self._topics = self._read_registry()
         except BaseException:
-            if self._lock_fd >= 0:  # a failed open must not keep the directory locked
-                os.close(self._lock_fd)
-                self._lock_fd = -1
+            self._release_locks()  # a failed open must not keep the directory locked
             raise
+
+    def _watch_other_processes(self) -> None:
+        """Shared mode: appends by other processes wake nobody here, so while someone waits
+        for data (a Consumer's poll, a server's Fetch), look at the shared tails of the open
+        logs every millisecond and wake the waiters when one moved. Idle otherwise."""
+        seen: dict[tuple[str, int], int] = {}
+        sig = self.signal
+        while not self._closed:
+            if not sig.waiters:
+                sig.waiting.clear()
+                if not sig.waiters:
+                    sig.waiting.wait(1.0)
+                continue
+            moved = False
+            for key, lg in list(self._logs.items()):
+                tail = lg._tail
+                if tail is None:
+                    continue
+                try:
+                    seq = tail.seq
+                except AttributeError:  # closed meanwhile
+                    continue
+                if seen.get(key) != seq:
+                    moved = moved or key in seen
+                    seen[key] = seq
+            if moved:
+                sig.notify()
+            self._maintenance_stop.wait(0.001)
+
+    def _release_locks(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        if self._shared_map is not None:
+            self._shared_map.close()
+            self._shared_map = None
+
+    # -- the registry across processes --------------------------------------------------------
+
+    def _registry_version(self) -> int:
+        m = self._shared_map
+        return int.from_bytes(m[:8], "little") if m is not None else 0
+
+    def _sync_registry(self) -> None:
+        """Shared mode: take in registry changes other processes made (cheap when none)."""
+        m = self._shared_map
+        if m is None or int.from_bytes(m[:8], "little") == self._registry_seen:
+            return
+        with self._lock:
+            v = self._registry_version()
+            if v != self._registry_seen and not self._closed:
+                self._apply_registry(self._read_registry())
+                self._registry_seen = v
+
+    def _apply_registry(self, topics: dict[str, dict[str, Any]]) -> None:
+        """Make ``topics`` this Store's registry (under ``_lock``): logs of topics deleted (or
+        deleted and made again) are closed, config changes reach the open logs."""
+        old = self._topics
+        for key, lg in list(self._logs.items()):
+            new_t, old_t = topics.get(key[0]), old.get(key[0])
+            if new_t is None or (old_t is not None
+                                 and new_t.get("topic_id") != old_t.get("topic_id")):
+                del self._logs[key]
+                try:
+                    lg.close()
+                except OSError as exc:
+                    log.warning("closing %s of a deleted topic: %s", lg.directory, exc)
+            elif old_t is not None and new_t.get("config") != old_t.get("config"):
+                lg.update_config(resolve_config(new_t.get("config")))
+        self._topics = topics
+        self.topic_epoch += 1
+
+    @contextlib.contextmanager
+    def _registry_lock(self) -> Iterator[None]:
+        """Hold the registry against other processes (shared mode) and this one's threads."""
+        with self._lock:
+            if not self.shared or self._registry_depth:
+                self._registry_depth += 1
+                try:
+                    yield
+                finally:
+                    self._registry_depth -= 1
+                return
+            try:
+                fd = os.open(self.path / REGISTRY_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise KafkaStorageError(f"cannot lock the topic registry of {self.path}: "
+                                        f"{exc}") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._sync_registry()
+                self._registry_depth = 1
+                yield
+            finally:
+                self._registry_depth = 0
+                os.close(fd)
+
+    def _change_registry(self, change: Callable[[dict[str, dict[str, Any]]], Any]) -> Any:
+        """Apply ``change`` to a copy of the registry as it is now (in every process), write
+        it, then make it this Store's. ``change`` raising, or the disk refusing the write
+        (KafkaStorageError), changes nothing anywhere. Returns what ``change`` returned."""
+        with self._registry_lock():
+            topics = copy.deepcopy(self._topics)
+            out = change(topics)
+            if topics == self._topics:
+                return out
+            self._write_registry(topics)
+            m = self._shared_map
+            if m is not None:
+                v = self._registry_version() + 1
+                m[:8] = v.to_bytes(8, "little")
+                self._registry_seen = v
+            self._apply_registry(topics)
+            return out
 
     def _read_registry(self) -> dict[str, dict[str, Any]]:
         path = self.path / REGISTRY
@@ -247,13 +401,14 @@ class Store:
         if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
             raise InvalidPartitionsError(f"partitions must be a positive int, not {partitions!r}")
         cfg = validate_config(config)
-        with self._lock:
-            if name in self._topics:
+
+        def change(topics: dict[str, dict[str, Any]]) -> None:
+            if name in topics:
                 raise TopicAlreadyExistsError(f"topic {name!r} already exists")
-            self._topics[name] = {"partitions": partitions, "config": _jsonable(cfg),
-                                  "topic_id": uuid.uuid4().hex}
-            self._write_registry(undo=lambda: self._topics.pop(name, None))
-            self.topic_epoch += 1
+            topics[name] = {"partitions": partitions, "config": _jsonable(cfg),
+                            "topic_id": uuid.uuid4().hex}
+
+        self._change_registry(change)
 
     def create_topics(self, topics: Iterable[tuple[str, int] | tuple[str, int, Mapping[str, Any] | None]],
                       ) -> dict[str, KStoreError]:
@@ -292,34 +447,35 @@ class Store:
                             "topic_id": uuid.uuid4().hex}
         if not wanted:
             return failed
-        with self._lock:
-            self._check_writable()
-            merged = dict(self._topics)
+
+        def change(topics: dict[str, dict[str, Any]]) -> None:
             for name, t in wanted.items():
-                if name in merged:
+                if name in topics:
                     failed[name] = TopicAlreadyExistsError(f"topic {name!r} already exists")
                 else:
-                    merged[name] = t
-            if len(merged) == len(self._topics):
-                return failed
-            try:
-                self._write_registry(merged)
-            except OSError as exc:
-                raise KafkaStorageError(
-                    f"cannot write the topic registry {self.path / REGISTRY}: "
-                    f"{exc.strerror or exc}; no topic was created (free space or fix "
-                    f"permissions, then retry)") from None
-            # One assignment: a reader on another thread sees all of them or none.
-            self._topics = merged
-            self.topic_epoch += 1
+                    topics[name] = t
+
+        self._check_writable()
+        try:
+            # One assignment of the new registry: a reader on another thread sees all of them
+            # or none.
+            self._change_registry(change)
+        except OSError as exc:
+            raise KafkaStorageError(
+                f"cannot write the topic registry {self.path / REGISTRY}: "
+                f"{exc.strerror or exc}; no topic was created (free space or fix "
+                f"permissions, then retry)") from None
         return failed
 
     def topics(self, internal: bool = False) -> list[str]:
         """Topic names (``internal=True`` includes ``__consumer_offsets``)."""
         self._refresh_registry()
+        self._sync_registry()
         return sorted(t for t in self._topics if internal or not t.startswith("__"))
 
     def _topic(self, name: str) -> dict[str, Any]:
+        if self._shared_map is not None:
+            self._sync_registry()
         t = self._topics.get(name)
         if t is None:
             self._refresh_registry()
@@ -361,53 +517,74 @@ class Store:
         for k in config:
             if k not in TOPIC_CONFIG:
                 validate_config({k: None})
-        with self._lock:
-            t = self._topic(name)
+        def change(topics: dict[str, dict[str, Any]]) -> None:
+            t = topics.get(name)
+            if t is None:
+                self._topic(name)  # UnknownTopicOrPartitionError, with its advice
+                raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
             merged = dict(t.get("config", {}))
             for k, v in config.items():
                 if v is None:
                     merged.pop(k, None)
             merged.update(_jsonable(cfg))
-            old = t.get("config", {})
             t["config"] = merged
-            self._write_registry(undo=lambda: t.__setitem__("config", old))
-            self.topic_epoch += 1
-            full = resolve_config(merged)
-            for (tn, _), lg in self._logs.items():
-                if tn == name:
-                    lg.update_config(full)
+
+        self._change_registry(change)  # the open logs get the new config (_apply_registry)
 
     def create_partitions(self, name: str, count: int) -> None:
         """Grow a topic to ``count`` partitions (partitions only grow). Raises
         InternalTopicError for an internal topic."""
         self._check_writable()
         refuse_internal(name, "add partitions to")
-        with self._lock:
-            t = self._topic(name)
+        def change(topics: dict[str, dict[str, Any]]) -> None:
+            self._topic(name)  # UnknownTopicOrPartitionError, with its advice
+            t = topics[name]
             if not isinstance(count, int) or count <= t["partitions"]:
                 raise InvalidPartitionsError(
                     f"topic {name!r} has {t['partitions']} partitions; the new count must be "
                     f"larger, not {count!r}")
-            old = t["partitions"]
             t["partitions"] = count
-            self._write_registry(undo=lambda: t.__setitem__("partitions", old))
-            self.topic_epoch += 1
+
+        self._change_registry(change)
+
+    def _stop_other_writers(self, d: Path) -> None:
+        """Shared mode, deleting a topic whose registry entry is gone: processes that still
+        have a partition open are told through its shared tail, so their next append or read
+        raises UnknownTopicOrPartitionError instead of writing into a folder about to go."""
+        from kstore.log.checkpoint import writer_holds_lock
+
+        if not writer_holds_lock(d):
+            return
+        try:
+            lg = PartitionLog.open(d, shared=True, clock=self._clock)
+        except KStoreError as exc:
+            log.warning("deleting %s: cannot tell its other writers: %s", d, exc)
+            return
+        try:
+            lg.mark_deleted()
+        finally:
+            try:
+                lg.close()
+            except OSError as exc:
+                log.warning("deleting %s: %s", d, exc)
 
     def delete_topic(self, name: str) -> None:
         """Delete a topic and its data (committed offsets for it are kept until they expire).
         Raises InternalTopicError for an internal topic."""
         self._check_writable()
         refuse_internal(name, "delete")
-        with self._lock:
+        with self._registry_lock():
             t = self._topic(name)
+
+            def change(topics: dict[str, dict[str, Any]]) -> None:
+                del topics[name]
+
+            # On failure the topic stays, as the file still says (its logs stay open).
+            self._change_registry(change)  # closes this Store's logs of the topic
             for p in range(t["partitions"]):
-                lg = self._logs.pop((name, p), None)
-                if lg is not None:
-                    lg.close()
-            del self._topics[name]
-            # On failure the topic stays (its logs reopen on next use), as the file still says.
-            self._write_registry(undo=lambda: self._topics.__setitem__(name, t))
-            self.topic_epoch += 1
+                d = self.path / f"{name}-{p}"
+                if self.shared and d.exists():
+                    self._stop_other_writers(d)
             for p in range(t["partitions"]):
                 d = self.path / f"{name}-{p}"
                 if d.exists():
@@ -422,6 +599,8 @@ class Store:
     def partition(self, topic: str, partition: int) -> PartitionLog:
         """The PartitionLog of one partition (opened on first use), for servers that embed
         kstore. Raises UnknownTopicOrPartitionError."""
+        if self._shared_map is not None:
+            self._sync_registry()
         key = (topic, partition)
         lg = self._logs.get(key)
         if lg is not None:
@@ -438,7 +617,7 @@ class Store:
                     f"{t['partitions']} (0..{t['partitions'] - 1})")
             lg = PartitionLog.open(self.path / f"{topic}-{partition}",
                                    resolve_config(t.get("config")), read_only=self.read_only,
-                                   clock=self._clock)
+                                   clock=self._clock, shared=self.shared)
             lg._signal = self.signal
             self._logs[key] = lg
             return lg
@@ -631,13 +810,14 @@ class Store:
 
     def _ensure_offsets_topic(self) -> None:
         if offsets.OFFSETS_TOPIC not in self._topics:
-            with self._lock:
-                if offsets.OFFSETS_TOPIC not in self._topics:
-                    self._topics[offsets.OFFSETS_TOPIC] = {
-                        "partitions": offsets.OFFSETS_PARTITIONS, "config": OFFSETS_TOPIC_CONFIG,
-                        "topic_id": uuid.uuid4().hex, "internal": True}
-                    self._write_registry(
-                        undo=lambda: self._topics.pop(offsets.OFFSETS_TOPIC, None))
+            def change(topics: dict[str, dict[str, Any]]) -> None:
+                if offsets.OFFSETS_TOPIC not in topics:
+                    topics[offsets.OFFSETS_TOPIC] = {
+                        "partitions": offsets.OFFSETS_PARTITIONS,
+                        "config": dict(OFFSETS_TOPIC_CONFIG), "topic_id": uuid.uuid4().hex,
+                        "internal": True}
+
+            self._change_registry(change)
 
     def groups(self) -> list[str]:
         """Groups with committed offsets, or with live members in this process or in any
@@ -705,11 +885,32 @@ class Store:
         __consumer_offsets, are cleaned when their dirty ratio calls for it). Returns what was
         deleted or cleaned, per partition. A partition whose topic is deleted meanwhile is
         skipped; any other failure of one partition is logged and the pass goes on with the
-        rest. Raises ClosedError only when the store itself is closed."""
+        rest. Raises ClosedError only when the store itself is closed.
+
+        Shared mode: one process at a time runs a pass (an flock on
+        ``.kstore-maintenance.lock``); when another one is running its pass, this returns
+        ``{"skipped": "..."}`` at once and changes nothing."""
+        self._check_writable()
+        if not self.shared:
+            return self._run_maintenance()
+        try:
+            fd = os.open(self.path / MAINTENANCE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise KafkaStorageError(f"cannot open {self.path / MAINTENANCE_LOCK}: {exc}") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return {"skipped": "another process is running maintenance on this directory"}
+            return self._run_maintenance()
+        finally:
+            os.close(fd)
+
+    def _run_maintenance(self) -> dict[str, Any]:
         from kstore.cleaner import clean_log
         from kstore.retention import enforce_retention
 
-        self._check_writable()
+        self._sync_registry()
         now = self.now_ms()
         report: dict[str, Any] = {}
         for name, t in list(self._topics.items()):
@@ -855,6 +1056,7 @@ class Store:
         self._maintenance_stop.set()
         if self._maintenance_thread is not None and self._maintenance_thread is not threading.current_thread():
             self._maintenance_thread.join()
+        self.signal.waiting.set()
         for c in list(self._clients):
             try:
                 c.close()
@@ -872,9 +1074,10 @@ class Store:
                         log.error("%s", exc)
                 self._logs.clear()
             finally:
-                if self._lock_fd >= 0:
-                    os.close(self._lock_fd)
-                    self._lock_fd = -1
+                self._release_locks()
+                if self._maintenance_fd >= 0:
+                    os.close(self._maintenance_fd)
+                    self._maintenance_fd = -1
         self.signal.notify()
         if failures:
             raise KafkaStorageError(

@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger("kstore.log")
@@ -178,30 +179,94 @@ def lock_directory(directory: Path, what: str) -> int:
                                 f"permissions or open it with read_only=True") from exc
     except OSError as exc:
         raise KafkaStorageError(f"cannot use {directory} as a {what}: {exc}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise LogLockedError(
-                f"{what} {directory} is already open for writing (by this or another process); "
-                f"one writer at a time: close the other, or open this one with read_only=True"
-            ) from None
-        raise KafkaStorageError(f"cannot lock {directory}: {exc}") from exc
-    return fd
+    for attempt in range(20):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError as exc:
+            busy = exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+            if busy and attempt < 19:
+                # A writer_holds_lock() probe holds it for a moment: a few retries tell it
+                # apart from a writer.
+                time.sleep(0.001)
+                continue
+            os.close(fd)
+            if busy:
+                raise LogLockedError(
+                    f"{what} {directory} is already open for writing (by this or another "
+                    f"process) without sharing it; close the other, open both with "
+                    f"shared writes (the default of kstore.open), or open this one with "
+                    f"read_only=True") from None
+            raise KafkaStorageError(f"cannot lock {directory}: {exc}") from exc
+    raise AssertionError("unreachable")
 
 
 def writer_holds_lock(directory: Path) -> bool:
-    """Whether a writer (in any process, this one included) holds ``<dir>/.lock`` now. A probe
-    with a shared lock, released at once: it never keeps a writer out."""
+    """Whether a writer (in any process, this one included; exclusive or shared) holds
+    ``<dir>/.lock`` now. A probe with an exclusive lock, released at once: shared writers
+    opening meanwhile retry (``lock_shared``); an exclusive writer's open may be refused as
+    if a writer were there, which it then was."""
     try:
         fd = os.open(directory / ".lock", os.O_RDONLY)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return True
     finally:
         os.close(fd)  # also releases the probe's lock
     return False
+
+
+def lock_shared(directory: Path, what: str, probe_first: bool = True) -> tuple[int, bool]:
+    """Create ``directory`` if needed and take ``<dir>/.lock`` for a shared writer (several
+    processes write at once). Returns (fd, first): ``first`` when no other writer had it, in
+    which case the fd holds the lock exclusively and the caller, still serialised against
+    other openers, calls ``share_lock(fd)`` once it has set things up. Raises LogLockedError
+    when an exclusive writer (``shared=False``) has it."""
+    from kstore.errors import KafkaStorageError, LogLockedError
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError as exc:
+        raise KafkaStorageError(f"cannot write to {what} {directory}: {exc.strerror}; check its "
+                                f"permissions or open it with read_only=True") from exc
+    except OSError as exc:
+        raise KafkaStorageError(f"cannot use {directory} as a {what}: {exc}") from exc
+    if probe_first:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd, True
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                os.close(fd)
+                raise KafkaStorageError(f"cannot lock {directory}: {exc}") from exc
+    # Someone holds it: shared writers (join them) or an exclusive one (refuse). A probe by
+    # writer_holds_lock() holds it exclusively for a moment: try for a while before refusing.
+    for attempt in range(70):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return fd, False
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                os.close(fd)
+                raise KafkaStorageError(f"cannot lock {directory}: {exc}") from exc
+        time.sleep(0.001 if attempt < 50 else 0.005)
+    os.close(fd)
+    raise LogLockedError(
+        f"{what} {directory} is open for writing by a process that does not share it "
+        f"(opened with exclusive=True / shared=False); close it, or open this one with "
+        f"read_only=True")
+
+
+def share_lock(fd: int, directory: Path, what: str) -> None:
+    """Turn the exclusive lock ``lock_shared`` gave a first opener into a shared one."""
+    from kstore.errors import LogLockedError
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        raise LogLockedError(f"{what} {directory} was taken by an exclusive writer while this "
+                             f"process opened it; close that one or retry") from None

@@ -81,6 +81,29 @@ class IndexFile:
         self.entries = entries
         self.writable = True
 
+    def open_shared(self, max_bytes: int, persisted: int) -> None:
+        """Active segment of a shared tail (several processes append): like ``open_writable``,
+        but the file is never cut (other processes' entries are in it); its first
+        ``persisted`` entries are loaded."""
+        self.close()
+        size = max(max_bytes - max_bytes % self.entry_size, self.entry_size * 2)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            want = min(persisted, size // self.entry_size) * self.entry_size
+            data = os.pread(fd, want, 0) if want else b""
+        except OSError as exc:
+            raise KafkaStorageError(f"cannot open index {self.path}: {exc}") from exc
+        if len(data) != want:
+            os.close(fd)
+            raise KafkaStorageError(f"index {self.path} holds {len(data)} bytes, fewer than the "
+                                    f"{want} its shared tail says were written")
+        mm = mmap.mmap(-1, size)
+        mm[: len(data)] = data
+        self.mm = mm
+        self.fd = fd
+        self.entries = len(data) // self.entry_size
+        self.writable = True
+
     def valid_entries_in_file(self) -> int:
         """Real entries in a possibly zero-padded file (a crash left it untrimmed)."""
         if self.mm is None:

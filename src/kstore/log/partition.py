@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import errno
+import fcntl
 import logging
+import mmap
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,7 @@ from kstore.errors import (
     KafkaStorageError,
     OffsetOutOfRangeError,
     ReadOnlyError,
+    UnknownTopicOrPartitionError,
 )
 from kstore.log import quarantine
 from kstore.log.checkpoint import (
@@ -50,6 +54,8 @@ from kstore.log.checkpoint import (
     atomic_write,
     fsync_dir,
     lock_directory,
+    lock_shared,
+    share_lock,
 )
 from kstore.log.fileslice import FileSlice
 from kstore.log.segment import Segment, SegmentGone, _NeedsRecovery, _scan_file
@@ -59,6 +65,8 @@ log = logging.getLogger("kstore.log")
 
 CLEAN_SHUTDOWN_MARKER = ".kstore_cleanshutdown"
 LOCK_FILE = ".lock"
+#: The shared tail of a partition several processes append to (csrc/shared.h), mapped by each.
+TAIL_FILE = ".kstore-tail"
 LEADER_EPOCH_CHECKPOINT = "leader-epoch-checkpoint"
 EARLIEST_TIMESTAMP = -2  # ListOffsets: the log start offset
 LATEST_TIMESTAMP = -1  # ListOffsets: the log end offset
@@ -129,6 +137,15 @@ class PartitionLog:
         self._key = key
         # Appends to an internal topic come only from kstore's offsets code (_internal=True).
         self._internal = is_internal_topic(self.topic)
+        # Shared mode (several processes append): the mapped tail, its file, what this process
+        # last saw of it.
+        self._tail: _core.SharedTail | None = None
+        self._tail_map: mmap.mmap | None = None
+        self._tail_fd = -1
+        self._tail_depth = 0
+        self._closing = False
+        self._seen_seq = -1
+        self._seen_gen = -1
         self._rp_file = CheckpointFile.for_path(directory.parent / RECOVERY_POINT)
         self._lso_file = CheckpointFile.for_path(directory.parent / LOG_START_OFFSET)
 
@@ -137,18 +154,24 @@ class PartitionLog:
 
     @classmethod
     def open(cls, directory: str | os.PathLike, config: Mapping[str, Any] | None = None,
-             read_only: bool = False, *, clock: Callable[[], int] | None = None) -> "PartitionLog":
+             read_only: bool = False, *, clock: Callable[[], int] | None = None,
+             shared: bool = False) -> "PartitionLog":
         """Open (creating it unless ``read_only``) the log in ``directory``, e.g. ``clicks-0/``.
 
         ``config`` uses Kafka's topic config names (``segment.bytes``, ``flush.messages``...).
-        Raises LogLockedError if another writer has it open, KafkaStorageError when the
-        directory cannot be used.
+        ``shared``: other processes (and other shared opens in this one) may append to the
+        same log at the same time; appends are serialised by a robust process-shared mutex in
+        ``<dir>/.kstore-tail`` (see ``csrc/shared.h``). Without it the log is this open's
+        alone. Raises LogLockedError if a writer of the other kind has it open,
+        KafkaStorageError when the directory cannot be used.
         """
         directory = Path(directory)
         self = cls(directory, resolve_config(config), read_only, clock or _core.now_ms)
         try:
             if read_only:
                 self._open_read_only()
+            elif shared:
+                self._open_shared()
             else:
                 self._open_writer()
         except BaseException:
@@ -156,9 +179,10 @@ class PartitionLog:
             raise
         return self
 
-    def _open_writer(self) -> None:
+    def _open_writer(self, locked: bool = False) -> None:
         d = self.directory
-        self._lock_fd = lock_directory(d, "log directory")
+        if not locked:
+            self._lock_fd = lock_directory(d, "log directory")
         if not os.access(d, os.W_OK):
             raise KafkaStorageError(f"log directory {d} is not writable")
         started = time.perf_counter()
@@ -224,6 +248,328 @@ class PartitionLog:
         self._recovery_point = self._leo if clean else min(rp, self._leo)
         self.recovery = RecoveryReport(clean, scanned, cut, why, time.perf_counter() - started,
                                        tuple(side_files))
+
+    # ==========================================================================================
+    # Shared mode: several processes append (csrc/shared.h)
+    #
+    # Every process maps <dir>/.kstore-tail and appends under its robust mutex: it locks, brings
+    # its view of the active segment up to date when the tail's seq moved (another process
+    # appended, rolled, deleted or cleaned segments), appends, publishes, unlocks. The first
+    # process to open the partition (no other writer holds <dir>/.lock) recovers it as an
+    # exclusive writer does and initialises the tail; later ones attach to it. Opens and closes
+    # are serialised by an flock on the tail file. The last process to close writes the
+    # clean-shutdown marker. A process that dies holding the mutex is noticed by the next one
+    # to lock it (EOWNERDEAD), which rebuilds the tail from the files (_shared_repair).
+
+    def _open_shared(self) -> None:
+        d = self.directory
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            self._tail_fd = os.open(d / TAIL_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise KafkaStorageError(f"cannot use {d} as a log directory: {exc}") from exc
+        fcntl.flock(self._tail_fd, fcntl.LOCK_EX)  # one open or close of this log at a time
+        try:
+            # Under the tail's flock: whether we are first cannot change until we let go. (A
+            # failed flock conversion drops the lock held before, so .lock is never probed
+            # twice through one fd.)
+            self._lock_fd, first = lock_shared(d, "log directory")
+            if os.fstat(self._tail_fd).st_size < _core.TAIL_FILE_SIZE:
+                os.ftruncate(self._tail_fd, _core.TAIL_FILE_SIZE)
+            self._tail_map = mmap.mmap(self._tail_fd, _core.TAIL_FILE_SIZE)
+            tail = _core.SharedTail(self._tail_map)
+            if first:
+                self._open_writer(locked=True)
+                tail.init(int.from_bytes(os.urandom(8), "little"))
+                tail.log_start = self._log_start
+                tail.segments_gen = 1
+                self._tail = tail
+                self._publish()
+                tail.mark_valid()
+                share_lock(self._lock_fd, d, "log directory")
+            else:
+                if not tail.valid:
+                    raise KafkaStorageError(
+                        f"{d / TAIL_FILE} is in use by another process but is not a tail this "
+                        f"kstore can share (another version?); close the other writers first")
+                self._tail = tail
+                if tail.lock():
+                    try:
+                        self._shared_repair()
+                    finally:
+                        tail.unlock()
+                else:
+                    try:
+                        self._shared_reload()
+                    finally:
+                        tail.unlock()
+                self.recovery = RecoveryReport(True, 0, 0, None, 0.0)
+        finally:
+            fcntl.flock(self._tail_fd, fcntl.LOCK_UN)
+
+    def _publish(self, segments_changed: bool = False) -> None:
+        """Store this process's view of the tail in the shared tail (the mutex is held)."""
+        tail = self._tail
+        assert tail is not None and self._active is not None and self._fast is not None
+        tail.log_start = self._log_start
+        if segments_changed:
+            tail.segments_gen = tail.segments_gen + 1
+        app = self._active.appender
+        assert app is not None
+        f = self._fast
+        self._seen_seq = app.publish(tail, f.leo, f.recovery_point, f.last_flush_ms)
+        self._seen_gen = tail.segments_gen
+
+    def _tail_lock(self) -> None:
+        """Hold the shared tail's mutex (reentrant within the thread holding ``_lock``) and be
+        up to date with it."""
+        tail = self._tail
+        assert tail is not None
+        if self._tail_depth:
+            self._tail_depth += 1
+            return
+        if tail.lock():
+            self._tail_depth = 1
+            try:
+                self._shared_repair()
+            except BaseException:
+                self._tail_unlock()
+                raise
+            return
+        self._tail_depth = 1
+        if tail.seq != self._seen_seq:
+            try:
+                self._shared_sync()
+            except BaseException:
+                self._tail_unlock()
+                raise
+
+    def _tail_unlock(self) -> None:
+        self._tail_depth -= 1
+        if self._tail_depth == 0 and self._tail is not None:
+            self._tail.unlock()
+
+    @contextlib.contextmanager
+    def _tail_held(self, segments_changed: bool = False) -> Iterator[None]:
+        """``_tail_lock``/``_tail_unlock`` around a block (nothing when not shared); with
+        ``segments_changed`` the block's changes to closed segments are published."""
+        if self._tail is None:
+            yield
+            return
+        self._tail_lock()
+        try:
+            yield
+            if segments_changed and self._active is not None and self._active.appender is not None:
+                self._publish(segments_changed=True)
+        finally:
+            self._tail_unlock()
+
+    def mark_deleted(self) -> None:
+        """Shared mode: the topic is being deleted; every process appending to or reading this
+        log gets UnknownTopicOrPartitionError from its next append or read."""
+        if self._tail is None:
+            return
+        with self._lock, self._tail_held():
+            self._tail.deleted = 1
+            self._seen_seq = self._tail.bump()
+
+    def _shared_refresh(self) -> None:
+        """Readers: pick up what other processes published (cheap when nothing moved)."""
+        tail = self._tail
+        if tail is None or tail.seq == self._seen_seq or self._closed:
+            return
+        with self._lock:
+            if self._closed or tail.seq == self._seen_seq:
+                return
+            self._tail_lock()
+            self._tail_unlock()
+
+    def _shared_sync(self) -> None:
+        """Under the mutex: take over what other processes published since we last looked."""
+        tail = self._tail
+        assert tail is not None and self._active is not None and self._fast is not None
+        if tail.deleted and not self._closing:
+            raise UnknownTopicOrPartitionError(
+                f"{self.topic}-{self.partition} was deleted by another process")
+        if tail.segments_gen != self._seen_gen or tail.active_base != self._active.base_offset:
+            self._shared_reload()
+            return
+        app = self._active.appender
+        assert app is not None
+        app.load_shared(tail)
+        f = self._fast
+        f.leo = tail.next_offset
+        f.recovery_point = tail.recovery_point
+        f.last_flush_ms = tail.last_flush_ms
+        self._log_start = tail.log_start
+        self._seen_seq = tail.seq
+
+    def _shared_reload(self) -> None:
+        """Under the mutex: rebuild the segment list from the directory and the tail (another
+        process rolled, deleted or compacted segments, or rebuilt the tail)."""
+        tail = self._tail
+        assert tail is not None
+        d = self.directory
+        active_base = tail.active_base
+        old = {s.base_offset: s for s in self._segments}
+        old_active = self._active
+        segs: list[Segment] = []
+        for b in self._segment_bases():
+            if b > active_base:
+                continue  # a roll that died before publishing: the next repair removes it
+            if b == active_base:
+                seg = Segment(d, b, self.config)
+                seg.attach_active(tail)
+                seg.ro_inode = _inode(seg.log_path)
+            else:
+                seg = old.get(b)  # type: ignore[assignment]
+                ino = _inode(d / f"{b:020d}.log")
+                if seg is None or seg.is_active or seg.ro_inode != ino:
+                    try:
+                        seg = Segment.load(d, b, self.config)
+                    except SegmentGone:
+                        continue
+                    seg.ro_inode = ino
+            segs.append(seg)
+        if not segs or segs[-1].base_offset != active_base:
+            raise KafkaStorageError(f"{d}: the active segment {active_base:020d}.log another "
+                                    f"process appends to is missing")
+        for i in range(len(segs) - 1):
+            segs[i].next_offset = segs[i + 1].base_offset
+        if old_active is not None and old_active is not segs[-1]:
+            old_active.detach_shared(None)
+        for b, seg in old.items():
+            if seg is not old_active and seg not in segs:
+                seg.close_files()
+        self._set_segments(segs)
+        self._active = None
+        self._use_active(segs[-1])
+        f = self._fast
+        assert f is not None
+        f.leo = tail.next_offset
+        f.recovery_point = tail.recovery_point
+        f.last_flush_ms = tail.last_flush_ms
+        self._log_start = max(tail.log_start, segs[0].base_offset)
+        self._seen_seq = tail.seq
+        self._seen_gen = tail.segments_gen
+
+    def _shared_repair(self) -> None:
+        """Under the mutex, which a process died holding (mid-append, mid-roll, mid-delete or
+        mid-swap): rebuild the tail from the files as recovery does after a crash. Whole
+        batches it wrote stay; a torn one is cut (kept in a side file unless it was a partial
+        write at the end); a segment it created but never used is removed."""
+        tail = self._tail
+        assert tail is not None
+        d = self.directory
+        started = time.perf_counter()
+        for seg in self._segments:
+            if seg.is_active:
+                seg.detach_shared(None)
+            else:
+                seg.close_files()
+        self._active = None
+        self._remove_leftovers()
+        bases = self._segment_bases()
+        # A roll publishes before anything is written to the new segment: an empty segment past
+        # the published active one is a roll that died half way.
+        while len(bases) > 1 and bases[-1] > tail.active_base and \
+                os.path.getsize(d / f"{bases[-1]:020d}.log") == 0:
+            _unlink_all(Segment(d, bases[-1], self.config).paths())
+            bases.pop()
+        if not bases:
+            segs = [Segment.create(d, max(tail.next_offset, tail.log_start), self.config)]
+            cut, why = 0, None
+        else:
+            segs = []
+            for b in bases[:-1]:
+                try:
+                    seg = Segment.load(d, b, self.config)
+                except SegmentGone:
+                    continue
+                seg.ro_inode = _inode(seg.log_path)
+                segs.append(seg)
+            last = Segment.load(d, bases[-1], self.config)
+            cut, why = last.recover(active=True)
+            if cut:
+                self._log_cut(last, why, [])
+            last.ro_inode = _inode(last.log_path)
+            segs.append(last)
+        for i in range(len(segs) - 1):
+            segs[i].next_offset = segs[i + 1].base_offset
+        self._set_segments(segs)
+        self._use_active(segs[-1])
+        f = self._fast
+        assert f is not None and segs[-1].appender is not None
+        f.leo = segs[-1].appender.next_offset
+        f.recovery_point = min(tail.recovery_point, f.leo)
+        self._log_start = max(tail.log_start, segs[0].base_offset)
+        fsync_dir(d)
+        self._publish(segments_changed=True)
+        log.warning("%s: a process died while appending; rebuilt the log's tail from the files "
+                    "in %.3f s (log end %d%s)", d, time.perf_counter() - started, f.leo,
+                    f", cut {cut} bytes: {why}" if cut else "")
+
+    def _close_shared(self) -> list[OSError]:
+        """Close in shared mode. The last process out closes the log as an exclusive writer
+        does (trimmed indexes, clean-shutdown marker); the others just let go."""
+        failures: list[OSError] = []
+        tail = self._tail
+        assert tail is not None
+        self._closing = True
+        fcntl.flock(self._tail_fd, fcntl.LOCK_EX)
+        try:
+            self._tail_lock()
+            try:
+                deleted = bool(tail.deleted)  # the folder is going: nothing more to write
+                if not deleted:
+                    try:
+                        self.flush()
+                    except OSError as exc:
+                        failures.append(exc)
+                last = not deleted
+                try:
+                    if last:
+                        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    last = False
+                if last:
+                    for seg in self._segments:
+                        try:
+                            seg.close()
+                        except OSError as exc:
+                            failures.append(exc)
+                            seg.abandon()
+                    if not failures:
+                        try:
+                            atomic_write(self.directory / CLEAN_SHUTDOWN_MARKER,
+                                         b'{"version":0}\n')
+                        except OSError as exc:
+                            failures.append(exc)
+                    # The next open is a first open: it recovers and initialises the tail.
+                    self._tail_map[:8] = bytes(8)  # type: ignore[index]
+                else:
+                    active = self._active
+                    if active is not None and active.appender is not None:
+                        self._publish()  # index entries this process persisted
+                    for seg in self._segments:
+                        if seg.is_active:
+                            seg.detach_shared(None)
+                        else:
+                            seg.close_files()
+                            seg.offset_index.close()
+                            seg.time_index.close()
+            finally:
+                # Unlocked before the mapping goes: a robust mutex left locked in unmapped
+                # memory would break this thread's robust list.
+                self._tail_depth = 1
+                self._tail_unlock()
+                tail.release()
+            for _, paths in self._pending_deletes:
+                _unlink_all(paths)
+        finally:
+            self._tail = None
+            self._release()  # .lock before the tail's flock: the next opener sees us gone
+        return failures
 
     def _quarantine(self, later: list[Segment]) -> list[tuple[Path, str]]:
         """Recovery cuts the log before ``later``: move their .log files to side files (their
@@ -391,6 +737,8 @@ class PartitionLog:
 
     @property
     def log_start_offset(self) -> int:
+        if self._tail is not None:
+            self._shared_refresh()
         return self._log_start
 
     @property
@@ -398,6 +746,8 @@ class PartitionLog:
         """The next offset to be written (also the high watermark: kstore has no replicas)."""
         if self.read_only:
             self._ro_refresh()
+        elif self._tail is not None:
+            self._shared_refresh()
         return self._leo
 
     high_watermark = log_end_offset
@@ -414,6 +764,8 @@ class PartitionLog:
 
     @property
     def size_bytes(self) -> int:
+        if self._tail is not None:
+            self._shared_refresh()
         return sum(s.size for s in self._segments)
 
     @property
@@ -421,6 +773,8 @@ class PartitionLog:
         return self._closed
 
     def segments(self) -> list[SegmentInfo]:
+        if self._tail is not None:
+            self._shared_refresh()
         return [SegmentInfo(s.base_offset, s.size, s.max_timestamp[0], s.log_path, s.is_active)
                 for s in self._segments]
 
@@ -473,25 +827,15 @@ class PartitionLog:
                 if fast is None:
                     self._check_writable()
                     raise ClosedError(f"log {self.directory} is closed")
-                result: Any = fast.append(buf, validate_records, verify_crc)
-                if result.__class__ is int:
-                    self._roll(result)  # the same AppendPath now points at the new segment
-                    result = fast.append(buf, False, False)
-                    if result.__class__ is int:
-                        raise InvalidRecordError(
-                            f"batches of {len(memoryview(buf))} bytes cannot go into a fresh "
-                            f"segment (roll reason {result})")
-                if fast.needs_flush:
+                if self._tail is not None:
+                    self._tail_lock()
                     try:
-                        self.flush()
-                    except OSError as exc:
-                        # The batches are in the log (readers see them): the append succeeded,
-                        # and saying otherwise would make a producer's retry store them twice.
-                        # The recovery point stays where it was; the next flush tries again.
-                        log.error("%s: offsets %d..%d are appended, but the flush that "
-                                  "flush.messages/flush.ms asked for failed: %s; they are in "
-                                  "the page cache, not yet known to be on disk (the next flush "
-                                  "retries)", self.directory, result[0], result[1], exc)
+                        result = self._append_locked(fast, buf, validate_records, verify_crc)
+                        self._publish()
+                    finally:
+                        self._tail_unlock()
+                else:
+                    result = self._append_locked(fast, buf, validate_records, verify_crc)
         except OSError as exc:
             # A roll's file creation or fsync refused by the disk: the kstore error
             # (KAFKA_STORAGE_ERROR) as for the write itself.
@@ -512,6 +856,29 @@ class PartitionLog:
             sig.version += 1
             if sig.waiters:
                 sig.notify()
+        return result
+
+    def _append_locked(self, fast: _core.AppendPath, buf: Any, validate_records: bool,
+                       verify_crc: bool) -> Any:
+        result: Any = fast.append(buf, validate_records, verify_crc)
+        if result.__class__ is int:
+            self._roll(result)  # the same AppendPath now points at the new segment
+            result = fast.append(buf, False, False)
+            if result.__class__ is int:
+                raise InvalidRecordError(
+                    f"batches of {len(memoryview(buf))} bytes cannot go into a fresh "
+                    f"segment (roll reason {result})")
+        if fast.needs_flush:
+            try:
+                self.flush()
+            except OSError as exc:
+                # The batches are in the log (readers see them): the append succeeded, and
+                # saying otherwise would make a producer's retry store them twice. The
+                # recovery point stays where it was; the next flush tries again.
+                log.error("%s: offsets %d..%d are appended, but the flush that "
+                          "flush.messages/flush.ms asked for failed: %s; they are in the page "
+                          "cache, not yet known to be on disk (the next flush retries)",
+                          self.directory, result[0], result[1], exc)
         return result
 
     append_batch = append_batches
@@ -567,6 +934,8 @@ class PartitionLog:
             raise
         self._set_segments(self._segments + [new])
         self._use_active(new)
+        if self._tail is not None:
+            self._publish()  # before anything is written to it: see _shared_repair
         fsync_dir(self.directory)
         # Kafka fsyncs everything below the new segment in the background, then moves the
         # recovery point there; appends do not wait for it.
@@ -578,7 +947,7 @@ class PartitionLog:
     def roll(self) -> None:
         """Start a new active segment now (if the current one holds data)."""
         self._check_writable()
-        with self._lock:
+        with self._lock, self._tail_held():
             self._roll()
 
     def _flush_rolled(self, seg: Segment, upto: int) -> None:
@@ -588,12 +957,17 @@ class PartitionLog:
             log.warning("%s: background fsync of %s failed: %s", self.directory, seg.log_path, exc)
             return
         with self._lock:
-            if not self._closed and upto > self._recovery_point:
-                self._recovery_point = upto
-                try:
-                    self._write_recovery_point()
-                except OSError as exc:  # the next flush writes it again
-                    log.warning("%s: %s", self.directory, exc)
+            if self._closed:
+                return
+            with self._tail_held():
+                if upto > self._recovery_point:
+                    self._recovery_point = upto
+                    try:
+                        self._write_recovery_point()
+                    except OSError as exc:  # the next flush writes it again
+                        log.warning("%s: %s", self.directory, exc)
+                    if self._tail is not None:
+                        self._publish()
 
     # ==========================================================================================
     # Durability
@@ -601,7 +975,7 @@ class PartitionLog:
     def flush(self) -> None:
         """fsync every segment holding unflushed data, then advance the recovery point."""
         self._check_writable()
-        with self._lock:
+        with self._lock, self._tail_held():
             upto = self._leo
             rp = self._recovery_point
             # Only segments holding offsets at or above the recovery point: a segment ends where
@@ -616,6 +990,8 @@ class PartitionLog:
             if upto > self._recovery_point:
                 self._recovery_point = upto
                 self._write_recovery_point()
+                if self._tail is not None:
+                    self._publish()
 
     def _write_recovery_point(self) -> None:
         self._rp_file.update({self._key: self._recovery_point})
@@ -636,6 +1012,8 @@ class PartitionLog:
         self._check_open()
         if self.read_only and offset >= self._leo:
             self._ro_refresh()
+        elif self._tail is not None:
+            self._shared_refresh()
         for attempt in range(3):
             try:
                 return self._read(offset, max_bytes, max_offset, every_header)
@@ -647,6 +1025,8 @@ class PartitionLog:
                     raise
                 if self.read_only:
                     self._ro_refresh()
+                elif self._tail is not None:
+                    self._shared_refresh()
         raise AssertionError("unreachable")
 
     def _read(self, offset: int, max_bytes: int, max_offset: int | None,
@@ -690,6 +1070,8 @@ class PartitionLog:
             return self.log_end_offset
         if self.read_only:
             self._ro_refresh()
+        elif self._tail is not None:
+            self._shared_refresh()
         for seg in self._segments:
             if seg.max_timestamp[0] < timestamp:
                 continue
@@ -708,10 +1090,12 @@ class PartitionLog:
         if self._leo > offset:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self.read_only:
+        if self.read_only or self._tail is not None:
+            # Appends by other processes wake nobody here: look at the file or the shared tail
+            # with a backoff (appends in this process are seen at the next look).
             delay = 0.0005
             while not self._closed:
-                self._ro_refresh()
+                self._ro_refresh() if self.read_only else self._shared_refresh()
                 if self._leo > offset:
                     return True
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -737,12 +1121,12 @@ class PartitionLog:
         process; a read-only log polls with asyncio.sleep)."""
         if self._leo > offset:
             return True
-        if self.read_only:
+        if self.read_only or self._tail is not None:
             loop = asyncio.get_running_loop()
             deadline = None if timeout is None else loop.time() + timeout
             delay = 0.0005
             while not self._closed:
-                self._ro_refresh()
+                self._ro_refresh() if self.read_only else self._shared_refresh()
                 if self._leo > offset:
                     return True
                 if deadline is not None and loop.time() >= deadline:
@@ -788,7 +1172,7 @@ class PartitionLog:
         if self._internal:
             refuse_internal(self.topic, "truncate")
         self._check_writable()
-        with self._lock:
+        with self._lock, self._tail_held(segments_changed=True):
             if offset >= self._leo:
                 return
             if offset < self._log_start:
@@ -817,7 +1201,7 @@ class PartitionLog:
         and delete the segments wholly below it. Returns how many segments went. When every
         segment goes, a new empty active segment is rolled first, as Kafka does."""
         self._check_writable()
-        with self._lock:
+        with self._lock, self._tail_held(segments_changed=True):
             if offset > self._leo:
                 raise OffsetOutOfRangeError(
                     f"cannot move the log start to {offset}, past the log end {self._leo}")
@@ -876,7 +1260,7 @@ class PartitionLog:
             tmp._rebuild_indexes()
             tmp.close()
             built.append((p, tmp.offset_index.path, tmp.time_index.path))
-        with self._lock:
+        with self._lock, self._tail_held(segments_changed=True):
             segs = self._segments
             idx = {s.base_offset: i for i, s in enumerate(segs)}
             found = [idx.get(b) for b in old_bases]
@@ -973,7 +1357,7 @@ class PartitionLog:
         CRC checks keeps its indexes; that is corruption for ``verify`` to report."""
         self._check_writable()
         rebuilt, skipped = [], []
-        with self._lock:
+        with self._lock, self._tail_held(segments_changed=True):
             for seg in list(self._segments):
                 res = _scan_file(seg.log_path, 0, seg.size, check_crc=True)
                 scans = [res] if res is not None else []
@@ -1088,18 +1472,21 @@ class PartitionLog:
             if self._closed:
                 return
             try:
-                if not self.read_only:
+                shared = self._tail is not None
+                if shared:
+                    failures += self._close_shared()
+                elif not self.read_only:
                     try:
                         self.flush()
                     except OSError as exc:
                         failures.append(exc)
-                for seg in self._segments:
+                for seg in [] if shared else self._segments:
                     try:
                         seg.close()
                     except OSError as exc:
                         failures.append(exc)
                         seg.abandon()
-                if not self.read_only:
+                if not self.read_only and not shared:
                     if not failures:
                         marker = self.directory / CLEAN_SHUTDOWN_MARKER
                         try:
@@ -1129,6 +1516,19 @@ class PartitionLog:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+        # The tail's file last: closing it lets the next open or close of this log in.
+        if self._tail is not None:
+            self._tail.release()
+            self._tail = None
+        if self._tail_map is not None:
+            try:
+                self._tail_map.close()
+            except BufferError:
+                pass
+            self._tail_map = None
+        if self._tail_fd >= 0:
+            os.close(self._tail_fd)
+            self._tail_fd = -1
 
 
 def _base_offset(seg: Segment) -> int:

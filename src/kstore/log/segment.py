@@ -138,6 +138,43 @@ class Segment:
         self.appender = appender
         self._indexes_checked = True
 
+    def attach_active(self, tail: _core.SharedTail) -> None:
+        """Become the active segment of a shared tail another process set up: append state
+        and index entries come from the tail and the files, nothing is scanned or cut."""
+        try:
+            self._wfd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:
+            raise KafkaStorageError(f"cannot open {self.log_path} for appending: {exc}") from exc
+        try:
+            max_bytes = self.config["segment.index.bytes"]
+            self.offset_index.open_shared(max_bytes, tail.offset_persisted)
+            self.time_index.open_shared(max_bytes, tail.time_persisted)
+            app = _core.SegmentAppender(self._wfd, self.base_offset, 0, self.base_offset,
+                                        self.config["index.interval.bytes"])
+            app.attach_indexes(self.offset_index.mm, self.offset_index.entries,
+                               self.time_index.mm, self.time_index.entries)
+            app.attach_index_files(self.offset_index.fd, self.time_index.fd,
+                                   self.offset_index.entries, self.time_index.entries)
+            app.load_shared(tail)
+        except BaseException:
+            self.abandon()
+            raise
+        self.appender = app
+        self.next_offset = None
+        self._indexes_checked = True
+
+    def detach_shared(self, next_offset: int | None) -> None:
+        """Another process rolled past this segment (or rebuilt it): stop appending to it here
+        without writing anything (the process that closed it trimmed its indexes); reads go on
+        from its files."""
+        try:
+            self._size = os.path.getsize(self.log_path)
+        except FileNotFoundError:
+            self._size = self.size
+        self.next_offset = next_offset
+        self.abandon()
+        self._indexes_checked = False
+
     def open_active(self) -> None:
         """Reopen the last segment after a clean shutdown without scanning it: the state comes
         from the last index entries and the few batches after the last offset-index entry."""

@@ -394,3 +394,105 @@ def test_offsets_of_a_group_live_in_another_process_do_not_expire(tmp_path):
         finally:
             stop.set()
             p.join(DEADLINE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stores in several processes (shared mode)
+
+
+def _consumer_main(data_dir, log_path, stop):
+    """A consumer process: polls a few records at a time, logs what it got ("D p:o ...") and,
+    after committing, the committed positions ("C p:o ...")."""
+    s = kstore.open(data_dir, retention_check_interval_ms=0)
+    c = s.consumer(group="g", topics=["t"], auto_offset_reset="earliest", max_poll_records=10,
+                   auto_commit_interval_ms=60_000, session_timeout_ms=1000)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    while not stop.is_set():
+        recs = c.poll(timeout=0.05)
+        if not recs:
+            continue
+        os.write(fd, ("D " + " ".join(f"{r.partition}:{r.offset}" for r in recs) + "\n").encode())
+        c.commit()
+        last = {r.partition: r.offset + 1 for r in recs}
+        os.write(fd, ("C " + " ".join(f"{p}:{o}" for p, o in last.items()) + "\n").encode())
+        time.sleep(0.01)  # slow enough to be killed in the middle
+    c.close()
+    s.close()
+
+
+def _read_log(path):
+    delivered, committed = [], {}
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return delivered, committed
+    for line in text.splitlines():
+        kind, *items = line.split()
+        pairs = [tuple(int(x) for x in it.split(":")) for it in items]
+        if kind == "D":
+            delivered += pairs
+        else:
+            for p, o in pairs:
+                committed[p] = max(committed.get(p, 0), o)
+    return delivered, committed
+
+
+def test_three_store_processes_one_sigkilled_every_committed_record_once(tmp_path):
+    data = tmp_path / "d"
+    per_part = 300
+    with kstore.open(data, retention_check_interval_ms=0) as s:
+        s.create_topic("t", partitions=4)
+        fill(s, "t", per_part)
+    ctx = mp.get_context("fork")  # no Store is open in the parent when it forks
+    stop = ctx.Event()
+    logs = {n: str(tmp_path / f"{n}.log") for n in ("a", "b", "victim")}
+    procs = {n: ctx.Process(target=_consumer_main, args=(str(data), logs[n], stop), daemon=True)
+             for n in logs}
+    for p in procs.values():
+        p.start()
+    everything = {(p, o) for p in range(4) for o in range(per_part)}
+    try:
+        end = time.monotonic() + DEADLINE
+        while Path(logs["victim"]).exists() is False or \
+                Path(logs["victim"]).read_text().count("\nC ") < 3:
+            assert time.monotonic() < end, "the victim never got partitions"
+            time.sleep(0.005)
+        os.kill(procs["victim"].pid, signal.SIGKILL)
+        procs["victim"].join(DEADLINE)
+        end = time.monotonic() + DEADLINE * 2
+        while True:
+            got = set(_read_log(logs["a"])[0]) | set(_read_log(logs["b"])[0]) | \
+                set(_read_log(logs["victim"])[0])
+            if got >= everything:
+                break
+            assert time.monotonic() < end, f"{len(everything - got)} records never delivered"
+            time.sleep(0.02)
+        stop.set()
+        for n in ("a", "b"):
+            procs[n].join(DEADLINE)
+            assert procs[n].exitcode == 0
+    finally:
+        for p in procs.values():
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGKILL)
+                p.join(DEADLINE)
+    (da, _), (db, _) = _read_log(logs["a"]), _read_log(logs["b"])
+    dv, cv = _read_log(logs["victim"])
+    assert dv and cv, "the victim consumed nothing before it was killed"
+    survivors = da + db
+    assert len(survivors) == len(set(survivors)), "a survivor's record was delivered twice"
+    assert set(survivors) | set(dv) == everything
+    for d in (da, db, dv):  # per-partition order in each process
+        for p in range(4):
+            offs = [o for q, o in d if q == p]
+            assert offs == sorted(offs)
+    # What the victim committed is never delivered again; only what it read after its last
+    # commit may be.
+    again = {(p, o) for p, o in dv if (p, o) in set(survivors)}
+    assert all(o >= cv.get(p, 0) for p, o in again), sorted(again)[:5]
+    # The survivors took over the victim's partitions where its commits stood.
+    for p, o in cv.items():
+        assert (p, o) in set(survivors) or o == per_part
+    with kstore.open(data, retention_check_interval_ms=0) as s:
+        assert [s.committed("g", "t", p) for p in range(4)] == [per_part] * 4
+        assert s.describe_group("g")["members"] == []

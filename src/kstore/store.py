@@ -665,24 +665,34 @@ class Store:
     # Committed offsets (__consumer_offsets, Kafka's record format)
 
     # Where the cached commits stand: the next offset to replay per __consumer_offsets
-    # partition, and when missing partition folders were last looked for (set with _committed).
+    # partition, and the data directory's mtime when missing partition folders were last
+    # looked for (set with _committed).
     _committed_next: dict[int, int]
-    _committed_scan: float = 0.0
+    _committed_scan: int = -1
+
+    def _committed_look(self) -> bool:
+        """Whether partition folders may have appeared since the last look: the data
+        directory's mtime moved, or is too recent to trust (a folder created in the same
+        clock tick as the last look leaves it unchanged)."""
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except OSError:
+            return True
+        look = mtime != self._committed_scan or time.time_ns() - mtime < 2_000_000_000
+        self._committed_scan = mtime
+        return look
 
     def _load_committed(self) -> dict[str, dict[tuple[str, int], offsets.OffsetCommit]]:
         """Every group's committed offsets. A writable store caches them and, on each call,
         replays only what other processes appended to __consumer_offsets since the last call
         (a comparison of log ends per partition when nothing moved; partition folders that
-        do not exist yet are looked for again at most every 100 ms)."""
+        do not exist yet are looked for again when the data directory changed: one stat)."""
         with self._committed_lock:
             if self._committed is not None and not self.read_only:
                 if offsets.OFFSETS_TOPIC not in self._topics:
                     return self._committed
                 nxt = self._committed_next
-                now = time.monotonic()
-                look = now - self._committed_scan >= 0.1
-                if look:
-                    self._committed_scan = now
+                look = self._committed_look()
                 for p in range(self._topics[offsets.OFFSETS_TOPIC]["partitions"]):
                     if p not in nxt:
                         if not look or not (self.path / f"{offsets.OFFSETS_TOPIC}-{p}").exists():
@@ -700,7 +710,7 @@ class Store:
                     return self._committed
             committed: dict[str, dict[tuple[str, int], offsets.OffsetCommit]] = {}
             self._committed_next = {}
-            self._committed_scan = time.monotonic()
+            self._committed_look()
             if offsets.OFFSETS_TOPIC in self._topics or (self.read_only and offsets.OFFSETS_TOPIC in self._read_registry()):
                 if self.read_only:
                     self._topics = self._read_registry()

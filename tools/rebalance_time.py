@@ -5,7 +5,10 @@ locks of its partitions (as a Consumer does while it reads). One is SIGKILLed; t
 from just before the kill to the moment the state no longer names it and every partition's
 claim is held again (by the survivors). Prints each run and the median.
 
-    python tools/rebalance_time.py [--runs 9] [--session-timeout-ms 10000]
+    python tools/rebalance_time.py [--runs 9] [--session-timeout-ms 10000] [--stores]
+
+--stores: the members are Consumers of kstore Stores (shared mode) waiting in poll() on an
+idle topic, instead of bare GroupMembers.
 """
 
 from __future__ import annotations
@@ -39,15 +42,32 @@ def _member(data_dir: str, mid: str, session_ms: int, stop: "mp.synchronize.Even
     m.leave()
 
 
+def _consumer(data_dir: str, mid: str, session_ms: int, stop: "mp.synchronize.Event") -> None:
+    import kstore
+
+    s = kstore.open(data_dir, retention_check_interval_ms=0)
+    c = s.consumer(group="bench", topics=["t"], session_timeout_ms=session_ms)
+    while not stop.is_set():
+        c.poll(timeout=0.5)
+    c.close()
+    s.close()
+
+
 def _all_claimed(d: Path) -> bool:
     return all(localgroups._lock_is_held(d / "claims" / f"t-{p}.claim") for p in range(4))
 
 
-def one_run(session_ms: int) -> float:
+def one_run(session_ms: int, stores: bool) -> float:
     ctx = mp.get_context("fork")
     with tempfile.TemporaryDirectory() as tmp:
+        if stores:
+            import kstore
+
+            with kstore.open(tmp, retention_check_interval_ms=0) as s:
+                s.create_topic("t", partitions=4)
         stop = ctx.Event()
-        procs = {mid: ctx.Process(target=_member, args=(tmp, mid, session_ms, stop), daemon=True)
+        procs = {mid: ctx.Process(target=_consumer if stores else _member,
+                                  args=(tmp, mid, session_ms, stop), daemon=True)
                  for mid in ("a", "b", "c")}
         for p in procs.values():
             p.start()
@@ -60,7 +80,13 @@ def one_run(session_ms: int) -> float:
         t0 = time.perf_counter()
         os.kill(procs["b"].pid, signal.SIGKILL)
         procs["b"].join()
-        while "b" in localgroups.read_state(d)["members"] or not _all_claimed(d):
+        victim = procs["b"].pid
+
+        def gone() -> bool:
+            return all(i.get("pid") != victim
+                       for i in localgroups.read_state(d)["members"].values())
+
+        while not gone() or not _all_claimed(d):
             time.sleep(0.0005)
         took = time.perf_counter() - t0
         stop.set()
@@ -74,13 +100,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--session-timeout-ms", type=int,
                     default=localgroups.DEFAULT_SESSION_TIMEOUT_MS)
+    ap.add_argument("--stores", action="store_true")
     args = ap.parse_args()
     times = []
     for i in range(args.runs):
-        t = one_run(args.session_timeout_ms)
+        t = one_run(args.session_timeout_ms, args.stores)
         times.append(t)
         print(f"run {i + 1}: {t * 1000:.1f} ms")
-    print(f"session_timeout_ms={args.session_timeout_ms} (check interval "
+    print(f"{'Consumers of Stores' if args.stores else 'GroupMembers'}: "
+          f"session_timeout_ms={args.session_timeout_ms} (check interval "
           f"{localgroups.check_interval(args.session_timeout_ms) * 1000:.0f} ms): median "
           f"{statistics.median(times) * 1000:.1f} ms, min {min(times) * 1000:.1f}, "
           f"max {max(times) * 1000:.1f} over {len(times)} runs")

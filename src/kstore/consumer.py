@@ -7,9 +7,12 @@ without polling, and commits offsets to ``__consumer_offsets`` the way Kafka doe
     consumer.poll(timeout=1.0, max_records=500)          # list of Record
     consumer.poll_batches(timeout=1.0)                   # numpy columns per partition
 
-Consumers of one group in one process split the subscribed partitions between them (Kafka's
-range assignment) and rebalance when one joins or closes. ``group=None`` consumes without
-committing, as a Kafka consumer without ``group.id``. A Consumer is used by one thread at a
+Consumers of one group split the subscribed partitions between them (Kafka's range
+assignment) and rebalance when one joins, closes or dies, whether they live in one process or
+in several processes on one data directory (kstore.localgroups: no server; a dead process is
+seen within ``session_timeout_ms`` by the lock it held). A store opened ``read_only`` cannot
+commit, so its group consumers balance only among themselves, in this process.
+``group=None`` consumes without committing, as a Kafka consumer without ``group.id``. A Consumer is used by one thread at a
 time (``wakeup`` and ``close`` may come from another).
 """
 
@@ -25,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from kstore import _core
+from kstore import _core, localgroups
 from kstore.errors import (
     ClosedError,
     CorruptRecordError,
     InvalidGroupIdError,
+    InvalidSessionTimeoutError,
     NoOffsetForPartitionError,
     OffsetOutOfRangeError,
     UnknownTopicOrPartitionError,
@@ -139,6 +143,15 @@ class GroupState:
                     m._sync_lock.release()
         member.store.signal.notify()
 
+    def view(self, member: "Consumer") -> tuple[int, list[TopicPartition]]:
+        """(generation, the partitions assigned to ``member`` in it)."""
+        with self.lock:
+            return self.generation, list(self.assignments.get(member.member_id, []))
+
+    def check_interval(self, member: "Consumer") -> float | None:
+        """How often a waiting poll must look at the group (None: it is woken when needed)."""
+        return None
+
     def claim(self, member: "Consumer", tp: TopicPartition) -> bool:
         """Take a partition assigned to ``member`` unless its previous owner still holds it."""
         with self.lock:
@@ -176,12 +189,65 @@ class GroupState:
         self.assignments = out
 
 
+class SharedGroupState(GroupState):
+    """A consumer group whose members may live in several processes on the store's data
+    directory (kstore.localgroups). ``members`` are the Consumers of this process only; the
+    assignment, generations and the rebalance barrier (claim locks) are the group files'."""
+
+    def __init__(self, name: str, store: Any) -> None:
+        super().__init__(name)
+        self._store = store
+        # Expiry (KIP-211) must not drop the commits of a group with members elsewhere.
+        if not any(getattr(h, "kstore_local_groups", False) for h in store.group_activity_hooks):
+            hook = localgroups.activity_hook(store.path, store.now_ms)
+            hook.kstore_local_groups = True  # type: ignore[attr-defined]
+            store.group_activity_hooks.append(hook)
+
+    def join(self, member: "Consumer") -> None:
+        if member._member is None:
+            member._member = localgroups.GroupMember(
+                member.store.path, self.name, member.member_id, member.store.partitions_for,
+                session_timeout_ms=member.session_timeout_ms, client_id=member.client_id)
+        with member._sync_lock:
+            member._member.join(member.subscription)
+        with self.lock:
+            if member not in self.members:
+                self.members.append(member)
+        self._sync_others(member)
+
+    def leave(self, member: "Consumer") -> None:
+        with self.lock:
+            if member in self.members:
+                self.members.remove(member)
+        if member._member is not None:
+            member._member.leave()
+        self._sync_others(member)
+
+    def view(self, member: "Consumer") -> tuple[int, list[TopicPartition]]:
+        if member._member is None:
+            return self.generation, []
+        generation, parts = member._member.refresh()
+        return generation, list(parts)
+
+    def check_interval(self, member: "Consumer") -> float | None:
+        return None if member._member is None else member._member.check_interval
+
+    def claim(self, member: "Consumer", tp: TopicPartition) -> bool:
+        return member._member is not None and member._member.claim(tp)
+
+    def release(self, member: "Consumer", parts: Iterable[TopicPartition]) -> None:
+        if member._member is not None:
+            member._member.release(parts)
+        member.store.signal.notify()  # a new owner in this process may be waiting for it
+
+
 class Consumer:
     def __init__(self, store: Any, group: str | None = None,
                  topics: Iterable[str] | None = None, *, auto_offset_reset: str = "latest",
                  enable_auto_commit: bool = True, auto_commit_interval_ms: int = 5000,
                  max_poll_records: int = 500, fetch_max_bytes: int = 1 << 20,
-                 client_id: str = "kstore") -> None:
+                 client_id: str = "kstore",
+                 session_timeout_ms: int = localgroups.DEFAULT_SESSION_TIMEOUT_MS) -> None:
         if group is not None and (not isinstance(group, str) or not group):
             raise InvalidGroupIdError(f"group must be a non-empty str or None, not {group!r}")
         if auto_offset_reset not in RESETS:
@@ -189,8 +255,16 @@ class Consumer:
                              f"not {auto_offset_reset!r}")
         if not isinstance(max_poll_records, int) or max_poll_records < 1:
             raise ValueError(f"max_poll_records must be a positive int, not {max_poll_records!r}")
+        if (not isinstance(session_timeout_ms, int) or isinstance(session_timeout_ms, bool)
+                or session_timeout_ms < 1):
+            raise InvalidSessionTimeoutError(
+                f"session_timeout_ms must be a positive int (ms within which the group sees "
+                f"that a member's process died), not {session_timeout_ms!r}")
         self.store = store
         self.group = group
+        self.client_id = client_id
+        self.session_timeout_ms = session_timeout_ms
+        self._member: localgroups.GroupMember | None = None
         self.member_id = f"{client_id}-{uuid.uuid4()}"
         self.auto_offset_reset = auto_offset_reset
         self.enable_auto_commit = enable_auto_commit and group is not None and not store.read_only
@@ -220,7 +294,8 @@ class Consumer:
 
     def subscribe(self, topics: list[str]) -> None:
         """Consume these topics; with a group, share their partitions with the group's other
-        consumers in this process."""
+        consumers, in this process and (unless the store is read_only) in other processes on
+        the same data directory."""
         self._check_open()
         if self._manual:
             raise ValueError("this consumer was assigned partitions by hand; subscribe or "
@@ -233,7 +308,9 @@ class Consumer:
         if self.group is not None:
             state = self.store._groups.get(self.group)
             if state is None:
-                state = self.store._groups.setdefault(self.group, GroupState(self.group))
+                new = (GroupState(self.group) if self.store.read_only
+                       else SharedGroupState(self.group, self.store))
+                state = self.store._groups.setdefault(self.group, new)
             state.join(self)
             self._sync_assignment()
         else:
@@ -268,12 +345,18 @@ class Consumer:
     def _sync_assignment(self) -> None:
         if self.group is None or not self.subscription:
             return
+        # Also called from another consumer's thread (_sync_others) and by assignment():
+        # the group member's files and claims are used by one thread at a time.
+        with self._sync_lock:
+            self._sync_assignment_locked()
+
+    def _sync_assignment_locked(self) -> None:
         state = self.store._groups.get(self.group)
-        if state is None or state.generation == self._generation:
+        if state is None:
             return
-        with state.lock:
-            mine = list(state.assignments.get(self.member_id, []))
-            generation = state.generation
+        generation, mine = state.view(self)
+        if generation == self._generation and mine == self._assigned:
+            return
         before = set(self._assigned)
         revoked = [tp for tp in self._assigned if tp not in set(mine)]
         if revoked and self.enable_auto_commit:
@@ -508,8 +591,17 @@ class Consumer:
             # Another process writes: nothing in this process is woken by its appends.
             time.sleep(0.002 if remaining is None else min(0.002, remaining))
             return True
-        sig.wait(version, remaining)
+        sig.wait(version, self._wait_cap(remaining))
         return not self._closed
+
+    def _wait_cap(self, remaining: float | None) -> float | None:
+        """``remaining``, cut to the group's check interval when members in other processes
+        may die, join or let go of a partition without waking this one."""
+        state = self.store._groups.get(self.group) if self.group is not None else None
+        cap = None if state is None else state.check_interval(self)
+        if cap is None:
+            return remaining
+        return cap if remaining is None else min(cap, remaining)
 
     def poll_batches(self, timeout: float | None = 1.0,
                      max_records: int = 100_000) -> list[PartitionColumns]:
@@ -604,7 +696,7 @@ class Consumer:
             if self.store.read_only:
                 await asyncio.sleep(0.002)
             else:
-                await sig.wait_async(version, remaining)
+                await sig.wait_async(version, self._wait_cap(remaining))
 
     async def __aiter__(self) -> AsyncIterator[_core.Record]:
         while not self._closed:
@@ -664,7 +756,7 @@ class Consumer:
                 self._commit_positions([tp for tp in self._assigned if tp in self._positions])
         finally:
             self._closed = True
-            if self.group is not None and self.subscription:
+            if self.group is not None and (self.subscription or self._member is not None):
                 state = self.store._groups.get(self.group)
                 if state is not None:
                     state.leave(self)
@@ -681,4 +773,4 @@ class Consumer:
         return f"<Consumer group={self.group!r} member={self.member_id} assigned={len(self._assigned)}>"
 
 
-__all__ = ["Consumer", "GroupState", "PartitionColumns", "EARLIEST_TIMESTAMP"]
+__all__ = ["Consumer", "GroupState", "SharedGroupState", "PartitionColumns", "EARLIEST_TIMESTAMP"]

@@ -27,6 +27,7 @@ import os
 import shutil
 import mmap
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -670,32 +671,76 @@ class Store:
     # ==========================================================================================
     # Committed offsets (__consumer_offsets, Kafka's record format)
 
+    # Where the cached commits stand: the next offset to replay per __consumer_offsets
+    # partition, and the data directory's mtime when missing partition folders were last
+    # looked for (set with _committed).
+    _committed_next: dict[int, int]
+    _committed_scan: int = -1
+
+    def _committed_look(self) -> bool:
+        """Whether partition folders may have appeared since the last look: the data
+        directory's mtime moved, or is too recent to trust (a folder created in the same
+        clock tick as the last look leaves it unchanged)."""
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except OSError:
+            return True
+        look = mtime != self._committed_scan or time.time_ns() - mtime < 2_000_000_000
+        self._committed_scan = mtime
+        return look
+
     def _load_committed(self) -> dict[str, dict[tuple[str, int], offsets.OffsetCommit]]:
+        """Every group's committed offsets. A writable store caches them and, on each call,
+        replays only what other processes appended to __consumer_offsets since the last call
+        (a comparison of log ends per partition when nothing moved; partition folders that
+        do not exist yet are looked for again when the data directory changed: one stat)."""
         with self._committed_lock:
             if self._committed is not None and not self.read_only:
-                return self._committed
+                if offsets.OFFSETS_TOPIC not in self._topics:
+                    return self._committed
+                nxt = self._committed_next
+                look = self._committed_look()
+                for p in range(self._topics[offsets.OFFSETS_TOPIC]["partitions"]):
+                    if p not in nxt:
+                        if not look or not (self.path / f"{offsets.OFFSETS_TOPIC}-{p}").exists():
+                            continue
+                        nxt[p] = 0
+                    lg = self.partition(offsets.OFFSETS_TOPIC, p)
+                    end = lg.log_end_offset
+                    if end == nxt[p]:
+                        continue
+                    if end < nxt[p]:  # cut back under us: start over
+                        self._committed = None
+                        break
+                    nxt[p] = self._replay_offsets(self._committed, p, nxt[p])
+                else:
+                    return self._committed
             committed: dict[str, dict[tuple[str, int], offsets.OffsetCommit]] = {}
+            self._committed_next = {}
+            self._committed_look()
             if offsets.OFFSETS_TOPIC in self._topics or (self.read_only and offsets.OFFSETS_TOPIC in self._read_registry()):
                 if self.read_only:
                     self._topics = self._read_registry()
                 for p in range(self._topics[offsets.OFFSETS_TOPIC]["partitions"]):
                     if not (self.path / f"{offsets.OFFSETS_TOPIC}-{p}").exists():
                         continue
-                    self._replay_offsets(committed, p)
+                    self._committed_next[p] = self._replay_offsets(committed, p)
             self._committed = committed
             return committed
 
-    def _replay_offsets(self, committed: dict, p: int) -> None:
+    def _replay_offsets(self, committed: dict, p: int, start: int = 0) -> int:
         """Apply one __consumer_offsets partition to ``committed``. A record that cannot be
         parsed (garbage key or value, an unknown record type or value version, truncated
         fields, an impossible topic or partition) is skipped with one warning naming its
         partition and offset, as Kafka's coordinator loader skips record types it does not
         know: one bad record must not take every group of the store down. A batch that fails
         its CRC is skipped the same way; batches that cannot be framed end the replay of that
-        partition (logged as an error), the other partitions still load."""
+        partition (logged as an error), the other partitions still load. Replays from
+        ``start`` (or the log start, when later); returns the offset to go on from next time
+        (the log end it saw)."""
         tp = f"{offsets.OFFSETS_TOPIC}-{p}"
         lg = self.partition(offsets.OFFSETS_TOPIC, p)
-        off = lg.log_start_offset
+        off = max(start, lg.log_start_offset)
         try:
             while off < lg.log_end_offset:
                 try:
@@ -727,6 +772,8 @@ class Store:
         except (KStoreError, ValueError) as exc:
             log.error("%s: committed offsets from offset %d on cannot be read (%s); they are "
                       "ignored until the partition is repaired (see `kstore verify`)", tp, off, exc)
+            return lg.log_end_offset
+        return off
 
     def _warn_offsets(self, p: int, offset: int, message: str) -> None:
         # Once per record: read-only stores replay on every call.
@@ -790,16 +837,31 @@ class Store:
             self._change_registry(change)
 
     def groups(self) -> list[str]:
-        """Groups with committed offsets or members in this process."""
+        """Groups with committed offsets, or with live members in this process or in any
+        other process on this data directory (kstore.localgroups)."""
+        from kstore import localgroups
+
         names = set(self._load_committed()) | {g for g, s in self._groups.items() if s.members}
+        names.update(localgroups.list_groups(self.path))
         return sorted(names)
 
     def describe_group(self, group: str) -> dict[str, Any]:
-        """Committed offsets, log ends and lag per partition, and the in-process members."""
+        """Committed offsets, log ends and lag per partition, and the live members: those of
+        every process on this data directory (with their pid and host), and the in-process
+        members of groups on a read_only store."""
+        from kstore import localgroups
+
         committed = self._load_committed().get(group, {})
+        members = [{"member_id": mid, "assignment": sorted(info["assignment"]),
+                    "client_id": info.get("client_id"), "pid": info.get("pid"),
+                    "host": info.get("host")}
+                   for mid, info in sorted(localgroups.live_members(self.path, group).items())]
         state = self._groups.get(group)
-        members = [] if state is None else [
-            {"member_id": m.member_id, "assignment": sorted(m.assignment())} for m in state.members]
+        listed = {m["member_id"] for m in members}
+        if state is not None:
+            members += [{"member_id": m.member_id, "assignment": sorted(m.assignment()),
+                         "client_id": m.client_id, "pid": os.getpid(), "host": None}
+                        for m in list(state.members) if m.member_id not in listed]
         parts = []
         for (t, p), c in sorted(committed.items()):
             try:

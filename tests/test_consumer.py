@@ -756,3 +756,25 @@ def test_auto_commit_commits_during_polls(store):
     drain(manual)
     drain(manual)
     assert store.committed("m", "t", 0) is None
+
+
+def test_manual_commit_after_a_rebalance_commits_what_was_delivered(tmp_path):
+    """enable_auto_commit=False: poll, a second member joins (taking partitions away), then
+    commit(): the records the first one was given are committed, not handed out again."""
+    with kstore.open(tmp_path / "d") as s:
+        s.create_topic("t", 2)
+        with s.producer(linger_ms=0) as p:
+            for i in range(20):
+                p.send("t", b"%d" % i, partition=i % 2)
+        c1 = s.consumer(group="g", topics=["t"], auto_offset_reset="earliest",
+                        enable_auto_commit=False)
+        first = c1.poll(timeout=5)
+        while len(first) < 20:
+            first += c1.poll(timeout=5)
+        c2 = s.consumer(group="g", topics=["t"], auto_offset_reset="earliest",
+                        enable_auto_commit=False)
+        c1.commit()  # c1 now has one partition; both were delivered to it
+        assert {s.committed("g", "t", p) for p in (0, 1)} == {10}
+        assert c2.poll(timeout=0.2) == []  # nothing delivered twice
+        c1.close()
+        c2.close()

@@ -134,9 +134,13 @@ class GroupState:
 
     def _sync_others(self, member: "Consumer") -> None:
         """Let the other members commit and release what they lose now, unless one is inside a
-        poll (it does so itself on its next pass, woken by the notify below)."""
+        poll (it does so itself on its next pass, woken by the notify below). Members that
+        commit by hand are left to do it in their own next poll or commit, as a Kafka
+        consumer's rebalance happens in its own poll: taking a partition away from them here,
+        between their poll and their commit, would drop records they were given and the new
+        owner would deliver them again."""
         for m in list(self.members):
-            if m is not member and m._sync_lock.acquire(blocking=False):
+            if m is not member and m.enable_auto_commit and m._sync_lock.acquire(blocking=False):
                 try:
                     m._sync_assignment()
                 finally:
@@ -721,8 +725,13 @@ class Consumer:
         if self.group is None:
             raise InvalidGroupIdError("this consumer has no group: there is nothing to commit to")
         if offsets is None:
-            self._sync_assignment()
-            self._commit_positions([tp for tp in self._assigned if tp in self._positions])
+            # What this consumer returned, before looking at the group: a partition a rebalance
+            # just took away is still held (the new owner waits for its release), and its
+            # records were delivered; committing after the sync would drop them and the new
+            # owner would deliver them again.
+            with self._sync_lock:
+                self._commit_positions([tp for tp in self._assigned if tp in self._positions])
+                self._sync_assignment()
             return
         self.store.commit_offsets(self.group, {tp: (o, metadata, 0) for tp, o in offsets.items()})
 

@@ -702,7 +702,7 @@ class Store:
                 look = self._committed_look()
                 for p in range(self._topics[offsets.OFFSETS_TOPIC]["partitions"]):
                     if p not in nxt:
-                        if not look or not (self.path / f"{offsets.OFFSETS_TOPIC}-{p}").exists():
+                        if not look or not self._offsets_data(p):
                             continue
                         nxt[p] = 0
                     lg = self.partition(offsets.OFFSETS_TOPIC, p)
@@ -722,11 +722,22 @@ class Store:
                 if self.read_only:
                     self._topics = self._read_registry()
                 for p in range(self._topics[offsets.OFFSETS_TOPIC]["partitions"]):
-                    if not (self.path / f"{offsets.OFFSETS_TOPIC}-{p}").exists():
+                    if not self._offsets_data(p):
                         continue
                     self._committed_next[p] = self._replay_offsets(committed, p)
             self._committed = committed
             return committed
+
+    def _offsets_data(self, p: int) -> bool:
+        """Whether __consumer_offsets-<p> holds any bytes to replay: a folder a refused first
+        commit left behind (a full disk) has none, and opening it would only fail again."""
+        if (offsets.OFFSETS_TOPIC, p) in self._logs:
+            return True
+        try:
+            with os.scandir(self.path / f"{offsets.OFFSETS_TOPIC}-{p}") as it:
+                return any(e.name.endswith(".log") and e.stat().st_size > 0 for e in it)
+        except FileNotFoundError:
+            return False
 
     def _replay_offsets(self, committed: dict, p: int, start: int = 0) -> int:
         """Apply one __consumer_offsets partition to ``committed``. A record that cannot be

@@ -496,3 +496,21 @@ def test_three_store_processes_one_sigkilled_every_committed_record_once(tmp_pat
     with kstore.open(data, retention_check_interval_ms=0) as s:
         assert [s.committed("g", "t", p) for p in range(4)] == [per_part] * 4
         assert s.describe_group("g")["members"] == []
+
+
+def test_maintenance_in_a_store_without_consumers_keeps_offsets_of_a_live_group(tmp_path):
+    """Offset expiry (KIP-211) in a process with no consumer of its own: a group whose member
+    lives elsewhere is active, so its old commits stay; once it is gone they expire."""
+    now = [10_000_000]
+    path = tmp_path / "d"
+    with kstore.open(path, clock=lambda: now[0], offsets_retention_minutes=1,
+                     retention_check_interval_ms=0) as s:
+        s.create_topic("t")
+        s.commit_offsets("g", {("t", 0): (0, "", 0)})
+        member = localgroups.GroupMember(path, "g", "elsewhere-1", s.partitions_for)
+        member.join(["t"])  # a member of another process, as far as this Store can tell
+        now[0] += 10 * 60_000
+        assert s.expire_offsets() == {}
+        assert s.committed("g", "t", 0) == 0
+        member.close()
+        assert s.expire_offsets() == {"g": [("t", 0)]}

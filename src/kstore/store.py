@@ -188,6 +188,13 @@ class Store:
         self._watcher: threading.Thread | None = None
         self._open()
         if self.shared:
+            # Groups with live members in other processes are active: maintenance here must
+            # not expire their offsets, even when this process has no consumer of its own.
+            from kstore import localgroups
+
+            hook = localgroups.activity_hook(self.path, self.now_ms)
+            hook.kstore_local_groups = True  # type: ignore[attr-defined]
+            self.group_activity_hooks.append(hook)
             self._watcher = threading.Thread(target=self._watch_other_processes,
                                              name="kstore-watch", daemon=True)
             self._watcher.start()

@@ -10,6 +10,10 @@ contiguous runs), calls of 65,536 records; KSTORE_BENCH_RECORDS records per proc
 2,000,000). Processes are forked, start together at a barrier and are timed from the barrier
 to the last one's end; the throughput is records of all processes over that time, in
 ``extra_info``. Writers run on however many cores the machine has (2 here).
+
+Baseline of the machine, same run: the same processes encoding the same batches in C and
+storing nothing (``encode-only``). Its 2-process/1-process ratio is the most any writer can
+scale by here: a VM's two vCPUs need not give twice the work of one.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import numpy as np
 import pytest
 
 import kstore
+
+from kstore import _core
 
 from .conftest import make_values
 
@@ -50,7 +56,18 @@ def _writer(path: str, barrier, done, exclusive: bool, calls: int) -> None:
         done.put(os.getpid())
 
 
-def run_writers(procs: int, exclusive: bool = False, records: int = N) -> float:
+def _encoder(path: str, barrier, done, exclusive: bool, calls: int) -> None:
+    vals = _values()
+    barrier.wait()
+    for _ in range(calls):
+        for part in np.array_split(np.arange(CALL), 4):  # as send_many splits a keyless call
+            _core.encode_batches(vals, None, None, indices=part, compression="none",
+                                 max_batch_bytes=16384)
+    done.put(os.getpid())
+
+
+def run_writers(procs: int, exclusive: bool = False, records: int = N,
+                encode_only: bool = False) -> float:
     """Records per second of ``procs`` writer processes, each sending ``records``."""
     d = Path(tempfile.mkdtemp(prefix="kstore-bench-mp-", dir=ROOT))
     try:
@@ -59,7 +76,8 @@ def run_writers(procs: int, exclusive: bool = False, records: int = N) -> float:
         calls = max(records // CALL, 1)
         barrier = CTX.Barrier(procs + 1)
         done = CTX.Queue()
-        ps = [CTX.Process(target=_writer, args=(str(d), barrier, done, exclusive, calls))
+        target = _encoder if encode_only else _writer
+        ps = [CTX.Process(target=target, args=(str(d), barrier, done, exclusive, calls))
               for _ in range(procs)]
         for p in ps:
             p.start()
@@ -71,27 +89,32 @@ def run_writers(procs: int, exclusive: bool = False, records: int = N) -> float:
         for p in ps:
             p.join(60)
             assert p.exitcode == 0
-        with kstore.open(d, read_only=True) as r:
-            total = sum(r.partition("t", i).log_end_offset for i in range(4))
-        assert total == procs * (calls * CALL + 100)
+        if not encode_only:
+            with kstore.open(d, read_only=True) as r:
+                total = sum(r.partition("t", i).log_end_offset for i in range(4))
+            assert total == procs * (calls * CALL + 100)
         return procs * calls * CALL / elapsed
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.mark.parametrize("procs,exclusive", [(1, True), (1, False), (2, False), (4, False)],
-                         ids=["1-exclusive", "1-shared", "2-shared", "4-shared"])
-def test_send_many_writer_processes(benchmark, procs, exclusive):
+@pytest.mark.parametrize("procs,mode", [(1, "exclusive"), (1, "shared"), (2, "shared"),
+                                        (4, "shared"), (1, "encode-only"), (2, "encode-only"),
+                                        (4, "encode-only")],
+                         ids=["1-exclusive", "1-shared", "2-shared", "4-shared",
+                              "1-encode-only", "2-encode-only", "4-encode-only"])
+def test_send_many_writer_processes(benchmark, procs, mode):
     rates: list[float] = []
+    exclusive = mode == "exclusive"
 
     def once() -> None:
-        rates.append(run_writers(procs, exclusive))
+        rates.append(run_writers(procs, exclusive, encode_only=mode == "encode-only"))
 
     benchmark.pedantic(once, rounds=int(os.environ.get("KSTORE_BENCH_ROUNDS", "5")),
                        iterations=1)
     rates.sort()
     benchmark.extra_info.update(
-        processes=procs, mode="exclusive" if exclusive else "shared",
+        processes=procs, mode=mode,
         records_per_process=max(N // CALL, 1) * CALL,
         records_per_s_median=rates[len(rates) // 2], records_per_s_min=rates[0],
         records_per_s_max=rates[-1])

@@ -9,7 +9,14 @@ Workload: 100-byte JSON-like values, keyless (send_many spreads each call over t
 contiguous runs), calls of 65,536 records; KSTORE_BENCH_RECORDS records per process (default
 2,000,000). Processes are forked, start together at a barrier and are timed from the barrier
 to the last one's end; the throughput is records of all processes over that time, in
-``extra_info``. Writers run on however many cores the machine has (2 here).
+``extra_info``; the 2- and 4-process runs also carry ``ratio_to_1_shared`` (their median over
+the 1-shared median of the same session). Writers run on however many cores the machine has.
+
+Also ``Producer.send`` per record (then ``flush``) in one process, shared against exclusive:
+KSTORE_BENCH_SEND_RECORDS records (default a quarter of KSTORE_BENCH_RECORDS), same values.
+
+Comparing with another kstore build (e.g. the one before issue 14) needs two interpreters:
+see benchmarks/compare_builds.py.
 """
 
 from __future__ import annotations
@@ -79,6 +86,9 @@ def run_writers(procs: int, exclusive: bool = False, records: int = N) -> float:
         shutil.rmtree(d, ignore_errors=True)
 
 
+_MEDIANS: dict[tuple[int, bool], float] = {}  # (processes, exclusive) -> median records/s
+
+
 @pytest.mark.parametrize("procs,exclusive", [(1, True), (1, False), (2, False), (4, False)],
                          ids=["1-exclusive", "1-shared", "2-shared", "4-shared"])
 def test_send_many_writer_processes(benchmark, procs, exclusive):
@@ -90,8 +100,54 @@ def test_send_many_writer_processes(benchmark, procs, exclusive):
     benchmark.pedantic(once, rounds=int(os.environ.get("KSTORE_BENCH_ROUNDS", "5")),
                        iterations=1)
     rates.sort()
+    median = _MEDIANS[procs, exclusive] = rates[len(rates) // 2]
     benchmark.extra_info.update(
-        processes=procs, mode="exclusive" if exclusive else "shared",
+        workload="send_many", processes=procs, mode="exclusive" if exclusive else "shared",
         records_per_process=max(N // CALL, 1) * CALL,
-        records_per_s_median=rates[len(rates) // 2], records_per_s_min=rates[0],
+        records_per_s_median=median, records_per_s_min=rates[0],
         records_per_s_max=rates[-1])
+    if procs > 1 and (1, False) in _MEDIANS:  # 1-shared ran earlier in this session
+        benchmark.extra_info["ratio_to_1_shared"] = median / _MEDIANS[1, False]
+
+
+SEND_N = int(os.environ.get("KSTORE_BENCH_SEND_RECORDS", str(max(N // 4, 1))))
+
+
+def send_per_record(exclusive: bool, records: int = SEND_N) -> float:
+    """Records per second of one process calling ``Producer.send`` per record, then ``flush``:
+    the producer appends one batch per 16 KiB, so a shared store takes the partition's mutex
+    once per batch, not once per record."""
+    vals = make_values(4096)
+    d = Path(tempfile.mkdtemp(prefix="kstore-bench-send-", dir=ROOT))
+    try:
+        with kstore.open(d, retention_check_interval_ms=0, exclusive=exclusive) as s:
+            s.create_topic("t", 4, {"segment.bytes": 1 << 30})
+            p = s.producer()
+            p.send("t", vals[0])
+            p.flush()
+            send = p.send
+            t0 = time.perf_counter()
+            for i in range(records):
+                send("t", vals[i & 4095])
+            p.flush()
+            elapsed = time.perf_counter() - t0
+            assert sum(s.partition("t", i).log_end_offset for i in range(4)) == records + 1
+        return records / elapsed
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("exclusive", [True, False], ids=["exclusive", "shared"])
+def test_send_per_record_one_process(benchmark, exclusive):
+    rates: list[float] = []
+
+    def once() -> None:
+        rates.append(send_per_record(exclusive))
+
+    benchmark.pedantic(once, rounds=int(os.environ.get("KSTORE_BENCH_ROUNDS", "5")),
+                       iterations=1)
+    rates.sort()
+    benchmark.extra_info.update(
+        workload="send", processes=1, mode="exclusive" if exclusive else "shared",
+        records_per_process=SEND_N, records_per_s_median=rates[len(rates) // 2],
+        records_per_s_min=rates[0], records_per_s_max=rates[-1])

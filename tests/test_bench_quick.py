@@ -193,7 +193,8 @@ def test_multiprocess_benchmarks_quick(tmp_path):
            "KSTORE_BENCH_DIR": str(tmp_path)}
     res = subprocess.run(
         [sys.executable, "-m", "pytest", str(ROOT / "benchmarks" / "test_bench_multiprocess.py"),
-         "--benchmark-only", f"--benchmark-json={out}", "-q", "-p", "no:cacheprovider"],
+         "--benchmark-only", f"--benchmark-json={out}", "-q", "-p", "no:cacheprovider",
+         "-p", "no:randomly"],  # in file order: 1-shared before the 2/1 and 4/1 ratios
         check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     benches = [b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]]
@@ -202,6 +203,8 @@ def test_multiprocess_benchmarks_quick(tmp_path):
     assert sorted(runs) == [1, 2, 4]
     assert all(r["records_per_s_median"] > 0 for r in runs.values())
     assert all(runs[n]["ratio_to_1_shared"] > 0 for n in (2, 4))
+    separate = [b for b in benches if b["mode"] == "separate"]
+    assert [b["processes"] for b in separate] == [2] and separate[0]["records_per_s_median"] > 0
     sends = {b["mode"]: b for b in benches if b["workload"] == "send"}
     assert sorted(sends) == ["exclusive", "shared"]
     assert all(b["records_per_s_median"] > 0 and b["processes"] == 1 for b in sends.values())

@@ -11,6 +11,9 @@ contiguous runs), calls of 65,536 records; KSTORE_BENCH_RECORDS records per proc
 to the last one's end; the throughput is records of all processes over that time, in
 ``extra_info``; the 2- and 4-process runs also carry ``ratio_to_1_shared`` (their median over
 the 1-shared median of the same session). Writers run on however many cores the machine has.
+Two controls for 2-shared: two processes each on its own exclusive store ("separate": the
+machine's ceiling) and two processes on one shared store each on its own topic
+("shared-own-topics": the shared mode without contention for a partition).
 
 Also ``Producer.send`` per record (then ``flush``) in one process, shared against exclusive:
 KSTORE_BENCH_SEND_RECORDS records (default a quarter of KSTORE_BENCH_RECORDS), same values.
@@ -46,34 +49,38 @@ def _values() -> np.ndarray:
     return np.frombuffer(b"".join(vals), dtype=np.uint8).reshape(CALL, 100)
 
 
-def _writer(path: str, barrier, done, exclusive: bool, calls: int) -> None:
+def _writer(path: str, barrier, done, exclusive: bool, calls: int, topic: str = "t") -> None:
     vals = _values()
     with kstore.open(path, retention_check_interval_ms=0, exclusive=exclusive) as s:
         p = s.producer()
-        p.send_many("t", vals[:100])  # partitions opened before the clock starts
+        p.send_many(topic, vals[:100])  # partitions opened before the clock starts
         barrier.wait()
         for _ in range(calls):
-            p.send_many("t", vals)
+            p.send_many(topic, vals)
         done.put(os.getpid())
 
 
 def run_writers(procs: int, exclusive: bool = False, records: int = N,
-                separate: bool = False) -> float:
+                separate: bool = False, own_topic: bool = False) -> float:
     """Records per second of ``procs`` writer processes, each sending ``records``. With
     ``separate`` each process has its own exclusive store (its own directory): nothing shared,
-    the ceiling this machine allows for ``procs`` writers."""
+    the ceiling this machine allows for ``procs`` writers. With ``own_topic`` the processes share
+    one store but each writes its own 4-partition topic: no two contend for a partition."""
     dirs = [Path(tempfile.mkdtemp(prefix="kstore-bench-mp-", dir=ROOT))
             for _ in range(procs if separate else 1)]
     exclusive = exclusive or separate
+    topics = [f"t{i}" if own_topic else "t" for i in range(procs)]
     try:
         for d in dirs:
             with kstore.open(d, exclusive=exclusive) as s:
-                s.create_topic("t", 4, {"segment.bytes": 1 << 30})
+                for t in sorted(set(topics)):
+                    s.create_topic(t, 4, {"segment.bytes": 1 << 30})
         calls = max(records // CALL, 1)
         barrier = CTX.Barrier(procs + 1)
         done = CTX.Queue()
         ps = [CTX.Process(target=_writer,
-                          args=(str(dirs[i % len(dirs)]), barrier, done, exclusive, calls))
+                          args=(str(dirs[i % len(dirs)]), barrier, done, exclusive, calls,
+                                topics[i]))
               for i in range(procs)]
         for p in ps:
             p.start()
@@ -88,7 +95,8 @@ def run_writers(procs: int, exclusive: bool = False, records: int = N,
         total = 0
         for d in dirs:
             with kstore.open(d, read_only=True) as r:
-                total += sum(r.partition("t", i).log_end_offset for i in range(4))
+                total += sum(r.partition(t, i).log_end_offset
+                             for t in r.topics() for i in range(4))
         assert total == procs * (calls * CALL + 100)
         return procs * calls * CALL / elapsed
     finally:
@@ -112,21 +120,29 @@ def test_send_many_two_separate_stores(benchmark):
     _bench_writers(benchmark, 2, True, separate=True)
 
 
-def _bench_writers(benchmark, procs: int, exclusive: bool, separate: bool) -> None:
+def test_send_many_two_processes_own_topics(benchmark):
+    """Two processes on one shared store, each on its own topic: against 2-shared (one topic)
+    this separates contention for the same partitions from the shared mode's own cost."""
+    _bench_writers(benchmark, 2, False, separate=False, own_topic=True)
+
+
+def _bench_writers(benchmark, procs: int, exclusive: bool, separate: bool,
+                   own_topic: bool = False) -> None:
     rates: list[float] = []
 
     def once() -> None:
-        rates.append(run_writers(procs, exclusive, separate=separate))
+        rates.append(run_writers(procs, exclusive, separate=separate, own_topic=own_topic))
 
     benchmark.pedantic(once, rounds=int(os.environ.get("KSTORE_BENCH_ROUNDS", "5")),
                        iterations=1)
     rates.sort()
     median = rates[len(rates) // 2]
-    if not separate:
+    if not (separate or own_topic):
         _MEDIANS[procs, exclusive] = median
     benchmark.extra_info.update(
         workload="send_many", processes=procs,
-        mode="separate" if separate else "exclusive" if exclusive else "shared",
+        mode=("separate" if separate else "shared-own-topics" if own_topic
+              else "exclusive" if exclusive else "shared"),
         records_per_process=max(N // CALL, 1) * CALL,
         records_per_s_median=median, records_per_s_min=rates[0],
         records_per_s_max=rates[-1])

@@ -205,6 +205,8 @@ def test_multiprocess_benchmarks_quick(tmp_path):
     assert all(runs[n]["ratio_to_1_shared"] > 0 for n in (2, 4))
     separate = [b for b in benches if b["mode"] == "separate"]
     assert [b["processes"] for b in separate] == [2] and separate[0]["records_per_s_median"] > 0
+    own = [b for b in benches if b["mode"] == "shared-own-topics"]
+    assert [b["processes"] for b in own] == [2] and own[0]["records_per_s_median"] > 0
     sends = {b["mode"]: b for b in benches if b["workload"] == "send"}
     assert sorted(sends) == ["exclusive", "shared"]
     assert all(b["records_per_s_median"] > 0 and b["processes"] == 1 for b in sends.values())

@@ -185,20 +185,31 @@ def test_server_benchmarks_quick(tmp_path, capsys):
 # ---- benchmarks/test_bench_multiprocess.py at a tiny N ----------------------------------------
 
 def test_multiprocess_benchmarks_quick(tmp_path):
-    """1, 2 and 4 writer processes (and the exclusive baseline) once each at a tiny N: every
-    record lands and the throughput is reported; the data folders are gone afterwards."""
+    """1, 2 and 4 writer processes (and the exclusive baseline) once each at a tiny N, and
+    Producer.send per record shared and exclusive: every record lands and the throughput (and
+    the 2/1, 4/1 ratios) are reported; the data folders are gone afterwards."""
     out = tmp_path / "mp.json"
     env = {**os.environ, "KSTORE_BENCH_RECORDS": str(N), "KSTORE_BENCH_ROUNDS": "1",
            "KSTORE_BENCH_DIR": str(tmp_path)}
     res = subprocess.run(
         [sys.executable, "-m", "pytest", str(ROOT / "benchmarks" / "test_bench_multiprocess.py"),
-         "--benchmark-only", f"--benchmark-json={out}", "-q", "-p", "no:cacheprovider"],
+         "--benchmark-only", f"--benchmark-json={out}", "-q", "-p", "no:cacheprovider",
+         "-p", "no:randomly"],  # in file order: 1-shared before the 2/1 and 4/1 ratios
         check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-    runs = {b["extra_info"]["processes"]: b["extra_info"] for b in
-            json.loads(out.read_text())["benchmarks"] if b["extra_info"]["mode"] == "shared"}
+    benches = [b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]]
+    runs = {b["processes"]: b for b in benches
+            if b["mode"] == "shared" and b["workload"] == "send_many"}
     assert sorted(runs) == [1, 2, 4]
     assert all(r["records_per_s_median"] > 0 for r in runs.values())
+    assert all(runs[n]["ratio_to_1_shared"] > 0 for n in (2, 4))
+    separate = [b for b in benches if b["mode"] == "separate"]
+    assert [b["processes"] for b in separate] == [2] and separate[0]["records_per_s_median"] > 0
+    own = [b for b in benches if b["mode"] == "shared-own-topics"]
+    assert [b["processes"] for b in own] == [2] and own[0]["records_per_s_median"] > 0
+    sends = {b["mode"]: b for b in benches if b["workload"] == "send"}
+    assert sorted(sends) == ["exclusive", "shared"]
+    assert all(b["records_per_s_median"] > 0 and b["processes"] == 1 for b in sends.values())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mp.json"]
 
 

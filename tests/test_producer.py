@@ -529,3 +529,34 @@ def test_existing_producer_after_delete_and_recreate(store):
         store.create_topic("t")
         p.send("t", b"new")
     assert values(store.partition("t", 0)) == [b"new"]
+
+
+def _first_partition_of_a_keyless_call(path, q):
+    with kstore.open(path, retention_check_interval_ms=0) as s:
+        s.producer().send_many("spread", [b"%d" % i for i in range(8)])  # a record each
+        first = [p for p in range(8)
+                 if s.partition("spread", p).read_records(0)[-1].value == b"0"]
+        q.put(first)
+
+
+def test_forked_writers_do_not_all_start_keyless_calls_on_one_partition(tmp_path):
+    """Processes forked from one parent inherit numpy's random state; keyless send_many must
+    not use it to pick where a call starts, or every writer of a pool queues on the same
+    partition at once."""
+    import multiprocessing as mp
+
+    import numpy as np
+
+    path = tmp_path / "d"
+    with kstore.open(path) as s:
+        s.create_topic("spread", 8)
+    np.random.seed(1)
+    ctx = mp.get_context("fork")
+    starts = []
+    for _ in range(6):
+        q = ctx.Queue()
+        p = ctx.Process(target=_first_partition_of_a_keyless_call, args=(str(path), q))
+        p.start()
+        starts += q.get(timeout=60)
+        p.join(60)
+    assert len(starts) == 6 and len(set(starts)) > 1

@@ -13,6 +13,8 @@ for about ``batch_size`` bytes, then move on.
 
 from __future__ import annotations
 
+import os
+import random
 import threading
 from typing import Any
 
@@ -40,6 +42,10 @@ class Producer(_core.ProducerCore):
         if compression is not None:
             _core.codec_id(compression)
         self._setup(store, batch_size, linger_ms, compression, validate_partitioner(partitioner))
+        # Where keyless send_many calls start. numpy's global generator is copied into forked
+        # processes, so writers of a multiprocessing pool all started each call on the same
+        # partition and queued behind each other's appends to it (issue 14's benchmark).
+        self._spread = random.Random()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         if linger_ms > 0:
@@ -102,7 +108,7 @@ class Producer(_core.ProducerCore):
             # Keyless: contiguous runs, one per partition (stickiness at the scale of a call).
             chunk = -(-n // nparts)
             order = np.arange(n, dtype=np.int64)
-            start_p = np.random.randint(nparts)
+            start_p = (self._spread.randrange(nparts) + os.getpid()) % nparts
             for i in range(nparts):
                 part = order[i * chunk:(i + 1) * chunk]
                 if len(part):
@@ -111,7 +117,7 @@ class Producer(_core.ProducerCore):
         parts = _core.partitions_for_keys(keys, nparts, self.partitioner)
         sticky = parts < 0
         if sticky.any():
-            parts[sticky] = np.random.randint(nparts)
+            parts[sticky] = (self._spread.randrange(nparts) + os.getpid()) % nparts
         for p in range(nparts):
             idx = np.flatnonzero(parts == p)  # a stable argsort of 1M keys cost 26 ms; this, 2
             if len(idx):

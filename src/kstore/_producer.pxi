@@ -46,6 +46,8 @@ cdef class ProducerCore:
     cdef object _rng
     cdef readonly int64_t pending_records
     cdef object _epoch
+    # Called (once) when a batch starts while the linger thread sleeps with nothing pending.
+    cdef public object _on_pending
 
     def __cinit__(self):
         self._lock = PyThread_allocate_lock()
@@ -244,6 +246,9 @@ cdef class ProducerCore:
             min(self.batch_size, st.max_message_bytes), KS_BATCH_HEADER_SIZE))
         st.builders[p] = b
         st.opened_ms[p] = _now_ms()
+        if self._on_pending is not None:
+            cb, self._on_pending = self._on_pending, None
+            cb()
         return b
 
     cdef int _seal(self, _TopicState st, int p) except -1:

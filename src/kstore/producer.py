@@ -55,7 +55,7 @@ class Producer(_core.ProducerCore):
             self._thread.start()
 
     def _linger_loop(self) -> None:
-        wait = self.linger_ms / 1000
+        wait: float | None = self.linger_ms / 1000
         while not self.closed:
             self._wake.wait(wait)
             self._wake.clear()
@@ -63,9 +63,18 @@ class Producer(_core.ProducerCore):
                 break
             try:
                 due = self._expire(self.linger_ms)
+                if due < 0:
+                    # Nothing pending: sleep until a batch starts. Waking every linger_ms
+                    # for nothing cost writer processes of one store most of their scaling
+                    # (each wake-up takes the GIL from a thread that may hold a partition's
+                    # shared lock). Look once more after arming, so no batch slips past.
+                    self._on_pending = self._wake.set
+                    due = self._expire(self.linger_ms)
+                    if due >= 0:
+                        self._on_pending = None
             except Exception:  # an append failed; the next send or flush reports it
                 due = self.linger_ms
-            wait = (self.linger_ms if due < 0 else max(due, 1)) / 1000
+            wait = None if due < 0 else max(due, 1) / 1000
 
     def send_many(self, topic: str, values: Any, keys: Any = None, timestamps: Any = None,
                   partition: int | None = None) -> int:

@@ -48,3 +48,20 @@ int ks_tail_unlock(ks_tail *t)
 {
     return pthread_mutex_unlock(&t->mutex);
 }
+
+int ks_tail_busy(ks_tail *t)
+{
+    int rc = pthread_mutex_trylock(&t->mutex);
+    if (rc == 0) {
+        pthread_mutex_unlock(&t->mutex);
+        return 0;
+    }
+#if KS_TAIL_ROBUST
+    if (rc == EOWNERDEAD) {
+        /* Locked by us now: leave the repair to the next real lock, which is told again. */
+        pthread_mutex_unlock(&t->mutex);
+        return 0;
+    }
+#endif
+    return rc == EBUSY;
+}

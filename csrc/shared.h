@@ -72,5 +72,7 @@ int ks_tail_init(ks_tail *t);
  * rebuilt before use; the mutex is already marked consistent), or an errno. */
 int ks_tail_lock(ks_tail *t);
 int ks_tail_unlock(ks_tail *t);
+/* Whether another thread or process holds the mutex right now (a hint: it may change at once). */
+int ks_tail_busy(ks_tail *t);
 
 #endif

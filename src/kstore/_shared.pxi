@@ -41,6 +41,7 @@ cdef extern from "shared.h":
     int ks_tail_init(ks_tail *t) nogil
     int ks_tail_lock(ks_tail *t) nogil
     int ks_tail_unlock(ks_tail *t) nogil
+    int ks_tail_busy(ks_tail *t) nogil
 
 cdef extern from "<unistd.h>":
     int getpid() nogil
@@ -96,6 +97,11 @@ cdef class SharedTail:
                                            f"{strerror(rc).decode()}")
         self.held = True
         return False
+
+    def busy(self):
+        """Whether someone holds the lock right now (a hint for choosing what to append
+        first; it may change at once)."""
+        return self.t != NULL and ks_tail_busy(self.t) != 0
 
     def unlock(self):
         self.held = False

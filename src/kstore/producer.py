@@ -118,10 +118,15 @@ class Producer(_core.ProducerCore):
             chunk = -(-n // nparts)
             order = np.arange(n, dtype=np.int64)
             start_p = (self._spread.randrange(nparts) + os.getpid()) % nparts
+            todo = [(start_p + i) % nparts for i in range(nparts)]
             for i in range(nparts):
                 part = order[i * chunk:(i + 1) * chunk]
                 if len(part):
-                    self._append(topic, (start_p + i) % nparts, values, keys, timestamps, part, kw)
+                    # Any partition will do for these records: one another process is not
+                    # appending to right now first (shared stores), else the next in turn.
+                    p = self._idle_partition(topic, todo)
+                    todo.remove(p)
+                    self._append(topic, p, values, keys, timestamps, part, kw)
             return n
         parts = _core.partitions_for_keys(keys, nparts, self.partitioner)
         sticky = parts < 0
@@ -132,6 +137,14 @@ class Producer(_core.ProducerCore):
             if len(idx):
                 self._append(topic, p, values, keys, timestamps, idx, kw)
         return n
+
+    def _idle_partition(self, topic: str, candidates: list[int]) -> int:
+        if len(candidates) > 1 and self.store.shared:
+            for p in candidates:
+                tail = self.store.partition(topic, p)._tail
+                if tail is None or not tail.busy():
+                    return p
+        return candidates[0]
 
     #: Records encoded per append in send_many: about 2 MiB, so the buffer is reused from
     #: malloc and stays in cache. Encoding a million records into one fresh 121 MB buffer spent

@@ -1,6 +1,6 @@
 """Type stubs for the compiled core (kstore._core)."""
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -189,7 +189,40 @@ def resync(buf: Buffer, bad: int, end: int, min_base: int, max_last: int) -> int
 def batch_crc_ok(buf: Buffer, position: int, end: int = -1) -> bool: ...
 def read_error_text(rc: int) -> str: ...
 
+TAIL_FILE_SIZE: int
+TAIL_PENDING: int
+SHARED_OWNER_DIED: int
+SHARED_STALE: int
+SHARED_SLOW: int
+
+class SharedTail:
+    held: bool
+    valid: bool
+    seq: int
+    session: int
+    deleted: int
+    active_base: int
+    size: int
+    next_offset: int
+    log_start: int
+    recovery_point: int
+    last_flush_ms: int
+    segments_gen: int
+    offset_persisted: int
+    time_persisted: int
+    def __init__(self, mm: Buffer) -> None: ...
+    def init(self, session: int) -> None: ...
+    def mark_valid(self) -> None: ...
+    def lock(self) -> bool: ...
+    def unlock(self) -> None: ...
+    def busy(self) -> bool: ...
+    def release(self) -> None: ...
+    def bump(self) -> int: ...
+    def stats(self) -> dict[str, int]: ...
+
 class SegmentAppender:
+    def load_shared(self, st: SharedTail) -> None: ...
+    def publish(self, st: SharedTail, leo: int, recovery_point: int, last_flush_ms: int) -> int: ...
     fd: int
     base_offset: int
     size: int
@@ -241,7 +274,10 @@ class AppendPath:
     require_keys: bool
     clock: Any
     needs_flush: bool
+    tail: SharedTail | None
+    seen_seq: int
     def __init__(self, appender: SegmentAppender, leo: int) -> None: ...
+    def append_shared(self, buf: Buffer, deep: bool, verify_crc: bool = True) -> tuple[int, int, int] | int: ...
     def configure(self, config: dict[str, Any], clock: Any) -> None: ...
     def append(self, buf: Buffer, deep: bool, verify_crc: bool = True) -> tuple[int, int, int] | int: ...
 
@@ -254,6 +290,7 @@ class RecordMetadata(tuple[str, int, int, int]):
     timestamp: int
 
 class ProducerCore:
+    _on_pending: Callable[[], Any] | None
     store: Any
     batch_size: int
     linger_ms: int

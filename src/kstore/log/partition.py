@@ -849,7 +849,7 @@ class PartitionLog:
                     self._check_writable()
                     raise ClosedError(f"log {self.directory} is closed")
                 if self._tail is not None:
-                    result = fast.append_shared(buf, validate_records, verify_crc)
+                    result: Any = fast.append_shared(buf, validate_records, verify_crc)
                     if result.__class__ is int:
                         # Still locked: the tail needs rebuilding or taking over, or a roll or
                         # flush is due. Finish here.

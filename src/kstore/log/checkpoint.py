@@ -164,6 +164,20 @@ class CheckpointFile:
                 os.close(dfd)  # releases the flock
 
 
+def _open_lock_file(directory: Path, what: str) -> int:
+    """Create ``directory`` if needed and open ``<dir>/.lock`` (not locked yet)."""
+    from kstore.errors import KafkaStorageError
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError as exc:
+        raise KafkaStorageError(f"cannot write to {what} {directory}: {exc.strerror}; check its "
+                                f"permissions or open it with read_only=True") from exc
+    except OSError as exc:
+        raise KafkaStorageError(f"cannot use {directory} as a {what}: {exc}") from exc
+
+
 def lock_directory(directory: Path, what: str) -> int:
     """Create ``directory`` if needed and take the exclusive writer lock on ``<dir>/.lock``
     (flock: per open file, so a second open in this process is refused too). Returns the fd
@@ -171,14 +185,7 @@ def lock_directory(directory: Path, what: str) -> int:
     the directory cannot be used."""
     from kstore.errors import KafkaStorageError, LogLockedError
 
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except PermissionError as exc:
-        raise KafkaStorageError(f"cannot write to {what} {directory}: {exc.strerror}; check its "
-                                f"permissions or open it with read_only=True") from exc
-    except OSError as exc:
-        raise KafkaStorageError(f"cannot use {directory} as a {what}: {exc}") from exc
+    fd = _open_lock_file(directory, what)
     for attempt in range(20):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -227,14 +234,7 @@ def lock_shared(directory: Path, what: str, probe_first: bool = True) -> tuple[i
     when an exclusive writer (``shared=False``) has it."""
     from kstore.errors import KafkaStorageError, LogLockedError
 
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except PermissionError as exc:
-        raise KafkaStorageError(f"cannot write to {what} {directory}: {exc.strerror}; check its "
-                                f"permissions or open it with read_only=True") from exc
-    except OSError as exc:
-        raise KafkaStorageError(f"cannot use {directory} as a {what}: {exc}") from exc
+    fd = _open_lock_file(directory, what)
     if probe_first:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

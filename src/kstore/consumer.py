@@ -176,20 +176,14 @@ class GroupState:
         """Kafka's RangeAssignor: per topic, partitions in order, members sorted by id, the
         first ``n % m`` members get one extra."""
         self.generation += 1
-        out: dict[str, list[TopicPartition]] = {m.member_id: [] for m in self.members}
-        topics = sorted({t for m in self.members for t in m.subscription})
-        for t in topics:
-            subs = sorted(m.member_id for m in self.members if t in m.subscription)
+        counts: dict[str, int] = {}
+        for t in {t for m in self.members for t in m.subscription}:
             try:
-                n = store.partitions_for(t)
+                counts[t] = store.partitions_for(t)
             except UnknownTopicOrPartitionError:
                 continue
-            per, extra = divmod(n, len(subs))
-            start = 0
-            for i, mid in enumerate(subs):
-                count = per + (1 if i < extra else 0)
-                out[mid] += [(t, p) for p in range(start, start + count)]
-                start += count
+        out = localgroups.range_assign({m.member_id: list(m.subscription) for m in self.members},
+                                       counts)
         self.assignments = out
 
 

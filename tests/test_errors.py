@@ -25,7 +25,8 @@ def test_code_matches_kafka_python(cls):
     norm = lambda n: n.replace("Error", "").replace("_", "").lower()  # noqa: E731
     aliases = {"recordtoolarge": "messagesizetoolarge", "kafkastorage": "kafkastorage",
                "invalidconfig": "invalidconfiguration", "invalidfetchsize": "invalidfetchrequest",
-               "unknownserver": "unknown"}
+               "unknownserver": "unknown", "notleaderorfollower": "notleaderforpartition",
+               "network": "networkexception"}
     name = norm(cls.__name__)
     if cls.__dict__.get("code") is None:  # kstore-only subclass reusing its parent's code
         return

@@ -77,10 +77,56 @@ class InvalidFetchSizeError(KStoreError, ValueError):
     code = 4
 
 
+class LeaderNotAvailableError(KStoreError):
+    code = 5
+    retriable = True
+
+
+class NotLeaderOrFollowerError(KStoreError):
+    code = 6
+    retriable = True
+
+
+class RequestTimedOutError(KStoreError, TimeoutError):
+    """A request (or, from a cluster client, a message or an admin call) that did not complete
+    in time. Whether it took effect is unknown."""
+
+    code = 7
+    retriable = True
+
+
+class BrokerNotAvailableError(KStoreError):
+    code = 8
+    retriable = True
+
+
 class RecordTooLargeError(KStoreError, ValueError):
     """MESSAGE_TOO_LARGE: a batch over max.message.bytes."""
 
     code = 10
+
+
+class NetworkError(KStoreError, ConnectionError):
+    """The connection to a broker failed or no broker could be reached (Kafka's
+    NETWORK_EXCEPTION)."""
+
+    code = 13
+    retriable = True
+
+
+class CoordinatorLoadInProgressError(KStoreError):
+    code = 14
+    retriable = True
+
+
+class CoordinatorNotAvailableError(KStoreError):
+    code = 15
+    retriable = True
+
+
+class NotCoordinatorError(KStoreError):
+    code = 16
+    retriable = True
 
 
 class InvalidTopicError(KStoreError, ValueError):
@@ -123,6 +169,18 @@ class InvalidCommitOffsetSizeError(KStoreError, ValueError):
     code = 28
 
 
+class TopicAuthorizationFailedError(KStoreError, PermissionError):
+    code = 29
+
+
+class GroupAuthorizationFailedError(KStoreError, PermissionError):
+    code = 30
+
+
+class ClusterAuthorizationFailedError(KStoreError, PermissionError):
+    code = 31
+
+
 class InvalidTimestampError(KStoreError, ValueError):
     code = 32
 
@@ -161,12 +219,21 @@ class InvalidConfigError(KStoreError, ValueError):
     code = 40
 
 
+class NotControllerError(KStoreError):
+    code = 41
+    retriable = True
+
+
 class InvalidRequestError(KStoreError, ValueError):
     code = 42
 
 
 class UnsupportedForMessageFormatError(KStoreError):
     code = 43
+
+
+class PolicyViolationError(KStoreError, ValueError):
+    code = 44
 
 
 class OutOfOrderSequenceNumberError(KStoreError):
@@ -248,3 +315,12 @@ class DecompressionLimitError(CorruptRecordError, register=False):
     """A compressed batch that inflates past the decompression limit (a zip bomb)."""
 
     retriable = False
+
+
+class UnsupportedOnClusterError(KStoreError, NotImplementedError, register=False):
+    """A Store feature that cannot exist behind ``kstore.connect`` (a Kafka cluster): zero-copy
+    reads of a partition's files, retention run by the client, exclusive locks."""
+
+
+class MissingDependencyError(KStoreError, ImportError, register=False):
+    """An optional package a feature needs is not installed (the message says which extra)."""

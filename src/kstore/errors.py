@@ -248,3 +248,13 @@ class DecompressionLimitError(CorruptRecordError, register=False):
     """A compressed batch that inflates past the decompression limit (a zip bomb)."""
 
     retriable = False
+
+
+class ExternalBrokerError(KStoreError, register=False):
+    """What the test fixtures cannot do against an external broker (``--kafka-bootstrap``),
+    such as handing out its data directory as ``kafka_broker.store``."""
+
+
+class WaitTimeoutError(KStoreError, TimeoutError, register=False):
+    """A test helper's wait (``kstore.testing.Broker.wait_for``) ran out of time; the message
+    says what there was instead."""

@@ -141,7 +141,7 @@ def test_groups_start_without_the_initial_rebalance_delay():
 @pytest.mark.kafka_broker(auto_create_topics=False)
 def test_marker_turns_auto_create_off(kafka_broker):
     p = ck.Producer({"bootstrap.servers": kafka_broker.bootstrap_servers,
-                     "message.timeout.ms": 1000})
+                     "message.timeout.ms": 300})
     failed: list[object] = []
     p.produce("absent", b"v", on_delivery=lambda e, m: failed.append(e))
     p.flush(CLIENT_TIMEOUT)
@@ -264,10 +264,10 @@ async def test_faststream_kafka_broker(kafka_broker, kafka_bootstrap):
     assert kafka_broker.store.committed("fs", "fs-in", 0) == 2
 
 
-@pytest.mark.filterwarnings("ignore:The httpx module is deprecated")  # authlib, by quixstreams
 def test_quixstreams_application_at_least_once(kafka_broker, tmp_path):
     quixstreams = need("quixstreams", "test")
     kafka_broker.create_topic("readings", partitions=2)
+    kafka_broker.create_topic("scaled")  # else quixstreams waits 1 s (its poll) for it to exist
 
     def app_and_run(values: list[int]) -> list[object]:
         app = quixstreams.Application(

@@ -390,30 +390,41 @@ class ExternalBroker:
             if meta is None or meta.error is not None:
                 raise errors.UnknownTopicOrPartitionError(
                     f"topic {topic!r} does not exist on {self.bootstrap_servers}")
-            out: list[Record] = []
+            ends: dict[int, int] = {}
+            starts = []
             for p in sorted(meta.partitions):
                 low, high = consumer.get_watermark_offsets(
                     confluent_kafka.TopicPartition(topic, p), timeout=30)
-                if high <= low:
+                if high > low:
+                    ends[p] = high
+                    starts.append(confluent_kafka.TopicPartition(topic, p, low))
+            out: list[Record] = []
+            if starts:
+                consumer.assign(starts)
+            pending = set(ends)
+            deadline = time.monotonic() + 60
+            while pending and time.monotonic() < deadline:
+                m = consumer.poll(0.2)
+                if m is None:
                     continue
-                consumer.assign([confluent_kafka.TopicPartition(topic, p, low)])
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    m = consumer.poll(1.0)
-                    if m is None:
+                if m.error() is not None:
+                    if m.error().code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                        pending.discard(m.partition())
                         continue
-                    if m.error() is not None:
-                        if m.error().code() == confluent_kafka.KafkaError._PARTITION_EOF:
-                            break
-                        raise errors.error_for_code(m.error().code())(
-                            f"{self.bootstrap_servers}: reading {topic}-{p}: {m.error().str()}")
-                    ts_type, ts = m.timestamp()
-                    out.append(Record(offset=m.offset(), timestamp=ts, key=m.key(),
-                                      value=m.value(), headers=tuple(m.headers() or ()),
-                                      timestamp_type=max(ts_type - 1, 0), topic=topic,
-                                      partition=p))
-                    if m.offset() + 1 >= high:
-                        break
+                    raise errors.error_for_code(m.error().code())(
+                        f"{self.bootstrap_servers}: reading {topic}-{m.partition()}: "
+                        f"{m.error().str()}")
+                ts_type, ts = m.timestamp()
+                out.append(Record(offset=m.offset(), timestamp=ts, key=m.key(), value=m.value(),
+                                  headers=tuple(m.headers() or ()),
+                                  timestamp_type=max(ts_type - 1, 0), topic=topic,
+                                  partition=m.partition()))
+                if m.offset() + 1 >= ends[m.partition()]:
+                    pending.discard(m.partition())
+            if pending:
+                raise WaitTimeoutError(f"{self.bootstrap_servers}: could not read {topic} "
+                                       f"partitions {sorted(pending)} to their end within 60s")
+            out.sort(key=lambda r: (r.partition, r.offset))
             return out
         finally:
             consumer.close()

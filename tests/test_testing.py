@@ -122,7 +122,11 @@ def test_bad_options_are_refused_saying_why(tmp_path):
         kstore.testing.broker(tls_cert=tmp_path / "c.pem").__enter__()
     with pytest.raises(InvalidConfigError, match="cannot load the TLS certificate"):
         kstore.testing.broker(tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "k.pem").__enter__()
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # no directory left by the refused ones
+    with kstore.testing.broker() as b, pytest.raises(
+            InvalidConfigError, match=f"cannot listen on 127.0.0.1:{b.port}: .*port=0"):
+        kstore.testing.broker(tmp_path / "second", port=b.port).__enter__()
+    kstore.open(tmp_path / "second", exclusive=True).close()  # the refused one let go of it
 
 
 def test_groups_start_without_the_initial_rebalance_delay():

@@ -93,30 +93,31 @@ def _options(request: pytest.FixtureRequest) -> dict[str, Any]:
     return options
 
 
-@pytest.fixture
-def kafka_broker(request: pytest.FixtureRequest,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker | ExternalBroker]:
-    """A broker of this test alone; see the module doc."""
-    options = _options(request)
+def _broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+            name: str, options: dict[str, Any]) -> Iterator[Broker | ExternalBroker]:
+    """The fixtures' body: the external broker when given, else a new one under ``name``."""
     external = _external(request.config)
+    broker: Broker | ExternalBroker
     if external is not None:
         if options:
             pytest.skip(f"asks the broker for {sorted(options)}; the external broker "
                         f"{external.bootstrap_servers} (--kafka-bootstrap) has its own settings")
-        try:
-            yield external
-        finally:
-            external.delete_created_topics()
-            external.close()
-        return
-    from kstore.testing import start
+        broker = external
+    else:
+        from kstore.testing import start
 
-    data_dir = tmp_path_factory.mktemp("kafka_broker", numbered=True)
-    broker = start(data_dir, **options)
+        broker = start(tmp_path_factory.mktemp(name, numbered=True), **options)
     try:
         yield broker
     finally:
         broker.close()
+
+
+@pytest.fixture
+def kafka_broker(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker | ExternalBroker]:
+    """A broker of this test alone; see the module doc."""
+    yield from _broker(request, tmp_path_factory, "kafka_broker", _options(request))
 
 
 @pytest.fixture(scope="session")
@@ -124,21 +125,7 @@ def kafka_broker_session(
         request: pytest.FixtureRequest,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker | ExternalBroker]:
     """One broker for the session (per xdist worker); see the module doc."""
-    external = _external(request.config)
-    if external is not None:
-        try:
-            yield external
-        finally:
-            external.delete_created_topics()
-            external.close()
-        return
-    from kstore.testing import start
-
-    broker = start(tmp_path_factory.mktemp("kafka_broker_session", numbered=True))
-    try:
-        yield broker
-    finally:
-        broker.close()
+    yield from _broker(request, tmp_path_factory, "kafka_broker_session", {})
 
 
 @pytest.fixture

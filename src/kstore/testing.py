@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from kstore.server import Server
     from kstore.store import Store
 
-__all__ = ["Broker", "ExternalBroker", "broker"]
+__all__ = ["Broker", "ExternalBroker", "broker", "start"]
 
 #: Seconds to wait for the server thread to start listening or to stop.
 START_STOP_TIMEOUT_S = 30.0
@@ -201,8 +201,8 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, host: str = "127.0.
           tls_key: str | os.PathLike[str] | None = None,
           tls_ca: str | os.PathLike[str] | None = None,
           **server_options: Any) -> Broker:
-    """Start a broker and return it (call ``.close()``); :func:`broker` is the context-manager
-    form and documents the arguments."""
+    """Start a broker and return it (call ``.close()``, or use it in a ``with``);
+    :func:`broker` is the context-manager form and documents the arguments."""
     from kstore.server import Server, ServerConfig
     from kstore.store import Store
 
@@ -248,9 +248,13 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, host: str = "127.0.
         thread.start()
         try:
             asyncio.run_coroutine_threadsafe(server.start(), loop).result(START_STOP_TIMEOUT_S)
-        except BaseException:
+        except BaseException as exc:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(START_STOP_TIMEOUT_S)
+            if isinstance(exc, OSError):
+                raise InvalidConfigError(
+                    f"the test broker cannot listen on {host}:{port}: {exc.strerror or exc}; "
+                    f"port=0 (the default) picks a free port") from None
             raise
     except BaseException:
         if loop is not None and not loop.is_running():
@@ -264,28 +268,21 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, host: str = "127.0.
 
 
 @contextlib.contextmanager
-def broker(data_dir: str | os.PathLike[str] | None = None, *, host: str = "127.0.0.1",
-           port: int = 0, auto_create_topics: bool = True, num_partitions: int = 1,
-           sasl_users: Mapping[str, str] | None = None,
-           tls_cert: str | os.PathLike[str] | None = None,
-           tls_key: str | os.PathLike[str] | None = None,
-           tls_ca: str | os.PathLike[str] | None = None,
-           **server_options: Any) -> Iterator[Broker]:
+def broker(data_dir: str | os.PathLike[str] | None = None, **options: Any) -> Iterator[Broker]:
     """A running broker for the ``with`` block; stopped (and its temporary directory removed)
     at the end.
 
+    Options (keywords of :func:`start`, which returns the broker without the ``with``):
     ``data_dir``: the data directory (kept afterwards); default a new temporary one.
     ``port`` 0 picks a free port. ``auto_create_topics`` (Kafka's auto.create.topics.enable)
     and ``num_partitions`` (num.partitions) as in Kafka. ``sasl_users`` ``{user: password}``
     turns SASL on (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512). ``tls_cert``/``tls_key`` (PEM files)
     turn TLS on, ``tls_ca`` asks clients for certificates it signed. Any other keyword is a
     :class:`kstore.server.ServerConfig` field (``group_initial_rebalance_delay_ms`` defaults to
-    0 here, see the module doc). Raises InvalidConfigError for an unknown option, OSError
-    when the port cannot be bound, LogLockedError when another process holds ``data_dir``.
+    0 here, see the module doc). Raises InvalidConfigError for an unknown option or a port
+    that cannot be bound, LogLockedError when another process holds ``data_dir``.
     """
-    b = start(data_dir, host=host, port=port, auto_create_topics=auto_create_topics,
-              num_partitions=num_partitions, sasl_users=sasl_users, tls_cert=tls_cert,
-              tls_key=tls_key, tls_ca=tls_ca, **server_options)
+    b = start(data_dir, **options)
     try:
         yield b
     finally:
@@ -445,6 +442,8 @@ class ExternalBroker:
             time.sleep(0.1)
 
     def close(self) -> None:
+        """Delete the topics :meth:`create_topic` made (so a test leaves none behind)."""
+        self.delete_created_topics()
         self._admin = None
 
     def __repr__(self) -> str:

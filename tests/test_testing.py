@@ -320,3 +320,17 @@ def test_session_broker_is_one_for_the_session(kafka_broker_session, kafka_broke
     assert Path(kafka_broker_session.data_dir).is_dir()
     produce(kafka_broker_session.bootstrap_servers, "session-topic", [(None, b"k", b"v")])
     assert len(kafka_broker_session.records("session-topic")) >= 1
+
+
+def test_sasl_users_may_be_a_users_object():
+    from kstore.server.auth import Users
+
+    with kstore.testing.broker(sasl_users=Users.from_dict({"bob": "bob-secret"})) as b:
+        assert b.security_protocol == "SASL_PLAINTEXT"
+        assert "sasl.username" not in b.client_config()  # no password to give out
+        cfg = {"bootstrap.servers": b.bootstrap_servers, "security.protocol": "SASL_PLAINTEXT",
+               "sasl.mechanisms": "SCRAM-SHA-256", "sasl.username": "bob",
+               "sasl.password": "bob-secret"}
+        produce(b.bootstrap_servers, "scram", [(None, b"k", b"v")],
+                **{k: v for k, v in cfg.items() if k != "bootstrap.servers"})
+        assert [r.value for r in b.wait_for("scram", 1)] == [b"v"]

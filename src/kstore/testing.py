@@ -42,6 +42,7 @@ from kstore.errors import (
 if TYPE_CHECKING:
     from kstore._core import Record
     from kstore.server import Server
+    from kstore.server.auth import Users
     from kstore.store import Store
 
 __all__ = ["Broker", "ExternalBroker", "broker", "start"]
@@ -69,6 +70,7 @@ class Broker:
         self._owned_dir = owned_dir
         self._closed = False
         self.users = dict(users)
+        self.sasl = server.config.sasl_users is not None
         self.tls = tls
         self.host = server.config.host
         self.port = server.port
@@ -82,7 +84,7 @@ class Broker:
     def security_protocol(self) -> str:
         """Kafka's ``security.protocol`` a client needs: PLAINTEXT, SSL, SASL_PLAINTEXT or
         SASL_SSL."""
-        return _security_protocol(bool(self.users), self.tls)
+        return _security_protocol(self.sasl, self.tls)
 
     def client_config(self, user: str | None = None) -> dict[str, str]:
         """librdkafka (confluent-kafka) settings to reach this broker: bootstrap.servers,
@@ -196,7 +198,7 @@ class Broker:
 
 def start(data_dir: str | os.PathLike[str] | None = None, *, host: str = "127.0.0.1",
           port: int = 0, auto_create_topics: bool = True, num_partitions: int = 1,
-          sasl_users: Mapping[str, str] | None = None,
+          sasl_users: Mapping[str, str] | Users | None = None,
           tls_cert: str | os.PathLike[str] | None = None,
           tls_key: str | os.PathLike[str] | None = None,
           tls_ca: str | os.PathLike[str] | None = None,
@@ -215,17 +217,21 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, host: str = "127.0.
             f"and kstore.server.ServerConfig's fields")
     if "ssl_context" in server_options and tls_cert is not None:
         raise InvalidConfigError("give either ssl_context or tls_cert/tls_key, not both")
-    users: dict[str, str] = dict(sasl_users or {})
     ssl_context = server_options.pop("ssl_context", None)
     if tls_cert is not None:
         from kstore.server.auth import server_ssl_context
 
         ssl_context = server_ssl_context(tls_cert, tls_key, tls_ca)  # type: ignore[arg-type]
-    sasl = server_options.pop("sasl_users", None)
-    if users:
+    users: dict[str, str] = {}
+    sasl = None
+    if sasl_users is not None:
         from kstore.server.auth import Users
 
-        sasl = Users.from_dict(users)
+        if isinstance(sasl_users, Users):
+            sasl = sasl_users  # e.g. Users.load(path): client_config() knows no password
+        else:
+            users = dict(sasl_users)
+            sasl = Users.from_dict(users)
     server_options.setdefault("group_initial_rebalance_delay_ms",
                               TEST_GROUP_INITIAL_REBALANCE_DELAY_MS)
     config = ServerConfig(host=host, port=port, auto_create_topics=auto_create_topics,
@@ -276,7 +282,8 @@ def broker(data_dir: str | os.PathLike[str] | None = None, **options: Any) -> It
     ``data_dir``: the data directory (kept afterwards); default a new temporary one.
     ``port`` 0 picks a free port. ``auto_create_topics`` (Kafka's auto.create.topics.enable)
     and ``num_partitions`` (num.partitions) as in Kafka. ``sasl_users`` ``{user: password}``
-    turns SASL on (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512). ``tls_cert``/``tls_key`` (PEM files)
+    (or a :class:`kstore.server.auth.Users`) turns SASL on (PLAIN, SCRAM-SHA-256,
+    SCRAM-SHA-512). ``tls_cert``/``tls_key`` (PEM files)
     turn TLS on, ``tls_ca`` asks clients for certificates it signed. Any other keyword is a
     :class:`kstore.server.ServerConfig` field (``group_initial_rebalance_delay_ms`` defaults to
     0 here, see the module doc). Raises InvalidConfigError for an unknown option or a port

@@ -4,7 +4,7 @@
 
     with kstore.testing.broker() as b:              # a free loopback port, a temporary directory
         b.create_topic("orders", partitions=2)
-        ...                                          # any Kafka client, bootstrap b.bootstrap_servers
+        ...                                          # any Kafka client on b.bootstrap_servers
         records = b.wait_for("orders", 3, timeout=10)   # kstore Records, partition/offset order
 
 The server runs on its own event loop in a daemon thread, so it serves synchronous code and

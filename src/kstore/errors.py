@@ -324,3 +324,13 @@ class UnsupportedOnClusterError(KStoreError, NotImplementedError, register=False
 
 class MissingDependencyError(KStoreError, ImportError, register=False):
     """An optional package a feature needs is not installed (the message says which extra)."""
+
+
+class ExternalBrokerError(KStoreError, register=False):
+    """What the test fixtures cannot do against an external broker (``--kafka-bootstrap``),
+    such as handing out its data directory as ``kafka_broker.store``."""
+
+
+class WaitTimeoutError(KStoreError, TimeoutError, register=False):
+    """A test helper's wait (``kstore.testing.Broker.wait_for``) ran out of time; the message
+    says what there was instead."""

@@ -14,9 +14,10 @@
 from kstore import errors
 from kstore.errors import KStoreError
 from kstore.records import BatchBuilder, Record, iter_batches
+from kstore.cluster import ClusterStore, connect
 from kstore.store import Store, open
 
 __version__ = "0.1.0"
 
-__all__ = ["BatchBuilder", "KStoreError", "Record", "Store", "errors", "iter_batches", "open",
-           "__version__"]
+__all__ = ["BatchBuilder", "ClusterStore", "KStoreError", "Record", "Store", "connect", "errors",
+           "iter_batches", "open", "__version__"]

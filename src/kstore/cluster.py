@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any, cast
 
@@ -312,7 +313,9 @@ class ClusterStore:
                 else:
                     current[k] = _config_str(v)
             res = ck.admin.ConfigResource("topic", name, set_config=current)
-            futs = self._admin.alter_configs([res], request_timeout=self.timeout_s)
+            with warnings.catch_warnings():  # deprecated for the brokers that have the other
+                warnings.simplefilter("ignore", DeprecationWarning)
+                futs = self._admin.alter_configs([res], request_timeout=self.timeout_s)
             _wait(futs[res], self.timeout_s, f"altering the config of topic {name!r}")
         self._changed(name)
 
@@ -602,7 +605,7 @@ class ClusterProducer:
         cfg.setdefault("enable.idempotence", True)
         cfg["on_delivery"] = self._delivered
         try:
-            self._p = ck.Producer(cfg)
+            self._p: Any = ck.Producer(cfg)
         except ck.KafkaException as exc:
             raise _kafka.error_from(exc, "creating a producer") from None
 
@@ -752,9 +755,11 @@ class ClusterProducer:
     def flush(self) -> None:
         """Wait until every record sent so far is acknowledged (or failed: then raise the
         first failure). Bounded by librdkafka's message.timeout.ms (delivery.timeout.ms)."""
-        while self._p.flush(1.0) > 0:
-            if self.closed:
-                break
+        p = self._p
+        if p is None:
+            return  # closed: close() flushed
+        while p.flush(1.0) > 0:
+            pass
         self._raise_failed()
 
     def close(self) -> None:
@@ -766,10 +771,13 @@ class ClusterProducer:
         finally:
             self.closed = True
             self.store._forget(self)
+            # librdkafka's handle holds our delivery callback: drop it now, not at a later
+            # garbage collection (its threads would keep connecting meanwhile).
+            self._p = None
 
     @property
     def pending_records(self) -> int:
-        return len(self._p)
+        return 0 if self._p is None else len(self._p)
 
     def __enter__(self) -> ClusterProducer:
         return self
@@ -793,17 +801,19 @@ def _as_bytes(obj: Any, what: str) -> Any:
 def _items(values: Any, what: str) -> Any:
     """A send_many column as something indexable giving bytes-like/None per record."""
     if isinstance(values, tuple) and len(values) == 2 and isinstance(values[1], np.ndarray):
+        # confluent-kafka takes only objects without a buffer release (bytes, not memoryview
+        # slices): one slice per record.
         data, offs = values
-        mv = memoryview(_as_bytes(data, what))
+        b = _as_bytes(data, what)
         o = offs.tolist()
-        return [mv[o[i]:o[i + 1]] for i in range(len(o) - 1)]
+        return [b[o[i]:o[i + 1]] for i in range(len(o) - 1)]
     if isinstance(values, np.ndarray):
         if values.ndim != 2 or values.dtype != np.uint8:
             raise TypeError(f"{what} as a numpy array must be 2-D uint8, not {values.dtype} "
                             f"with {values.ndim} dimension(s)")
         w = values.shape[1]
-        mv = memoryview(values.tobytes())
-        return [mv[i * w:(i + 1) * w] for i in range(values.shape[0])]
+        b = values.tobytes()
+        return [b[i * w:(i + 1) * w] for i in range(values.shape[0])]
     return [_as_bytes(v, what) for v in values]
 
 
@@ -1125,7 +1135,8 @@ class ClusterConsumer:
                     continue
                 if err.code() == ck.KafkaError._PARTITION_EOF:
                     continue
-                exc = self._fetch_error(err, f"fetching {m.topic()}-{m.partition()}")
+                exc = self._fetch_error(err, f"fetching {m.topic()}-{m.partition()}",
+                                        (m.topic(), m.partition()))
                 if good:  # deliver what came before; the error is raised by the next poll
                     self._error = exc
                     break
@@ -1137,10 +1148,13 @@ class ClusterConsumer:
             if remaining is not None and remaining <= 0:
                 return []
 
-    @staticmethod
-    def _fetch_error(err: Any, what: str) -> errors.KStoreError:
+    def _fetch_error(self, err: Any, what: str, tp: TopicPartition) -> errors.KStoreError:
         ck = _kafka.confluent()
         if err.code() == ck.KafkaError._AUTO_OFFSET_RESET:
+            if tp not in self._positions and self.committed(*tp) is None:
+                return errors.NoOffsetForPartitionError(
+                    f"no committed offset for {tp[0]}-{tp[1]} in group {self.group!r} and "
+                    f"auto_offset_reset='none'; seek() first or choose 'earliest'/'latest'")
             return errors.OffsetOutOfRangeError(
                 f"{what}: {err.str()} (auto_offset_reset='none'); seek() to a valid offset")
         return _kafka.error_from(err, what)

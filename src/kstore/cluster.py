@@ -83,6 +83,21 @@ def _wait(future: Any, timeout_s: float, what: str) -> Any:
         raise errors.InvalidRequestError(f"{what}: {exc}") from None
 
 
+def _client(factory: Any, config: dict[str, Any], what: str) -> Any:
+    """A confluent-kafka client; a config librdkafka refuses raises InvalidConfigError."""
+    ck = _kafka.confluent()
+    try:
+        return factory(config)
+    except ck.KafkaException as exc:
+        err = _kafka.error_from(exc, what)
+        if isinstance(err, errors.InvalidRequestError):  # _INVALID_ARG: a property or value
+            raise errors.InvalidConfigError(f"{err}; client settings take librdkafka's names "
+                                            f"(CONFIGURATION.md)") from None
+        raise err from None
+    except (TypeError, ValueError) as exc:
+        raise errors.InvalidConfigError(f"{what}: {exc}") from None
+
+
 class ClusterStore:
     """The Store API on a Kafka cluster. Use ``kstore.connect(url)``. Thread-safe as the
     embedded Store is: producers may be shared by threads, a consumer is used by one thread."""
@@ -106,12 +121,7 @@ class ClusterStore:
         self._lock = threading.Lock()
         self._meta: dict[str, tuple[float, tuple[int, int, bool]]] = {}
         self.topic_epoch = 0
-        try:
-            self._admin = ck.admin.AdminClient(dict(self.config))
-        except ck.KafkaException as exc:
-            raise _kafka.error_from(exc, f"connecting to {url}") from None
-        except (TypeError, ValueError) as exc:
-            raise errors.InvalidConfigError(f"connecting to {url}: {exc}") from None
+        self._admin = _client(ck.admin.AdminClient, dict(self.config), f"connecting to {url}")
         # A first metadata round trip: a wrong address fails here, not at first use.
         self._metadata(None, f"connecting to {url}")
 
@@ -603,11 +613,10 @@ class ClusterProducer:
         cfg.setdefault("compression.type", compression or "none")
         # Retries must not duplicate records (the embedded store never does).
         cfg.setdefault("enable.idempotence", True)
+        #: What librdkafka's producer was given (without the delivery callback).
+        self.client_config = dict(cfg)
         cfg["on_delivery"] = self._delivered
-        try:
-            self._p: Any = ck.Producer(cfg)
-        except ck.KafkaException as exc:
-            raise _kafka.error_from(exc, "creating a producer") from None
+        self._p: Any = _client(ck.Producer, cfg, "creating a producer")
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -940,12 +949,7 @@ class ClusterConsumer:
         })
         if cfg["session.timeout.ms"] < 6000 and group is not None:
             cfg["session.timeout.ms"] = 6000  # Kafka's group.min.session.timeout.ms
-        try:
-            self._c = ck.Consumer(cfg)
-        except ck.KafkaException as exc:
-            raise _kafka.error_from(exc, "creating a consumer") from None
-        except (TypeError, ValueError) as exc:
-            raise errors.InvalidConfigError(f"creating a consumer: {exc}") from None
+        self._c = _client(ck.Consumer, cfg, "creating a consumer")
         if topics is not None:
             if isinstance(topics, str):
                 raise TypeError("topics must be a list of topic names, not a str")

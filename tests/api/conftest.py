@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import kstore
-from tests.server.conftest import KServer, wait_until
+from tests.server.conftest import KServer, kserver, wait_until  # noqa: F401 - kserver: a fixture
 
 BACKENDS = ("embedded", "cluster")
 

@@ -34,6 +34,8 @@ What differs from the embedded store (each is documented where it applies):
 from __future__ import annotations
 
 import asyncio
+import itertools
+import operator
 import threading
 import time
 import warnings
@@ -42,7 +44,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from kstore import _core, _kafka, errors
+from kstore import _core, _kafka, errors, localgroups
 from kstore.config import TOPIC_CONFIG, validate_config
 from kstore.consumer import RESETS, PartitionColumns
 from kstore.topic import Sticky, key_partition, refuse_internal, validate_partitioner, validate_topic_name
@@ -121,7 +123,7 @@ class ClusterStore:
         self._lock = threading.Lock()
         self._meta: dict[str, tuple[float, tuple[int, int, bool]]] = {}
         self.topic_epoch = 0
-        self._admin = _client(ck.admin.AdminClient, dict(self.config), f"connecting to {url}")
+        self._admin: Any = _client(ck.admin.AdminClient, dict(self.config), f"connecting to {url}")
         # A first metadata round trip: a wrong address fails here, not at first use.
         self._metadata(None, f"connecting to {url}")
 
@@ -542,6 +544,7 @@ class ClusterStore:
             except errors.KStoreError as exc:
                 failures.append(exc)
         self._closed = True
+        self._admin = None  # librdkafka's threads stop now, not at a later collection
         if failures:
             raise failures[0]
 
@@ -692,8 +695,8 @@ class ClusterProducer:
                     self._delivered(err, msg)
                     user(_kafka.error_from(err, f"delivering to {msg.topic()}-{msg.partition()}"), None)
                 else:
-                    user(None, _core.RecordMetadata(msg.topic(), msg.partition(), msg.offset(),
-                                                    msg.timestamp()[1]))
+                    user(None, _core.RecordMetadata(
+                        msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1]))
         self._produce(topic, value, key, p, timestamp, headers, cb)
         self._p.poll(0)
         return p
@@ -744,20 +747,23 @@ class ClusterProducer:
                     parts[sticky_rows] = sticky.rng.randrange(nparts)
         plist = parts.tolist()
         tlist = None if timestamps is None else np.asarray(timestamps, dtype=np.int64).tolist()
-        produce, poll = self._p.produce, self._p.poll
-        ck = _kafka.confluent()
-        for i in range(n):
-            kw: dict[str, Any] = {"partition": plist[i]}
-            if tlist is not None:
-                kw["timestamp"] = tlist[i]
-            while True:
-                try:
-                    produce(topic, vals[i], None if ks is None else ks[i], **kw)
-                    break
-                except BufferError:
-                    poll(0.05)
-                except ck.KafkaException as exc:
-                    raise _kafka.error_from(exc, f"sending to {topic}-{plist[i]}") from None
+        produce = self._p.produce
+        ks_iter = itertools.repeat(None, n) if ks is None else ks
+        try:
+            if tlist is None:
+                for v, k, p in zip(vals, ks_iter, plist):
+                    try:
+                        produce(topic, v, k, partition=p)
+                    except BufferError:  # the local queue is full: wait for acknowledgements
+                        self._produce(topic, v, k, p, None, None, None)
+            else:
+                for v, k, p, ts in zip(vals, ks_iter, plist, tlist):
+                    try:
+                        produce(topic, v, k, partition=p, timestamp=ts)
+                    except BufferError:
+                        self._produce(topic, v, k, p, ts, None, None)
+        except _kafka.confluent().KafkaException as exc:
+            raise _kafka.error_from(exc, f"sending to {topic}") from None
         self.flush()
         return n
 
@@ -838,19 +844,32 @@ def _record_size(key: bytes | None, value: bytes | None, headers: Any) -> int:
 # Consumer
 
 
+_second = operator.itemgetter(1)
+
+
+def _lengths(items: list[Any]) -> np.ndarray:
+    """int32 lengths, -1 for None."""
+    if None not in items:
+        return np.fromiter(map(len, items), np.int32, len(items))
+    return np.array([-1 if x is None else len(x) for x in items], np.int32)
+
+
 class _Columns:
     """The _core.Columns interface over records fetched by librdkafka: one data buffer with
     the keys and values, numpy offsets/timestamps/positions/lengths (-1: null)."""
 
     def __init__(self, msgs: list[Any]) -> None:
+        # map() over Message's methods: C calls per record, no Python frame per record.
+        ck = _kafka.confluent()
+        M = ck.Message
         n = len(msgs)
-        keys = [m.key() for m in msgs]
-        vals = [m.value() for m in msgs]
-        self.offsets = np.fromiter((m.offset() for m in msgs), np.int64, n)
-        self.timestamps = np.fromiter((m.timestamp()[1] for m in msgs), np.int64, n)
-        self.key_lengths = np.fromiter((-1 if k is None else len(k) for k in keys), np.int32, n)
-        self.value_lengths = np.fromiter((-1 if v is None else len(v) for v in vals), np.int32, n)
-        # Layout: key0 value0 key1 value1 ...; positions from the lengths, without Python per row.
+        keys = list(map(M.key, msgs))
+        vals = list(map(M.value, msgs))
+        self.offsets = np.fromiter(map(M.offset, msgs), np.int64, n)
+        self.timestamps = np.fromiter(map(_second, map(M.timestamp, msgs)), np.int64, n)
+        self.key_lengths = _lengths(keys)
+        self.value_lengths = _lengths(vals)
+        # Layout: key0 value0 key1 value1 ... (nulls take no bytes); positions from lengths.
         both = np.empty(2 * n, np.int64)
         both[0::2] = np.maximum(self.key_lengths, 0)
         both[1::2] = np.maximum(self.value_lengths, 0)
@@ -858,13 +877,13 @@ class _Columns:
         starts = ends - both
         self.key_positions = starts[0::2].copy()
         self.value_positions = starts[1::2].copy()
-        pieces: list[bytes] = []
-        for k, v in zip(keys, vals):
-            if k:
-                pieces.append(k)
-            if v:
-                pieces.append(v)
-        self.data = b"".join(pieces)
+        if not any(keys) and None not in vals:  # keyless records: just the values
+            self.data = b"".join(vals)
+        else:
+            pieces: list[bytes] = [b""] * (2 * n)
+            pieces[0::2] = [k or b"" for k in keys]
+            pieces[1::2] = [v or b"" for v in vals]
+            self.data = b"".join(pieces)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -902,7 +921,8 @@ class ClusterConsumer:
                  topics: Iterable[str] | None = None, *, auto_offset_reset: str = "latest",
                  enable_auto_commit: bool = True, auto_commit_interval_ms: int = 5000,
                  max_poll_records: int = 500, fetch_max_bytes: int = 1 << 20,
-                 client_id: str = "kstore", session_timeout_ms: int = 10_000) -> None:
+                 client_id: str = "kstore",
+                 session_timeout_ms: int = localgroups.DEFAULT_SESSION_TIMEOUT_MS) -> None:
         ck = _kafka.confluent()
         if group is not None and (not isinstance(group, str) or not group):
             raise errors.InvalidGroupIdError(f"group must be a non-empty str or None, not {group!r}")
@@ -943,7 +963,11 @@ class ClusterConsumer:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": {"none": "error"}.get(auto_offset_reset, auto_offset_reset),
-            "fetch.max.bytes": max(fetch_max_bytes, 1024),
+            # librdkafka wants fetch.max.bytes >= message.max.bytes (1000000); Kafka's limit is
+            # soft anyway (a first batch larger than it still comes).
+            "fetch.max.bytes": max(fetch_max_bytes, 1_000_000),
+            # Corrupt bytes are never returned as data (the embedded consumer checks CRCs).
+            "check.crcs": True,
             "session.timeout.ms": session_timeout_ms,
             "enable.partition.eof": False,
         })
@@ -1131,23 +1155,23 @@ class ClusterConsumer:
                     msgs = self._c.consume(max_records, slice_s)
                 except ck.KafkaException as exc:
                     raise _kafka.error_from(exc, "polling") from None
-            good = []
-            for m in msgs:
-                err = m.error()
-                if err is None:
-                    good.append(m)
-                    continue
-                if err.code() == ck.KafkaError._PARTITION_EOF:
-                    continue
-                exc = self._fetch_error(err, f"fetching {m.topic()}-{m.partition()}",
-                                        (m.topic(), m.partition()))
-                if good:  # deliver what came before; the error is raised by the next poll
-                    self._error = exc
-                    break
-                raise exc
+            good = msgs
+            if any(map(ck.Message.error, msgs)):  # rare: look at each only then
+                good = []
+                for m in msgs:
+                    err = m.error()
+                    if err is None:
+                        good.append(m)
+                        continue
+                    if err.code() == ck.KafkaError._PARTITION_EOF:
+                        continue
+                    failure = self._fetch_error(err, f"fetching {m.topic()}-{m.partition()}",
+                                                (m.topic(), m.partition()))
+                    if good:  # deliver what came before; the error is raised by the next poll
+                        self._error = failure
+                        break
+                    raise failure
             if good:
-                for m in good:
-                    self._positions[(m.topic(), m.partition())] = m.offset() + 1
                 return good
             if remaining is not None and remaining <= 0:
                 return []
@@ -1170,11 +1194,14 @@ class ClusterConsumer:
         msgs = self._consume(max_records or self.max_poll_records, timeout)
         Record = _core.Record
         out = []
+        positions = self._positions
         for m in msgs:
             ts_type, ts = m.timestamp()
             h = m.headers()
-            out.append(Record(m.offset(), ts, m.key(), m.value(), tuple(h) if h else (),
-                              1 if ts_type == 2 else 0, m.topic(), m.partition()))
+            r = Record(m.offset(), ts, m.key(), m.value(), tuple(h) if h else (),
+                       1 if ts_type == 2 else 0, m.topic(), m.partition())
+            positions[(m.topic(), r.partition)] = r.offset + 1
+            out.append(r)
         return out
 
     def poll_batches(self, timeout: float | None = 1.0,
@@ -1184,12 +1211,21 @@ class ClusterConsumer:
         embedded consumer's cost none); the offsets, positions and lengths are numpy."""
         self._check_open()
         msgs = self._consume(max_records, timeout)
+        if not msgs:
+            return []
+        M = _kafka.confluent().Message
+        topics = list(map(M.topic, msgs))
+        parts = np.fromiter(map(M.partition, msgs), np.int32, len(msgs))
         by: dict[TopicPartition, list[Any]] = {}
-        for m in msgs:
-            by.setdefault((m.topic(), m.partition()), []).append(m)
+        if len(set(topics)) == 1 and (parts == parts[0]).all():  # the usual: one partition
+            by[(topics[0], int(parts[0]))] = msgs
+        else:
+            for m, t, p in zip(msgs, topics, parts.tolist()):
+                by.setdefault((t, p), []).append(m)
         out = []
         for (t, p), ms in by.items():
             cols = _Columns(ms)
+            self._positions[(t, p)] = int(cols.offsets[-1]) + 1
             out.append(PartitionColumns(t, p, cast(_core.Columns, cols), 0, len(cols)))
         return out
 

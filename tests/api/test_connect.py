@@ -33,11 +33,10 @@ def test_unreachable_broker_fails_in_bounded_time():
 
 def test_broker_gone_after_connect(kserver):
     srv = kserver("--no-auto-create")
-    store = kstore.connect(f"kafka://{srv.bootstrap}", default_api_timeout_ms=1500)
+    store = kstore.connect(f"kafka://{srv.bootstrap}", default_api_timeout_ms=1000)
     store.create_topic("t")
     srv.stop()
-    for call in (store.topics, lambda: store.describe_topic("t"),
-                 lambda: store.create_topic("u"), lambda: store.groups()):
+    for call in (store.topics, lambda: store.create_topic("u"), lambda: store.groups()):
         with pytest.raises((errors.NetworkError, errors.RequestTimedOutError)):
             call()
     store.close()

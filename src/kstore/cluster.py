@@ -829,7 +829,12 @@ def _items(values: Any, what: str) -> Any:
         w = values.shape[1]
         b = values.tobytes()
         return [b[i * w:(i + 1) * w] for i in range(values.shape[0])]
+    if isinstance(values, list) and set(map(type, values)) <= _PLAIN:
+        return values  # bytes and None already: nothing to convert
     return [_as_bytes(v, what) for v in values]
+
+
+_PLAIN = {bytes, type(None)}
 
 
 def _record_size(key: bytes | None, value: bytes | None, headers: Any) -> int:
@@ -963,9 +968,11 @@ class ClusterConsumer:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": {"none": "error"}.get(auto_offset_reset, auto_offset_reset),
-            # librdkafka wants fetch.max.bytes >= message.max.bytes (1000000); Kafka's limit is
-            # soft anyway (a first batch larger than it still comes).
-            "fetch.max.bytes": max(fetch_max_bytes, 1_000_000),
+            # kstore's fetch_max_bytes is what one read of a partition takes (a first batch
+            # larger than it still comes, as Kafka's); librdkafka's fetch.max.bytes (a whole
+            # fetch, 50 MB) stays above it.
+            "max.partition.fetch.bytes": fetch_max_bytes,
+            "fetch.max.bytes": max(fetch_max_bytes, 52_428_800),
             # Corrupt bytes are never returned as data (the embedded consumer checks CRCs).
             "check.crcs": True,
             "session.timeout.ms": session_timeout_ms,

@@ -470,7 +470,13 @@ class ClusterStore:
         res = _wait(futs[group], self.timeout_s, f"committing offsets of group {group!r}")
         for tp in res.topic_partitions:
             if tp.error is not None:
-                _kafka.raise_from(tp.error, f"committing {tp.topic}-{tp.partition} for group {group!r}")
+                err = _kafka.error_from(tp.error, f"committing {tp.topic}-{tp.partition} for "
+                                                  f"group {group!r}")
+                if isinstance(err, errors.UnknownMemberIdError):
+                    raise type(err)(f"{err}: the group has active members, and on a cluster "
+                                    f"only they commit for it; commit through their consumer "
+                                    f"(consumer.commit) or once they have left") from None
+                raise err
 
     def _committed_many(self, group: str, parts: list[TopicPartition] | None) -> list[Any]:
         ck = _kafka.confluent()

@@ -355,6 +355,30 @@ def test_commit_explicit_offsets_and_commit_offsets(store, names):
     c.close()
 
 
+def test_commit_offsets_checks(store, backend, names):
+    t, g = names(), names("g")
+    store.create_topic(t, 1)
+    with store.producer() as prod:
+        prod.send_many(t, [b"v"] * 10)
+    with pytest.raises(errors.OffsetOutOfRangeError):
+        store.commit_offsets(g, {(t, 0): (11, "", 0)})  # past the log end
+    with pytest.raises(errors.UnknownTopicOrPartitionError):
+        store.commit_offsets(g, {(names(), 0): (1, "", 0)})
+    with pytest.raises(errors.InvalidRequestError):
+        store.commit_offsets("", {(t, 0): (1, "", 0)})
+    assert store.committed(g, t, 0) is None
+    c = store.consumer(group=g, topics=[t], auto_offset_reset="earliest", enable_auto_commit=False)
+    poll_all(c, 10)
+    if backend == "embedded":  # the store writes __consumer_offsets itself
+        store.commit_offsets(g, {(t, 0): (3, "", 0)})
+        assert store.committed(g, t, 0) == 3
+    else:  # Kafka: only a group's members commit while it has any (documented)
+        with pytest.raises(errors.UnknownMemberIdError, match="active members"):
+            store.commit_offsets(g, {(t, 0): (3, "", 0)})
+        assert store.committed(g, t, 0) is None
+    c.close()
+
+
 def test_group_members_share_partitions(store, names):
     t, g = names(), names("g")
     store.create_topic(t, 4)

@@ -39,14 +39,15 @@ import operator
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import numpy as np
 
 from kstore import _core, _kafka, errors, localgroups
 from kstore.config import TOPIC_CONFIG, validate_config
-from kstore.consumer import RESETS, PartitionColumns
+from kstore.consumer import ConsumerBase, PartitionColumns, check_consumer_args
+from kstore.producer import check_producer_args
 from kstore.topic import Sticky, key_partition, refuse_internal, validate_partitioner, validate_topic_name
 
 TopicPartition = tuple[str, int]
@@ -601,12 +602,7 @@ class ClusterProducer:
     def __init__(self, store: ClusterStore, *, linger_ms: int = 5, batch_size: int = 16384,
                  compression: str | None = None, partitioner: str = "murmur2") -> None:
         ck = _kafka.confluent()
-        if not isinstance(linger_ms, int) or linger_ms < 0:
-            raise ValueError(f"linger_ms must be a non-negative int, not {linger_ms!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, not {batch_size!r}")
-        if compression is not None:
-            _core.codec_id(compression)
+        check_producer_args(linger_ms, batch_size, compression)
         self.store = store
         self.linger_ms = linger_ms
         self.batch_size = batch_size
@@ -921,7 +917,7 @@ class _Columns:
         return [None if ln < 0 else d[p:p + ln] for p, ln in zip(pos, lens)]
 
 
-class ClusterConsumer:
+class ClusterConsumer(ConsumerBase):
     """The embedded Consumer's API over confluent-kafka's Consumer, with kstore's semantics:
     ``position`` is the next offset poll returns, ``commit()`` commits what poll returned (and
     seeks), auto-commit commits positions every ``auto_commit_interval_ms`` from poll, on a
@@ -935,17 +931,7 @@ class ClusterConsumer:
                  client_id: str = "kstore",
                  session_timeout_ms: int = localgroups.DEFAULT_SESSION_TIMEOUT_MS) -> None:
         ck = _kafka.confluent()
-        if group is not None and (not isinstance(group, str) or not group):
-            raise errors.InvalidGroupIdError(f"group must be a non-empty str or None, not {group!r}")
-        if auto_offset_reset not in RESETS:
-            raise ValueError(f"auto_offset_reset must be one of {', '.join(RESETS)}, "
-                             f"not {auto_offset_reset!r}")
-        if not isinstance(max_poll_records, int) or max_poll_records < 1:
-            raise ValueError(f"max_poll_records must be a positive int, not {max_poll_records!r}")
-        if (not isinstance(session_timeout_ms, int) or isinstance(session_timeout_ms, bool)
-                or session_timeout_ms < 1):
-            raise errors.InvalidSessionTimeoutError(
-                f"session_timeout_ms must be a positive int, not {session_timeout_ms!r}")
+        check_consumer_args(group, auto_offset_reset, max_poll_records, session_timeout_ms)
         self.store = store
         self.group = group
         self.client_id = client_id
@@ -1242,14 +1228,6 @@ class ClusterConsumer:
             out.append(PartitionColumns(t, p, cast(_core.Columns, cols), 0, len(cols)))
         return out
 
-    def __iter__(self) -> Iterator[_core.Record]:
-        """Every record, waiting for new ones, until ``close()`` or ``wakeup()``."""
-        while not self._closed:
-            recs = self.poll(timeout=None, max_records=max(self.max_poll_records, 10_000))
-            if not recs:
-                return
-            yield from recs
-
     async def poll_async(self, timeout: float | None = 1.0,
                          max_records: int | None = None) -> list[_core.Record]:
         """``poll`` for asyncio programs: looks without blocking and sleeps on the loop."""
@@ -1265,14 +1243,6 @@ class ClusterConsumer:
             if remaining is not None and remaining <= 0:
                 return []
             await asyncio.sleep(0.005 if remaining is None else min(0.005, remaining))
-
-    async def __aiter__(self) -> AsyncIterator[_core.Record]:
-        while not self._closed:
-            recs = await self.poll_async(timeout=None, max_records=max(self.max_poll_records, 10_000))
-            if not recs:
-                return
-            for r in recs:
-                yield r
 
     def wakeup(self) -> None:
         """Make a blocked (or the next) poll return at once; ends ``for record in consumer``."""
@@ -1290,9 +1260,9 @@ class ClusterConsumer:
         if offsets is None:
             self._commit_positions([tp for tp in self._assigned if tp in self._positions])
             return
-        self._commit({tp: o for tp, o in offsets.items()}, metadata)
+        self._send_commit(dict(offsets), metadata)
 
-    def _commit(self, offsets: Mapping[TopicPartition, int], metadata: str = "") -> None:
+    def _send_commit(self, offsets: Mapping[TopicPartition, int], metadata: str = "") -> None:
         ck = _kafka.confluent()
         if not offsets:
             return
@@ -1309,24 +1279,8 @@ class ClusterConsumer:
                 _kafka.raise_from(tp.error, f"committing {tp.topic}-{tp.partition} of group "
                                             f"{self.group!r}")
 
-    def _commit_positions(self, parts: list[TopicPartition]) -> None:
-        todo = {tp: self._positions[tp] for tp in parts
-                if self._committed_positions.get(tp) != self._positions[tp]}
-        if todo:
-            self._commit(todo)
-            self._committed_positions.update(todo)
-        self._last_commit = time.monotonic()
-
-    def _maybe_auto_commit(self) -> None:
-        if self.enable_auto_commit and time.monotonic() - self._last_commit >= self.auto_commit_interval:
-            self._commit_positions([tp for tp in self._assigned if tp in self._positions])
-
     # ==========================================================================================
     # Closing
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise errors.ClosedError("consumer is closed")
 
     def close(self) -> None:
         """Commit (when auto-committing), leave the group, and end any iteration."""
@@ -1343,16 +1297,6 @@ class ClusterConsumer:
                 except RuntimeError:
                     pass  # closed already
             self.store._forget(self)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __enter__(self) -> ClusterConsumer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<ClusterConsumer group={self.group!r} assigned={len(self._assigned)}>"

@@ -972,6 +972,10 @@ class ClusterConsumer(ConsumerBase):
         })
         if cfg["session.timeout.ms"] < 6000 and group is not None:
             cfg["session.timeout.ms"] = 6000  # Kafka's group.min.session.timeout.ms
+        # A member learns of a rebalance at its next heartbeat: a tenth of the session (Kafka's
+        # 3 s default kept the embedded store's instant rebalances seconds away).
+        cfg.setdefault("heartbeat.interval.ms",
+                       max(100, min(3000, cfg["session.timeout.ms"] // 10)))
         self._c = _client(ck.Consumer, cfg, "creating a consumer")
         if topics is not None:
             if isinstance(topics, str):

@@ -14,6 +14,13 @@ from kstore import _core, errors
 from tests.api.conftest import poll_all
 from tests.server.conftest import wait_until
 
+def filled(store, topic, partitions, values, keys=None):
+    """Create ``topic`` and send_many ``values`` (and ``keys``) to it."""
+    store.create_topic(topic, partitions)
+    with store.producer() as prod:
+        prod.send_many(topic, values, keys=keys)
+
+
 # ==============================================================================================
 # Topics
 
@@ -311,9 +318,7 @@ def test_auto_offset_reset_none_without_commit(store, names):
 
 def test_commit_then_new_consumer_resumes(store, names):
     t, g = names(), names("g")
-    store.create_topic(t, 2)
-    with store.producer() as prod:
-        prod.send_many(t, [b"v%d" % i for i in range(40)], keys=[b"k%d" % i for i in range(40)])
+    filled(store, t, 2, [b"v%d" % i for i in range(40)], keys=[b"k%d" % i for i in range(40)])
     c = store.consumer(group=g, topics=[t], auto_offset_reset="earliest",
                        enable_auto_commit=False)
     first = poll_all(c, 10, max_records=10)[:10]
@@ -381,9 +386,7 @@ def test_commit_offsets_checks(store, backend, names):
 
 def test_group_members_share_partitions(store, names):
     t, g = names(), names("g")
-    store.create_topic(t, 4)
-    with store.producer() as prod:
-        prod.send_many(t, [b"v%d" % i for i in range(80)], keys=[b"k%d" % i for i in range(80)])
+    filled(store, t, 4, [b"v%d" % i for i in range(80)], keys=[b"k%d" % i for i in range(80)])
     kw = dict(group=g, topics=[t], auto_offset_reset="earliest", enable_auto_commit=False)
     a = store.consumer(**kw)
     b = store.consumer(**kw)
@@ -410,6 +413,31 @@ def test_group_members_share_partitions(store, names):
     assert d["state"] == "Stable"
     assert sum(p["committed"] for p in d["partitions"]) == 80
     assert all(p["lag"] == 0 for p in d["partitions"])
+    a.close()
+    b.close()
+
+
+def test_rebalance_hands_over_without_repeats(store, names):
+    """Auto-committing members: a partition moving to a new member carries on from where the
+    old one stopped (its position is committed when it loses the partition)."""
+    t, g = names(), names("g")
+    filled(store, t, 2, [b"a%d" % i for i in range(40)], keys=[b"k%d" % i for i in range(40)])
+    kw = dict(group=g, topics=[t], auto_offset_reset="earliest", auto_commit_interval_ms=60_000)
+    a = store.consumer(**kw)
+    first = poll_all(a, 40)
+    b = store.consumer(**kw)
+    later: list = []
+    wait_until(lambda: later.extend(a.poll(timeout=0.05) + b.poll(timeout=0.05))
+               or (len(a.assignment()) == 1 and len(b.assignment()) == 1), 60,
+               "the two members to split the partitions", interval=0)
+    with store.producer() as prod:
+        prod.send_many(t, [b"b%d" % i for i in range(40)], keys=[b"k%d" % i for i in range(40)])
+    wait_until(lambda: later.extend(a.poll(timeout=0.05) + b.poll(timeout=0.05))
+               or len(later) >= 40, 60, "the new records", interval=0)
+    for _ in range(3):
+        later.extend(a.poll(timeout=0.1) + b.poll(timeout=0.1))
+    assert len(first) == 40
+    assert sorted(r.value for r in later) == sorted(b"b%d" % i for i in range(40))  # no repeat
     a.close()
     b.close()
 
@@ -462,9 +490,7 @@ def test_wakeup_unblocks_poll_without_timeout(store, names):
 
 def test_iteration_until_wakeup(store, names):
     t = names()
-    store.create_topic(t, 1)
-    with store.producer() as prod:
-        prod.send_many(t, [b"v%d" % i for i in range(5)])
+    filled(store, t, 1, [b"v%d" % i for i in range(5)])
     c = _consumer(store, t, group=None)
     seen = []
     for r in c:
@@ -501,9 +527,7 @@ def test_poll_async(store, names):
 
 def test_delete_records(store, names):
     t = names()
-    store.create_topic(t, 1)
-    with store.producer() as prod:
-        prod.send_many(t, [b"v%d" % i for i in range(10)])
+    filled(store, t, 1, [b"v%d" % i for i in range(10)])
     assert store.delete_records({(t, 0): 4}) == {(t, 0): 4}
     assert store.describe_topic(t)["partition_info"][0]["log_start_offset"] == 4
     c = store.consumer(group=None, auto_offset_reset="earliest")

@@ -27,8 +27,18 @@ What differs from the embedded store (each is documented where it applies):
 - Producer: keys are placed by kstore's partitioner (murmur2, as Java's client and the embedded
   store) and handed to librdkafka with an explicit partition, so a key lands on the same
   partition on both backends. A delivery that fails is raised at the next send/flush.
-- Consumer: a group's members rebalance through the group coordinator (Kafka's protocol), so a
-  new member gets partitions after a join round-trip, not at once as in one process.
+- ``commit_offsets`` (the store's, not a consumer's) works on a cluster only while the group
+  has no members (Kafka's AlterConsumerGroupOffsets; UnknownMemberIdError otherwise).
+- Consumer: a group's members rebalance through the group coordinator (Kafka's protocol), so
+  ``assignment()`` is empty until a poll has joined (the embedded store assigns at
+  ``subscribe``), and a rebalance revokes every partition and assigns again (eager): a member
+  that commits by hand re-reads, after a rebalance, what it polled and did not commit, even on
+  the partitions it keeps. Auto-committing members commit on revocation, as the embedded ones.
+- ``poll_batches``: the columns' ``data`` holds each record's key then value (the embedded
+  columns point into the stored batches); librdkafka hands over one object per record, so
+  building them costs a few C calls per record.
+- Records: timestamps, keys, values and headers as stored; ``timestamp_type`` 1 for
+  LogAppendTime topics on both.
 """
 
 from __future__ import annotations

@@ -672,7 +672,8 @@ class ClusterProducer:
              on_delivery: Any = None) -> int:
         """Queue one record; returns its partition (murmur2 of the key, as the embedded store,
         or sticky for keyless records). ``on_delivery(err, RecordMetadata)`` runs in a later
-        send/flush. A failed earlier delivery is raised here."""
+        send/flush and is told of a failure (as the embedded producer's, which then does not
+        raise it); a failed earlier delivery without a callback is raised here or by flush."""
         self._check()
         self._raise_failed()
         nparts, max_bytes, require_keys = self.store._producer_topic(topic)
@@ -703,8 +704,7 @@ class ClusterProducer:
         cb = None
         if on_delivery is not None:
             def cb(err: Any, msg: Any, user: Any = on_delivery) -> None:
-                if err is not None:
-                    self._delivered(err, msg)
+                if err is not None:  # the callback is told; flush does not raise it again
                     user(_kafka.error_from(err, f"delivering to {msg.topic()}-{msg.partition()}"), None)
                 else:
                     user(None, _core.RecordMetadata(

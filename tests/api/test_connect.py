@@ -11,6 +11,7 @@ import pytest
 import kstore
 from kstore import errors
 from kstore.cluster import ClusterStore
+from tests.server.conftest import wait_until
 
 pytest.importorskip("confluent_kafka", reason="confluent-kafka is not installed")
 
@@ -83,10 +84,16 @@ def test_delivery_failure_is_raised_at_flush(connect_url):
         prod.flush()  # reported once
         calls = []
         prod.send(t, b"y" * 1000, on_delivery=lambda err, md: calls.append((err, md)))
-        with pytest.raises(errors.RecordTooLargeError):
-            prod.flush()
+        prod.flush()  # the callback was told (as the embedded producer does)
         assert len(calls) == 1 and isinstance(calls[0][0], errors.RecordTooLargeError)
         assert calls[0][1] is None
+        prod.send(t, b"z" * 1000)
+        # Until librdkafka reports the failure (served by the producer's poll), nothing knows.
+        wait_until(lambda: prod._p.poll(0.05) >= 0 and prod.pending_records == 0, 30,
+                   "the delivery report")
+        with pytest.raises(errors.RecordTooLargeError, match="1 record"):
+            prod.send(t, b"ok")  # raised by the next send as well
+        prod.flush()
 
 
 def test_producer_settings_map_to_librdkafka(connect_url):

@@ -136,7 +136,11 @@ class ClusterStore:
         self.topic_epoch = 0
         self._admin: Any = _client(ck.admin.AdminClient, dict(self.config), f"connecting to {url}")
         # A first metadata round trip: a wrong address fails here, not at first use.
-        self._metadata(None, f"connecting to {url}")
+        try:
+            self._metadata(None, f"connecting to {url}")
+        except BaseException:
+            self._admin = None  # its threads would go on dialling until a collection
+            raise
 
     # ==========================================================================================
     # Plumbing

@@ -632,10 +632,17 @@ class ClusterProducer:
         cfg.setdefault("compression.type", compression or "none")
         # Retries must not duplicate records (the embedded store never does).
         cfg.setdefault("enable.idempotence", True)
+        # librdkafka reports only failures (a Python call per record less) until a send asks
+        # for its own report (on_delivery): then the producer is flushed and made again with
+        # every report on (_report_all).
+        self._only_errors = "delivery.report.only.error" not in cfg
+        if self._only_errors:
+            cfg["delivery.report.only.error"] = True
         #: What librdkafka's producer was given (without the delivery callback).
         self.client_config = dict(cfg)
         cfg["on_delivery"] = self._delivered
         self._p: Any = _client(ck.Producer, cfg, "creating a producer")
+        self._retired: list[Any] = []  # producers replaced by _report_all, until flushed
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -707,6 +714,9 @@ class ClusterProducer:
                     f"partition {p} does not exist: topic {topic!r} has {nparts}")
         cb = None
         if on_delivery is not None:
+            if self._only_errors:
+                self._report_all()
+
             def cb(err: Any, msg: Any, user: Any = on_delivery) -> None:
                 if err is not None:  # the callback is told; flush does not raise it again
                     user(_kafka.error_from(err, f"delivering to {msg.topic()}-{msg.partition()}"), None)
@@ -716,6 +726,23 @@ class ClusterProducer:
         self._produce(topic, value, key, p, timestamp, headers, cb)
         self._p.poll(0)
         return p
+
+    def _report_all(self) -> None:
+        """Switch to a producer that reports every delivery, once: the old one is flushed
+        first, so records of one thread keep their order."""
+        ck = _kafka.confluent()
+        with self._lock:
+            if not self._only_errors:
+                return
+            old = self._p
+            cfg = dict(self.client_config, on_delivery=self._delivered)
+            cfg["delivery.report.only.error"] = False
+            while old.flush(1.0) > 0:
+                pass
+            self._p = _client(ck.Producer, cfg, "creating a producer")
+            self.client_config["delivery.report.only.error"] = False
+            self._retired.append(old)  # another thread may have sent through it meanwhile
+            self._only_errors = False
 
     def send_many(self, topic: str, values: Any, keys: Any = None, timestamps: Any = None,
                   partition: int | None = None) -> int:
@@ -789,6 +816,10 @@ class ClusterProducer:
         p = self._p
         if p is None:
             return  # closed: close() flushed
+        while self._retired:
+            while self._retired[0].flush(1.0) > 0:
+                pass
+            self._retired.pop(0)
         while p.flush(1.0) > 0:
             pass
         self._raise_failed()
@@ -805,6 +836,7 @@ class ClusterProducer:
             # librdkafka's handle holds our delivery callback: drop it now, not at a later
             # garbage collection (its threads would keep connecting meanwhile).
             self._p = None
+            self._retired = []
 
     @property
     def pending_records(self) -> int:

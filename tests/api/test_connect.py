@@ -103,8 +103,33 @@ def test_producer_settings_map_to_librdkafka(connect_url):
         assert (cfg["linger.ms"], cfg["batch.size"], cfg["compression.type"]) == (5, 16384, "none")
         cfg = s.producer(linger_ms=0, batch_size=1000, compression="lz4").client_config
         assert (cfg["linger.ms"], cfg["batch.size"], cfg["compression.type"]) == (0, 1000, "lz4")
+        assert s.producer().client_config["delivery.report.only.error"] is True
     with kstore.connect(connect_url, enable_idempotence=False) as s:
         assert s.producer().client_config["enable.idempotence"] is False  # the caller's word
     with kstore.connect(connect_url) as s:
         with pytest.raises(errors.UnsupportedCompressionTypeError):
             s.producer(compression="brotli")
+
+
+def test_success_reports_start_with_the_first_callback(connect_url):
+    """Only failures are reported by librdkafka until a send asks for its report; then the
+    producer switches (flushing first): every record arrives, in order, and the callbacks
+    get their metadata."""
+    with kstore.connect(connect_url) as s:
+        t = f"reports-{time.monotonic_ns()}"
+        s.create_topic(t)
+        prod = s.producer(linger_ms=50)
+        for i in range(100):
+            prod.send(t, b"%d" % i)
+        seen = []
+        prod.send(t, b"100", on_delivery=lambda err, md: seen.append((err, md.offset)))
+        assert prod.client_config["delivery.report.only.error"] is False
+        for i in range(101, 200):
+            prod.send(t, b"%d" % i, on_delivery=lambda err, md: seen.append((err, md.offset)))
+        prod.flush()
+        assert seen == [(None, off) for off in range(100, 200)]
+        c = s.consumer(group=None, auto_offset_reset="earliest")
+        c.assign([(t, 0)])
+        got = []
+        wait_until(lambda: got.extend(c.poll(timeout=0.2)) or len(got) >= 200, 30, "200 records")
+        assert [r.value for r in got] == [b"%d" % i for i in range(200)]

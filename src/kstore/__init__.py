@@ -20,19 +20,21 @@ from kstore import errors
 from kstore.errors import KStoreError
 
 if TYPE_CHECKING:
+    from kstore.cluster import ClusterStore, connect
     from kstore.records import BatchBuilder, Record, iter_batches
     from kstore.store import Store, open
 
 __version__ = "0.1.0"
 
-__all__ = ["BatchBuilder", "KStoreError", "Record", "Store", "errors", "iter_batches", "open",
-           "__version__"]
+__all__ = ["BatchBuilder", "ClusterStore", "KStoreError", "Record", "Store", "connect", "errors",
+           "iter_batches", "open", "__version__"]
 
 # The compiled core and numpy are imported on first use, not by `import kstore`: pytest loads
 # kstore.pytest_plugin (and so this package) into every test run where kstore is installed,
 # and a run that uses no Kafka fixture should not pay ~0.3 s for them.
 _LAZY = {"BatchBuilder": "kstore.records", "Record": "kstore.records",
-         "iter_batches": "kstore.records", "Store": "kstore.store", "open": "kstore.store"}
+         "iter_batches": "kstore.records", "Store": "kstore.store", "open": "kstore.store",
+         "ClusterStore": "kstore.cluster", "connect": "kstore.cluster"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,7 @@
 """Type stubs for the compiled core (kstore._core)."""
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -283,7 +283,7 @@ class AppendPath:
 
 # ---- producer hot path (kstore.producer.Producer subclasses it) ----
 
-class RecordMetadata(tuple[str, int, int, int]):
+class RecordMetadata(NamedTuple):
     topic: str
     partition: int
     offset: int

@@ -62,6 +62,7 @@ def confluent() -> Any:
     """The confluent_kafka module, or MissingDependencyError saying how to install it."""
     try:
         import confluent_kafka
+        import confluent_kafka.admin  # noqa: F401 - confluent_kafka.admin is used as an attribute
     except ImportError as exc:
         raise errors.MissingDependencyError(
             f"a Kafka cluster is reached through confluent-kafka, which is not installed "

@@ -239,25 +239,102 @@ class SharedGroupState(GroupState):
         member.store.signal.notify()  # a new owner in this process may be waiting for it
 
 
-class Consumer:
+def check_consumer_args(group: Any, auto_offset_reset: Any, max_poll_records: Any,
+                        session_timeout_ms: Any) -> None:
+    """The checks of a consumer's arguments (embedded and kstore.cluster alike)."""
+    if group is not None and (not isinstance(group, str) or not group):
+        raise InvalidGroupIdError(f"group must be a non-empty str or None, not {group!r}")
+    if auto_offset_reset not in RESETS:
+        raise ValueError(f"auto_offset_reset must be one of {', '.join(RESETS)}, "
+                         f"not {auto_offset_reset!r}")
+    if not isinstance(max_poll_records, int) or max_poll_records < 1:
+        raise ValueError(f"max_poll_records must be a positive int, not {max_poll_records!r}")
+    if (not isinstance(session_timeout_ms, int) or isinstance(session_timeout_ms, bool)
+            or session_timeout_ms < 1):
+        raise InvalidSessionTimeoutError(
+            f"session_timeout_ms must be a positive int (ms within which the group sees "
+            f"that a member's process died), not {session_timeout_ms!r}")
+
+
+class ConsumerBase:
+    """What the embedded Consumer and kstore.cluster's ClusterConsumer share: iteration, the
+    bookkeeping of committed positions, the closed check and the context manager. Subclasses
+    set the attributes below and implement ``poll``, ``poll_async`` and ``_send_commit``."""
+
+    group: str | None
+    enable_auto_commit: bool
+    auto_commit_interval: float
+    max_poll_records: int
+    _assigned: list[TopicPartition]
+    _positions: dict[TopicPartition, int]
+    _committed_positions: dict[TopicPartition, int]
+    _last_commit: float
+    _closed: bool
+
+    def poll(self, timeout: float | None = 1.0, max_records: int | None = None) -> list[_core.Record]:
+        raise NotImplementedError
+
+    async def poll_async(self, timeout: float | None = 1.0,
+                         max_records: int | None = None) -> list[_core.Record]:
+        raise NotImplementedError
+
+    def _send_commit(self, offsets: dict[TopicPartition, int]) -> None:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[_core.Record]:
+        """Every record, waiting for new ones, until ``close()`` or ``wakeup()``."""
+        while not self._closed:
+            recs = self.poll(timeout=None, max_records=max(self.max_poll_records, 10_000))
+            if not recs:
+                return
+            yield from recs
+
+    async def __aiter__(self) -> AsyncIterator[_core.Record]:
+        while not self._closed:
+            recs = await self.poll_async(timeout=None, max_records=max(self.max_poll_records, 10_000))
+            if not recs:
+                return
+            for r in recs:
+                yield r
+
+    def _commit_positions(self, parts: list[TopicPartition]) -> None:
+        todo = {tp: self._positions[tp] for tp in parts
+                if self._committed_positions.get(tp) != self._positions[tp]}
+        if todo:
+            self._send_commit(todo)
+            self._committed_positions.update(todo)
+        self._last_commit = time.monotonic()
+
+    def _maybe_auto_commit(self) -> None:
+        if self.enable_auto_commit and time.monotonic() - self._last_commit >= self.auto_commit_interval:
+            self._commit_positions([tp for tp in self._assigned if tp in self._positions])
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("consumer is closed")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class Consumer(ConsumerBase):
     def __init__(self, store: Any, group: str | None = None,
                  topics: Iterable[str] | None = None, *, auto_offset_reset: str = "latest",
                  enable_auto_commit: bool = True, auto_commit_interval_ms: int = 5000,
                  max_poll_records: int = 500, fetch_max_bytes: int = 1 << 20,
                  client_id: str = "kstore",
                  session_timeout_ms: int = localgroups.DEFAULT_SESSION_TIMEOUT_MS) -> None:
-        if group is not None and (not isinstance(group, str) or not group):
-            raise InvalidGroupIdError(f"group must be a non-empty str or None, not {group!r}")
-        if auto_offset_reset not in RESETS:
-            raise ValueError(f"auto_offset_reset must be one of {', '.join(RESETS)}, "
-                             f"not {auto_offset_reset!r}")
-        if not isinstance(max_poll_records, int) or max_poll_records < 1:
-            raise ValueError(f"max_poll_records must be a positive int, not {max_poll_records!r}")
-        if (not isinstance(session_timeout_ms, int) or isinstance(session_timeout_ms, bool)
-                or session_timeout_ms < 1):
-            raise InvalidSessionTimeoutError(
-                f"session_timeout_ms must be a positive int (ms within which the group sees "
-                f"that a member's process died), not {session_timeout_ms!r}")
+        check_consumer_args(group, auto_offset_reset, max_poll_records, session_timeout_ms)
         self.store = store
         self.group = group
         self.client_id = client_id
@@ -664,14 +741,6 @@ class Consumer:
             self._rr = (self._rr + 1) % n
         return out
 
-    def __iter__(self) -> Iterator[_core.Record]:
-        """Every record, waiting for new ones, until ``close()`` or ``wakeup()``."""
-        while not self._closed:
-            recs = self.poll(timeout=None, max_records=max(self.max_poll_records, 10_000))
-            if not recs:
-                return
-            yield from recs
-
     async def poll_async(self, timeout: float | None = 1.0,
                          max_records: int | None = None) -> list[_core.Record]:
         """``poll`` for asyncio programs: waits on the event loop, not in a thread."""
@@ -695,14 +764,6 @@ class Consumer:
                 await asyncio.sleep(0.002)
             else:
                 await sig.wait_async(version, self._wait_cap(remaining))
-
-    async def __aiter__(self) -> AsyncIterator[_core.Record]:
-        while not self._closed:
-            recs = await self.poll_async(timeout=None, max_records=max(self.max_poll_records, 10_000))
-            if not recs:
-                return
-            for r in recs:
-                yield r
 
     def wakeup(self) -> None:
         """Make a blocked (or the next) poll return at once; ends ``for record in consumer``."""
@@ -729,25 +790,11 @@ class Consumer:
             return
         self.store.commit_offsets(self.group, {tp: (o, metadata, 0) for tp, o in offsets.items()})
 
-    def _commit_positions(self, parts: list[TopicPartition]) -> None:
-        todo = {tp: (self._positions[tp], "", 0) for tp in parts
-                if self._committed_positions.get(tp) != self._positions[tp]}
-        if todo:
-            self.store.commit_offsets(self.group, todo)
-            for tp, (o, _, _) in todo.items():
-                self._committed_positions[tp] = o
-        self._last_commit = time.monotonic()
-
-    def _maybe_auto_commit(self) -> None:
-        if self.enable_auto_commit and time.monotonic() - self._last_commit >= self.auto_commit_interval:
-            self._commit_positions([tp for tp in self._assigned if tp in self._positions])
+    def _send_commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.store.commit_offsets(self.group, {tp: (o, "", 0) for tp, o in offsets.items()})
 
     # ==========================================================================================
     # Closing
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError("consumer is closed")
 
     def close(self) -> None:
         """Commit (when auto-committing), leave the group, and end any iteration."""
@@ -766,14 +813,8 @@ class Consumer:
             self.store._forget(self)
             self.store.signal.notify()
 
-    def __enter__(self) -> "Consumer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"<Consumer group={self.group!r} member={self.member_id} assigned={len(self._assigned)}>"
 
 
-__all__ = ["Consumer", "GroupState", "SharedGroupState", "PartitionColumns", "EARLIEST_TIMESTAMP"]
+__all__ = ["Consumer", "ConsumerBase", "GroupState", "SharedGroupState", "PartitionColumns", "EARLIEST_TIMESTAMP"]

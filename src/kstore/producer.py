@@ -32,15 +32,20 @@ from kstore.topic import validate_partitioner
 RecordMetadata = _core.RecordMetadata
 
 
+def check_producer_args(linger_ms: Any, batch_size: Any, compression: Any) -> None:
+    """The checks of a producer's arguments (embedded and kstore.cluster alike)."""
+    if not isinstance(linger_ms, int) or linger_ms < 0:
+        raise ValueError(f"linger_ms must be a non-negative int, not {linger_ms!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, not {batch_size!r}")
+    if compression is not None:
+        _core.codec_id(compression)
+
+
 class Producer(_core.ProducerCore):
     def __init__(self, store: Any, *, linger_ms: int = 5, batch_size: int = 16384,
                  compression: str | None = None, partitioner: str = "murmur2") -> None:
-        if not isinstance(linger_ms, int) or linger_ms < 0:
-            raise ValueError(f"linger_ms must be a non-negative int, not {linger_ms!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, not {batch_size!r}")
-        if compression is not None:
-            _core.codec_id(compression)
+        check_producer_args(linger_ms, batch_size, compression)
         self._setup(store, batch_size, linger_ms, compression, validate_partitioner(partitioner))
         # Where keyless send_many calls start. numpy's global generator is copied into forked
         # processes, so writers of a multiprocessing pool all started each call on the same

@@ -1163,6 +1163,30 @@ def _jsonable(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def open(path: str | os.PathLike = "./kstore-data", read_only: bool = False,
-         **kwargs: Any) -> Store:  # noqa: A001 - the API is kstore.open
-    """Open (creating it unless ``read_only``) the store at ``path``."""
+         **kwargs: Any) -> Any:  # noqa: A001 - the API is kstore.open
+    """Open (creating it unless ``read_only``) the store at ``path``. A ``kafka://host:port``
+    address instead connects to a cluster: ``kstore.connect(path, **kwargs)`` (the keyword
+    arguments are then client configs under Kafka's names)."""
+    from kstore import _kafka
+
+    if _kafka.is_kafka_url(path):
+        from kstore.cluster import connect
+
+        if read_only:
+            raise InvalidConfigError(
+                f"read_only=True has no meaning for a cluster ({path}): a cluster client may "
+                f"always write; to only read, use consumers (or a principal without write ACLs)")
+        local = sorted(k for k in kwargs if k in _LOCAL_ONLY)
+        if local:
+            raise InvalidConfigError(
+                f"{', '.join(local)} apply to a local data directory, not to a cluster "
+                f"({path}): the brokers' own settings govern those there (e.g. "
+                f"auto.create.topics.enable, num.partitions, log.retention.check.interval.ms)")
+        return connect(str(path), **kwargs)
     return Store(path, read_only, **kwargs)
+
+
+#: Store() arguments that only make sense for a data directory (kstore.open refuses them with a
+#: kafka:// address).
+_LOCAL_ONLY = frozenset({"auto_create_topics", "num_partitions", "clock",
+                         "retention_check_interval_ms", "offsets_retention_minutes", "exclusive"})

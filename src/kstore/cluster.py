@@ -516,6 +516,8 @@ class ClusterStore:
         self._check_open()
         res = _wait(self._admin.list_consumer_groups(request_timeout=self.timeout_s),
                     self.timeout_s, "listing groups")
+        if res.errors:  # a partial answer (a broker that did not answer) is no answer
+            _kafka.raise_from(res.errors[0], "listing groups")
         return sorted(g.group_id for g in res.valid)
 
     def describe_group(self, group: str) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import os
 import re
 import threading
@@ -401,6 +402,10 @@ class _ClusterSide:
         self.url = url
         self.conf = _kafka.client_config(url, config)
         self.conf.setdefault("client.id", _kafka.default_client_id())
+        if "log_level" not in self.conf and "log.level" not in self.conf:
+            # librdkafka's own lines (a refused connection, 20 a second) go to Python logging;
+            # what matters reaches the caller as a kstore error.
+            self.conf.setdefault("logger", logging.getLogger("kstore.mirror.librdkafka"))
         self.name = "kafka://" + self.conf["bootstrap.servers"]
         self.timeout = timeout
         self.compression = compression or "none"
@@ -414,11 +419,11 @@ class _ClusterSide:
         try:
             return self.admin.list_topics(timeout=self.timeout)
         except self.ck.KafkaException as exc:
-            seen = "; ".join(str(e) for e in self._errors[-3:])
-            raise _kafka.error_from(
-                exc, f"cannot reach the cluster at {self.url} within {self.timeout:g}s "
-                     f"({seen or 'no answer'}); check the address, that the brokers run, and "
-                     f"the -X security settings") from None
+            err = _kafka.error_from(exc, f"cannot reach the cluster at {self.url} within "
+                                         f"{self.timeout:g}s")
+            err.args = (f"{err}; check the address, that the brokers run, and the -X security "
+                        f"settings",)
+            raise err from None
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -612,7 +617,7 @@ class _ClusterSide:
                 "queue.buffering.max.kbytes": 1_048_576,
                 # A message that times out is not covered by the gap-less guarantee: never let
                 # one; a destination silent for `timeout` stops the run instead (_ClusterWriter).
-                "message.timeout.ms": 0, "log_level": 3}
+                "message.timeout.ms": 0}
         for k, v in self.conf.items():  # -X settings win over the defaults above
             conf[k] = v
         w = _ClusterWriter(self.ck, conf, timeout, self.url)

@@ -2042,6 +2042,8 @@ def mirror(src: str, dest: str, topic_names: tuple[str, ...], include: str | Non
     try:
         with progress:
             stats_box.append(m.run())
+    except kerr.InvalidPartitionsError as exc:  # about the data, not the command line
+        raise DataError(str(exc)) from None
     except KeyboardInterrupt:
         _note(f"interrupted: {m.stats.records:,} records copied in this run; the checkpoint "
               f"{m.stats.checkpoint} holds what was acknowledged, run the same command to go on")

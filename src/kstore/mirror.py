@@ -598,8 +598,18 @@ class _ClusterSide:
 
     def commit(self, group: str, offsets: dict[tuple[str, int], tuple[int, str]]) -> None:
         ck = self.ck
-        tps = [ck.TopicPartition(t, p, off, metadata=meta)
-               for (t, p), (off, meta) in sorted(offsets.items())]
+        # confluent-kafka-python sends metadata with its C string's NUL terminator (a cluster
+        # stores "meta\0" for "meta"; reading back it is cut at the NUL, so a store -> cluster
+        # -> store round trip keeps it exact). Empty metadata is left out, or it would become
+        # "\0" there.
+        try:
+            tps = [ck.TopicPartition(t, p, off, metadata=meta) if meta
+                   else ck.TopicPartition(t, p, off)
+                   for (t, p), (off, meta) in sorted(offsets.items())]
+        except ValueError as exc:  # librdkafka takes metadata as a C string
+            raise kerr.InvalidRequestError(
+                f"group {group!r}: commit metadata that confluent-kafka cannot send ({exc}); "
+                f"its offsets were not copied") from None
         futs = self.admin.alter_consumer_group_offsets(
             [ck.ConsumerGroupTopicPartitions(group, tps)], request_timeout=self.timeout)
         res = self._result(futs[group], f"committing offsets of group {group!r} on {self.url}")
@@ -623,6 +633,17 @@ class _ClusterSide:
         w = _ClusterWriter(self.ck, conf, timeout, self.url)
         self._producer = w.producer
         return w
+
+
+def _headers(h: Any, r: Any, topic: str, partition: int) -> list[Any]:
+    """A record's headers for confluent-kafka, which takes header keys as C strings: a key
+    with a NUL would be cut there, so it is refused rather than altered."""
+    if "\x00" in "".join([k for k, _ in h]):
+        raise kerr.InvalidRecordError(
+            f"{topic}-{partition} offset {r.offset}: a header key holds a NUL character, which "
+            f"confluent-kafka (librdkafka) would cut short; the records before it were copied. "
+            f"Leave the topic out (--topic/--include) or mirror it to a data directory")
+    return list(h)
 
 
 class _ClusterWriter:
@@ -685,12 +706,12 @@ class _ClusterWriter:
                     r = recs[i]
                     h = r.headers
                     produce(topic, r.value, r.key, partition, None, None, r.timestamp,
-                            list(h) if h else None)
+                            _headers(h, r, topic, partition) if h else None)
                 i = last
                 r = recs[last]
                 h = r.headers
                 produce(topic, r.value, r.key, partition, delivered, None, r.timestamp,
-                        list(h) if h else None)
+                        _headers(h, r, topic, partition) if h else None)
             else:
                 for i in range(last):
                     m = recs[i]

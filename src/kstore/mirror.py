@@ -254,6 +254,8 @@ class _StoreSide:
     def ends(self, parts: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
         return {tp: self.store.partition(*tp).log_end_offset for tp in parts}
 
+    known_ends = ends
+
     # -- reading --------------------------------------------------------------------------------
 
     def read(self, topic: str, partition: int, pos: int, max_records: int) -> tuple[list[Any], int]:
@@ -481,20 +483,37 @@ class _ClusterSide:
 
     # -- offsets --------------------------------------------------------------------------------
 
-    def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
-        c = self._reader()
-        try:
-            lo, hi = c.get_watermark_offsets(self.ck.TopicPartition(topic, partition),
-                                             timeout=self.timeout)
-        except self.ck.KafkaException as exc:
-            raise _kafka.error_from(exc, f"reading the offsets of {topic}-{partition}") from None
-        return int(lo), int(hi)
+    def _list_offsets(self, parts: Iterable[tuple[str, int]], latest: bool) -> dict[tuple[str, int], int]:
+        """One ListOffsets for many partitions (read_committed: the last stable offset)."""
+        admin = self.admin_mod
+        spec = admin.OffsetSpec.latest() if latest else admin.OffsetSpec.earliest()
+        req = {self.ck.TopicPartition(t, p): spec for t, p in parts}
+        if not req:
+            return {}
+        futs = self.admin.list_offsets(req, isolation_level=self.ck.IsolationLevel.READ_COMMITTED,
+                                       request_timeout=self.timeout)
+        return {(tp.topic, tp.partition): int(self._result(f, f"reading the offsets of "
+                                                              f"{tp.topic}-{tp.partition}").offset)
+                for tp, f in futs.items()}
 
     def bounds(self, topic: str, partition: int) -> tuple[int, int]:
-        return self._watermarks(topic, partition)
+        tp = (topic, partition)
+        return self._list_offsets([tp], False)[tp], self._list_offsets([tp], True)[tp]
 
     def ends(self, parts: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        return {tp: self._watermarks(*tp)[1] for tp in parts}
+        return self._list_offsets(parts, True)
+
+    def known_ends(self, pos: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        """The high watermarks the copy's fetches brought (no request; for the lag shown)."""
+        c = self._reader()
+        out = {}
+        for (t, p), at in pos.items():
+            try:
+                _, hi = c.get_watermark_offsets(self.ck.TopicPartition(t, p), cached=True)
+            except self.ck.KafkaException:
+                hi = at
+            out[(t, p)] = max(int(hi), at)
+        return out
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -981,7 +1000,7 @@ class Mirror:
         return self.stats
 
     def _lag(self, src: Any, pos: dict) -> None:
-        current = src.ends(pos)
+        current = src.known_ends(pos)
         self.stats.lag = sum(max(current[tp] - pos[tp], 0) for tp in pos)
 
     def _start_partition(self, src: Any, dst: Any, cp: Checkpoint, t: str, p: int,

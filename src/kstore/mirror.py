@@ -41,6 +41,7 @@ transactional producer (fencing), which ``kstore serve`` does not implement.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -947,17 +948,25 @@ class Mirror:
         last_topics = last_groups = time.monotonic()
         interval_start, interval_records = time.monotonic(), 0
         lag_at = time.monotonic()
+        def absorb(wait: bool) -> None:
+            """Anchors for the chunks acknowledged so far, then the checkpoint."""
+            for t, p, s, d in writer.acknowledged(wait=wait):
+                a = anchors[(t, p)]
+                add_anchor(a, s, d if d >= 0 else a[-1][1])
+                cp.set_anchors(t, p, a)
+            cp.save()
+
+        clean = False
         try:
             while True:
                 if self._stop.is_set():
                     self.stats.interrupted = True
                     break
                 n = self._round(src, writer, pos, ends)
-                for t, p, s, d in writer.acknowledged(wait=True):
-                    a = anchors[(t, p)]
-                    add_anchor(a, s, d if d >= 0 else a[-1][1])
-                    cp.set_anchors(t, p, a)
-                cp.save()
+                # Toward a cluster, chunks stay in flight across rounds (waiting for each
+                # round's acknowledgements drained the pipeline: 9% of the time at 1 M
+                # records); the anchors follow the delivery reports.
+                absorb(wait=False)
                 self.stats.records += n
                 now = time.monotonic()
                 self.stats.seconds = now - started
@@ -982,17 +991,14 @@ class Mirror:
                     ahead = interval_records / self.max_rate - (time.monotonic() - interval_start)
                     if ahead > 0:
                         self._stop.wait(ahead)
+            absorb(wait=True)
+            clean = True
         finally:
-            # What was acknowledged so far is checkpointed even when the run stops on an error
-            # or a signal (a chunk still in flight is found at the destination next time).
-            try:
-                for t, p, s, d in writer.acknowledged(wait=False):
-                    a = anchors[(t, p)]
-                    add_anchor(a, s, d if d >= 0 else a[-1][1])
-                    cp.set_anchors(t, p, a)
-                cp.save()
-            except kerr.KStoreError:
-                pass
+            if not clean:
+                # What was acknowledged so far is checkpointed even when the run stops on an
+                # error (a chunk still in flight is found at the destination next time).
+                with contextlib.suppress(kerr.KStoreError):
+                    absorb(wait=False)
         if self.copy_groups:
             self._copy_groups(src, dst, anchors, set(topics))
         self._lag(src, pos)

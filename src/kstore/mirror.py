@@ -42,20 +42,21 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kstore import _core, _kafka
 from kstore import errors as kerr
-from kstore.config import TOPIC_CONFIG, validate_config
+from kstore.config import validate_config
 from kstore.log.checkpoint import atomic_write
 
 CHECKPOINT_DIR = ".kstore-mirror"
@@ -413,7 +414,8 @@ class _ClusterSide:
         self.timeout = timeout
         self.compression = compression or "none"
         self._errors: list[Any] = []
-        self.admin = self.admin_mod.AdminClient({**self.conf, "error_cb": self._errors.append})
+        admin_conf: dict[str, Any] = {**self.conf, "error_cb": self._errors.append}
+        self.admin = self.admin_mod.AdminClient(admin_conf)
         self._consumer: Any = None
         self._producer: Any = None
         self._meta = self._metadata()
@@ -422,10 +424,10 @@ class _ClusterSide:
         try:
             return self.admin.list_topics(timeout=self.timeout)
         except self.ck.KafkaException as exc:
-            err = _kafka.error_from(exc, f"cannot reach the cluster at {self.url} within "
-                                         f"{self.timeout:g}s")
-            err.args = (f"{err}; check the address, that the brokers run, and the -X security "
-                        f"settings",)
+            what = f"cannot reach the cluster at {self.url} within {self.timeout:g}s"
+            err = _kafka.error_from(exc, what)
+            hint = "check the address, that the brokers run, and the -X security settings"
+            err.args = (f"{err}; {hint}",)
             raise err from None
 
     def close(self) -> None:
@@ -553,51 +555,52 @@ class _ClusterSide:
             nxt[tp] = max(nxt.get(tp, 0), lst[-1].offset() + 1)
         return by, nxt
 
-    def count(self, topic: str, partition: int, lo: int, hi: int) -> int:
-        """Records with offsets in [lo, hi) (a separate consumer: the copy's keeps its place)."""
+    def _offsets_from(self, topic: str, partition: int, start: int) -> Iterator[int]:
+        """The offsets of the records from ``start`` to the partition's end (read_committed),
+        read by a consumer of their own (the copy's keeps its place)."""
         c = self.ck.Consumer({**self.conf, "group.id": "kstore-mirror-count",
                               "enable.auto.commit": False, "isolation.level": "read_committed",
                               "enable.partition.eof": True, "auto.offset.reset": "earliest"})
         try:
-            c.assign([self.ck.TopicPartition(topic, partition, lo)])
-            n = 0
+            c.assign([self.ck.TopicPartition(topic, partition, start)])
             deadline = time.monotonic() + self.timeout
-            while time.monotonic() < deadline:
-                for m in c.consume(10_000, 0.5):
-                    if m.error() is not None:
-                        if m.error().code() == _PARTITION_EOF:
-                            return n
-                        raise _kafka.error_from(m.error(), f"counting records of {topic}-{partition}")
-                    if m.offset() >= hi:
-                        return n
-                    n += 1
+            while True:
+                msgs = c.consume(10_000, 0.5)
+                for m in msgs:
+                    err = m.error()
+                    if err is not None:
+                        if err.code() == _PARTITION_EOF:
+                            return
+                        raise _kafka.error_from(err, f"reading {topic}-{partition}")
+                    yield m.offset()
+                if msgs:
                     deadline = time.monotonic() + self.timeout
-            raise kerr.RequestTimedOutError(f"counting the records of {topic}-{partition} in "
-                                            f"[{lo}, {hi}): no answer in {self.timeout:g}s")
+                elif time.monotonic() > deadline:
+                    raise kerr.RequestTimedOutError(
+                        f"reading {topic}-{partition} from offset {start}: no answer from "
+                        f"{self.url} in {self.timeout:g}s")
         finally:
             c.close()
 
+    def count(self, topic: str, partition: int, lo: int, hi: int) -> int:
+        """Records with offsets in [lo, hi)."""
+        n = 0
+        for off in self._offsets_from(topic, partition, lo):
+            if off >= hi:
+                break
+            n += 1
+        return n
+
     def skip(self, topic: str, partition: int, pos: int, k: int) -> int:
-        c = self.ck.Consumer({**self.conf, "group.id": "kstore-mirror-count",
-                              "enable.auto.commit": False, "isolation.level": "read_committed",
-                              "enable.partition.eof": True, "auto.offset.reset": "earliest"})
-        try:
-            c.assign([self.ck.TopicPartition(topic, partition, pos)])
-            deadline = time.monotonic() + self.timeout
-            while k > 0 and time.monotonic() < deadline:
-                for m in c.consume(min(k, 10_000), 0.5):
-                    if m.error() is not None:
-                        if m.error().code() == _PARTITION_EOF:
-                            return max(pos, m.offset())
-                        raise _kafka.error_from(m.error(), f"reading {topic}-{partition}")
-                    pos = m.offset() + 1
-                    k -= 1
-                    deadline = time.monotonic() + self.timeout
-                    if k == 0:
-                        break
+        """The offset after the next ``k`` records from ``pos`` (fewer if the log ends)."""
+        if k <= 0:
             return pos
-        finally:
-            c.close()
+        for off in self._offsets_from(topic, partition, pos):
+            pos = off + 1
+            k -= 1
+            if k == 0:
+                break
+        return pos
 
     # -- groups ---------------------------------------------------------------------------------
 
@@ -1013,7 +1016,7 @@ class Mirror:
                          pos: dict, anchors: dict) -> None:
         tp = (t, p)
         a = cp.anchors(t, p)
-        d_start, d_end = dst.bounds(t, p)
+        _, d_end = dst.bounds(t, p)
         if a is None:
             s_start, _ = src.bounds(t, p)
             a = [[s_start, d_end]]
@@ -1080,7 +1083,7 @@ class Mirror:
                 a = anchors.get((t, p))
                 if not a:
                     continue
-                d = translate(a, off, lambda lo, hi, t=t, p=p: src.count(t, p, lo, hi))
+                d = translate(a, off, functools.partial(src.count, t, p))
                 if d is not None:
                     out[(t, p)] = (d, meta)
             if not out:

@@ -681,6 +681,7 @@ class _ClusterWriter:
         self._acks: list[tuple[str, int, int, int]] = []
         self._inflight = 0
         self._last_progress = time.monotonic()
+        self._last_queued = 0
         self.producer = ck.Producer({**conf, "error_cb": self._on_error})
         self._produce = self.producer.produce
         # Chunks with no records (a gap or control batches at the source) after an in-flight
@@ -695,12 +696,22 @@ class _ClusterWriter:
         if self._fatal:
             raise _kafka.error_from(self._fatal[0], f"producing to {self.url}")
 
+    def _stalled(self) -> bool:
+        """Whether nothing left the queue for ``timeout`` seconds (delivered records leave it,
+        the last of a chunk or not)."""
+        queued = len(self.producer)
+        now = time.monotonic()
+        if queued < self._last_queued:
+            self._last_progress = now
+        self._last_queued = queued
+        return now - self._last_progress > self.timeout
+
     def write(self, topic: str, partition: int, recs: list[Any], kind: str, src_next: int) -> int:
         self._check()
         tp = (topic, partition)
         if not recs:
             tail = self._tail.get(tp)
-            if tail is not None and tail[0] >= 0:
+            if tail is not None:
                 tail[0] = max(tail[0], src_next)
             else:
                 self._acks.append((topic, partition, src_next, -1))  # -1: nothing new there
@@ -723,45 +734,48 @@ class _ClusterWriter:
         produce = self._produce
         last = len(recs) - 1
         i = 0
-        try:
-            if kind == "store":
-                for i in range(last):
-                    r = recs[i]
+        while True:
+            try:
+                if kind == "store":
+                    while i < last:
+                        r = recs[i]
+                        h = r.headers
+                        produce(topic, r.value, r.key, partition, None, None, r.timestamp,
+                                _headers(h, r, topic, partition) if h else None)
+                        i += 1
+                    r = recs[last]
                     h = r.headers
-                    produce(topic, r.value, r.key, partition, None, None, r.timestamp,
+                    produce(topic, r.value, r.key, partition, delivered, None, r.timestamp,
                             _headers(h, r, topic, partition) if h else None)
-                i = last
-                r = recs[last]
-                h = r.headers
-                produce(topic, r.value, r.key, partition, delivered, None, r.timestamp,
-                        _headers(h, r, topic, partition) if h else None)
-            else:
-                for i in range(last):
-                    m = recs[i]
-                    produce(topic, m.value(), m.key(), partition, None, None, m.timestamp()[1],
-                            m.headers())
-                i = last
-                m = recs[last]
-                produce(topic, m.value(), m.key(), partition, delivered, None, m.timestamp()[1],
-                        m.headers())
-        except BufferError:
-            # The local queue is full: serve callbacks until there is room, then go on.
-            self._wait_room()
-            return self.write(topic, partition, recs[i:], kind, src_next)
+                else:
+                    while i < last:
+                        m = recs[i]
+                        produce(topic, m.value(), m.key(), partition, None, None,
+                                m.timestamp()[1], m.headers())
+                        i += 1
+                    m = recs[last]
+                    produce(topic, m.value(), m.key(), partition, delivered, None,
+                            m.timestamp()[1], m.headers())
+                break
+            except BufferError:
+                # The local queue is full (messages or bytes): serve delivery reports until
+                # it has room, then go on from record i (which was not queued).
+                self._wait_room()
         self._inflight += 1
         return 0
 
     def _wait_room(self) -> None:
-        deadline = time.monotonic() + self.timeout
-        while len(self.producer) > 1_000_000:
+        """Until the queue is at most half as long as now; RequestTimedOutError when the
+        cluster acknowledges nothing for ``timeout`` seconds."""
+        queued = len(self.producer)
+        self._last_progress = time.monotonic()
+        while len(self.producer) > queued // 2:
             self.producer.poll(0.05)
             self._check()
-            if time.monotonic() > deadline:
+            if self._stalled():
                 raise kerr.RequestTimedOutError(
-                    f"{self.url} acknowledged nothing for {self.timeout:g}s")
-            if self._last_progress > deadline - self.timeout:
-                deadline = self._last_progress + self.timeout
-        self.producer.poll(0)
+                    f"{self.url} acknowledged nothing for {self.timeout:g}s; what it did not "
+                    f"acknowledge is copied again (once) by the next run")
 
     def acknowledged(self, wait: bool) -> list[tuple[str, int, int, int]]:
         self.producer.poll(0)
@@ -770,7 +784,7 @@ class _ClusterWriter:
             while self._inflight > 0:
                 self.producer.poll(0.05)
                 self._check()
-                if time.monotonic() - self._last_progress > self.timeout:
+                if self._stalled():
                     raise kerr.RequestTimedOutError(
                         f"{self.url} acknowledged nothing for {self.timeout:g}s; what it did "
                         f"not acknowledge is copied again (once) by the next run")
@@ -916,9 +930,14 @@ class Mirror:
             if dst.topic_info(t) is None:
                 try:
                     skipped = dst.create_topic(t, n, config)
-                except kerr.TopicAlreadyExistsError:
+                    self.stats.created_topics.append(t)
+                except kerr.TopicAlreadyExistsError:  # created meanwhile: checked below
                     skipped = []
-                self.stats.created_topics.append(t)
+                    have = dst.topic_info(t)
+                    if have is not None and have[0] != n:
+                        raise kerr.InvalidPartitionsError(
+                            f"{t!r} appeared at {dst.name} with {have[0]} partitions while "
+                            f"the mirror created it with the source's {n}") from None
                 if skipped:
                     self.stats.skipped_configs[t] = skipped
             out[t] = n

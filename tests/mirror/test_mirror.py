@@ -427,3 +427,16 @@ def test_default_checkpoint_lives_in_the_data_directory_side(tmp_path):
     assert default_checkpoint("kafka://h:1", tmp_path / "b").parent == tmp_path / "b" / CHECKPOINT_DIR
     assert default_checkpoint(tmp_path / "a", tmp_path / "b").parent == tmp_path / "b" / CHECKPOINT_DIR
     assert os.path.basename(default_checkpoint("kafka://h:1,g:2", tmp_path)) == "from-h_1_g_2.json"
+
+
+@pytest.mark.parametrize("limit", [{"queue.buffering.max.messages": "7", "linger.ms": "0"},
+                                   {"queue.buffering.max.kbytes": "1", "linger.ms": "0"}])
+def test_a_full_producer_queue_waits_for_room_and_loses_nothing(tmp_path, server, url, limit):
+    """librdkafka's queue full (by messages or by bytes, -X settings win over the mirror's):
+    produce waits for deliveries and goes on, every record once."""
+    a = tmp_path / "a"
+    topic = "full-" + next(iter(limit)).split(".")[-1]
+    fill_many(a, topic, 400, 2)
+    st = Mirror(a, url, topics=[topic], client_config=limit).run()
+    assert st.records == 400
+    assert_exact_copy(a, server, topic, 2)

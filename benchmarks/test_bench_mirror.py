@@ -56,7 +56,9 @@ def source(workdir):
     keys, values, stamps = make_workload(N)
     path = workdir / "source"
     with kstore.open(path) as s:
-        s.create_topic(TOPIC, PARTITIONS)
+        # make_workload's timestamps are old: kept forever here and, the config being
+        # copied, at the server too (its retention would otherwise delete them mid-run).
+        s.create_topic(TOPIC, PARTITIONS, config={"retention.ms": -1})
         pr = s.producer(linger_ms=0, batch_size=1 << 20, compression="lz4")
         step = N // PARTITIONS + 1
         for p in range(PARTITIONS):
@@ -138,7 +140,8 @@ def test_mirror_baseline_bare_confluent_produce(benchmark, source, server):
     def setup():
         _drop_topic(server)
         admin = _admin(server)  # kept until the result came (its handle ends with it)
-        admin.create_topics([ca.NewTopic(TOPIC, PARTITIONS, replication_factor=-1)])[TOPIC].result(30)
+        admin.create_topics([ca.NewTopic(TOPIC, PARTITIONS, replication_factor=-1,
+                                         config={"retention.ms": "-1"})])[TOPIC].result(30)
         state["p"] = ck.Producer(conf)
         return (), {}
 

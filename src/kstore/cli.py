@@ -2016,10 +2016,9 @@ def mirror(src: str, dest: str, topic_names: tuple[str, ...], include: str | Non
     from kstore.mirror import Mirror
 
     stats_box: list[Any] = []
-    cols = [SpinnerColumn(), TextColumn(f"mirroring {src} -> {dest}"),
-            TextColumn("{task.fields[records]:,} records"),
-            TextColumn("{task.fields[rate]:,.0f} records/s"),
-            TextColumn("lag {task.fields[lag]:,}"), TimeElapsedColumn()]
+    cols = [SpinnerColumn(), TextColumn("mirror"), TextColumn("{task.fields[records]:,} records"),
+            TextColumn("{task.fields[rate]:,.0f}/s"), TextColumn("lag {task.fields[lag]:,}"),
+            TimeElapsedColumn()]
     progress = _progress(*cols)
     task = progress.add_task("mirror", total=None, records=0, rate=0.0, lag=0)
 

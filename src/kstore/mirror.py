@@ -1030,6 +1030,8 @@ class Mirror:
             self._copy_groups(src, dst, anchors, set(topics))
         self._lag(src, pos)
         self.stats.seconds = time.monotonic() - started
+        if self.on_progress is not None:
+            self.on_progress(self.stats)
         return self.stats
 
     def _lag(self, src: Any, pos: dict) -> None:

@@ -770,29 +770,29 @@ class _ClusterWriter:
         return 0
 
     def _wait_room(self) -> None:
-        """Until the queue is at most half as long as now; RequestTimedOutError when the
-        cluster acknowledges nothing for ``timeout`` seconds."""
+        """Until the queue is at most half as long as now."""
         queued = len(self.producer)
+        self._serve_until(lambda: len(self.producer) <= queued // 2)
+
+    def _serve_until(self, done: Callable[[], bool]) -> None:
+        """Serve delivery reports until ``done()``; RequestTimedOutError when the cluster
+        acknowledges nothing for ``timeout`` seconds, the fatal error if one came."""
         self._last_progress = time.monotonic()
-        while len(self.producer) > queued // 2:
+        while not done():
             self.producer.poll(0.05)
             self._check()
             if self._stalled():
                 raise kerr.RequestTimedOutError(
-                    f"{self.url} acknowledged nothing for {self.timeout:g}s; what it did not "
-                    f"acknowledge is copied again (once) by the next run")
+                    f"{self.url} acknowledged nothing for {self.timeout:g}s; the next run "
+                    f"copies what it did not acknowledge, once")
 
     def acknowledged(self, wait: bool) -> list[tuple[str, int, int, int]]:
+        """(topic, partition, src_next, dst_next) of the chunks delivered since the last call
+        (dst_next -1: a chunk without records, nothing new at the destination); ``wait``:
+        first until every chunk sent is delivered."""
         self.producer.poll(0)
         if wait:
-            self._last_progress = time.monotonic()
-            while self._inflight > 0:
-                self.producer.poll(0.05)
-                self._check()
-                if self._stalled():
-                    raise kerr.RequestTimedOutError(
-                        f"{self.url} acknowledged nothing for {self.timeout:g}s; what it did "
-                        f"not acknowledge is copied again (once) by the next run")
+            self._serve_until(lambda: self._inflight <= 0)
         self._check()
         acks, self._acks = self._acks, []
         return acks

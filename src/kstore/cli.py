@@ -6,15 +6,17 @@
     kstore consume clicks --format '%p %o %k\\t%v\\n'
     kstore groups describe etl
     kstore verify
+    kstore mirror ./kstore-data kafka://broker:9092       # copy to a Kafka cluster (resumable)
 
 Every command takes ``--data DIR`` (default ``./kstore-data``, or ``$KSTORE_DATA``). Commands
 that only read open the store read-only, so they work beside a running writer; commands that
 write take the directory's lock and say so when another process holds it.
 
 Exit codes: 0 success, 1 usage error (bad option, bad config key or value), 2 data error (unknown
-topic or group, corruption, a locked or missing data directory), 3 (verify) only index files are
-damaged and `kstore repair-indexes` rebuilds them, 130 (143) produce stopped by Ctrl-C
-(SIGTERM): every record it acknowledged is on disk. Messages go to stderr.
+topic or group, corruption, a locked or missing data directory, an unreachable cluster), 3
+(verify) only index files are damaged and `kstore repair-indexes` rebuilds them, 130 (143)
+produce or mirror stopped by Ctrl-C (SIGTERM): every record produce acknowledged is on disk, and
+mirror's checkpoint holds what it copied (run it again to go on). Messages go to stderr.
 """
 
 from __future__ import annotations
@@ -1953,6 +1955,123 @@ def _raise_open_files_limit(max_connections: int) -> None:
         new = want if hard == resource.RLIM_INFINITY else min(want, hard)
         if new > soft:
             resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
+def _parse_client_configs(ctx: click.Context, param: click.Parameter,
+                          values: tuple[str, ...]) -> dict[str, str]:
+    """-X key=value: librdkafka settings under Kafka's names, passed through unchecked."""
+    out: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not key=value (for example "
+                                     f"security.protocol=SASL_SSL)", ctx, param)
+        out[key.strip()] = value
+    return out
+
+
+@main.command()
+@click.argument("src", metavar="SRC")
+@click.argument("dest", metavar="DEST")
+@click.option("--topic", "-t", "topic_names", multiple=True, metavar="NAME",
+              help="Copy this topic (repeatable). Default: every topic but internal ones.")
+@click.option("--include", default=None, metavar="REGEX",
+              help="Copy the topics whose whole name matches REGEX (with --topic: both).")
+@click.option("-X", "client_config", multiple=True, metavar="KEY=VALUE",
+              callback=_parse_client_configs,
+              help="confluent-kafka (librdkafka) setting for the cluster side, Kafka's names "
+              "(sasl.username=..., security.protocol=SASL_SSL, ssl.ca.location=...). Repeatable.")
+@click.option("--follow", "-F", is_flag=True,
+              help="Keep copying new records (and group offsets, every 5 s) until Ctrl-C.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Checkpoint file (default: DIR/.kstore-mirror/<other side>.json in the data "
+              "directory side, the destination if both are). Needed from cluster to cluster.")
+@click.option("--no-groups", is_flag=True, help="Do not copy committed group offsets.")
+@click.option("--compression", "-z", type=click.Choice(list(records.CODECS)), default="lz4",
+              show_default=True, help="Compression of the records written to DEST.")
+@click.option("--max-rate", type=click.FloatRange(0), default=0, metavar="RECORDS/S",
+              help="Copy at most this many records per second (default: no limit).")
+@click.option("--timeout", type=click.FloatRange(0.1), default=30.0, show_default=True,
+              help="Seconds to reach a cluster, and that a destination may acknowledge nothing, "
+              "before the command fails.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def mirror(src: str, dest: str, topic_names: tuple[str, ...], include: str | None,
+           client_config: dict[str, str], follow: bool, checkpoint: Path | None,
+           no_groups: bool, compression: str, max_rate: float, timeout: float,
+           as_json: bool) -> None:
+    """Copy topics, records and committed group offsets from SRC to DEST.
+
+    SRC and DEST are each a data directory or kafka://host:port[,host:port...] (a Kafka
+    cluster: Kafka, Redpanda, `kstore serve`). Records keep their partition, key, value, headers
+    and timestamp; the destination numbers them from its own log end, and group offsets are
+    translated to those numbers. Topics are created at DEST with the source's partition count
+    and the configs DEST knows (the others are listed); a DEST topic with another partition
+    count is an error, and nothing is copied.
+
+    Resumable: run the same command again after a kill or Ctrl-C and it goes on where the
+    checkpoint says, with no record lost or copied twice. Ctrl-C (SIGTERM) finishes the chunk
+    in flight, copies the group offsets and prints the summary; exit code 130 (143), 0 when
+    everything was copied, 2 on an error (the message says what to do).
+    """
+    from kstore.mirror import Mirror
+
+    stats_box: list[Any] = []
+    cols = [SpinnerColumn(), TextColumn("mirror"), TextColumn("{task.fields[records]:,} records"),
+            TextColumn("{task.fields[rate]:,.0f}/s"), TextColumn("lag {task.fields[lag]:,}"),
+            TimeElapsedColumn()]
+    progress = _progress(*cols)
+    task = progress.add_task("mirror", total=None, records=0, rate=0.0, lag=0)
+
+    def on_progress(st: Any) -> None:
+        progress.update(task, records=st.records, rate=st.records_per_second, lag=st.lag)
+
+    m = Mirror(src, dest, topics=topic_names, include=include, client_config=client_config,
+               follow=follow, checkpoint=checkpoint, groups=not no_groups,
+               compression=compression, max_rate=max_rate, timeout=timeout,
+               on_progress=on_progress)
+    signum: list[int] = []
+
+    def on_signal(sig: int, frame: Any) -> None:
+        if signum:  # a second one: stop now (the checkpoint is whole; the next run resumes)
+            raise KeyboardInterrupt
+        signum.append(sig)
+        m.stop()
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with progress:
+            stats_box.append(m.run())
+    except kerr.InvalidPartitionsError as exc:  # about the data, not the command line
+        raise DataError(str(exc)) from None
+    except KeyboardInterrupt:
+        _note(f"interrupted: {m.stats.records:,} records copied in this run; the checkpoint "
+              f"{m.stats.checkpoint} holds what was acknowledged, run the same command to go on")
+        sys.exit(128 + (signum[-1] if signum else int(signal.SIGINT)))
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    st = stats_box[0]
+    if as_json:
+        _print_json({"records": st.records, "seconds": round(st.seconds, 3),
+                     "records_per_second": round(st.records_per_second),
+                     "lag": st.lag, "topics": st.topics, "created_topics": st.created_topics,
+                     "skipped_configs": st.skipped_configs, "groups": st.groups,
+                     "group_errors": st.group_errors, "interrupted": st.interrupted,
+                     "resumed_partitions": st.resumed_partitions,
+                     "skipped_on_resume": st.skipped_on_resume, "checkpoint": st.checkpoint})
+    for t, keys in sorted(st.skipped_configs.items()):
+        _note(f"topic {t!r}: configs not known at {dest}, not copied: {', '.join(keys)}")
+    for g, why in sorted(st.group_errors.items()):
+        _note(f"group {g!r}: offsets not copied: {why}")
+    word = "interrupted" if st.interrupted else "done"
+    _note(f"{word}: {st.records:,} records in {st.seconds:.1f}s "
+          f"({st.records_per_second:,.0f} records/s) from {len(st.topics)} topics "
+          f"({len(st.created_topics)} created), offsets of {len(st.groups)} groups; lag "
+          f"{st.lag:,}; checkpoint {st.checkpoint}")
+    if st.interrupted:
+        sys.exit(128 + (signum[-1] if signum else int(signal.SIGINT)))
+    if st.group_errors:
+        sys.exit(EXIT_DATA)
 
 
 @main.command("scram-credential")

@@ -613,6 +613,8 @@ class _ClusterSide:
         ck = self.ck
         listed = self._result(self.admin.list_consumer_groups(request_timeout=self.timeout),
                               f"listing the groups of {self.url}")
+        if listed.errors:  # librdkafka lists what answered and puts the rest here: no answer
+            _kafka.raise_from(listed.errors[0], f"listing the groups of {self.url}")
         out: dict[str, dict[tuple[str, int], tuple[int, str]]] = {}
         for g in sorted(x.group_id for x in listed.valid):
             futs = self.admin.list_consumer_group_offsets(

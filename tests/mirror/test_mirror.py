@@ -440,3 +440,25 @@ def test_a_full_producer_queue_waits_for_room_and_loses_nothing(tmp_path, server
     st = Mirror(a, url, topics=[topic], client_config=limit).run()
     assert st.records == 400
     assert_exact_copy(a, server, topic, 2)
+
+
+def test_groups_a_cluster_did_not_list_are_an_error_not_none(url):
+    """librdkafka's ListConsumerGroups answers with the groups of the brokers that answered
+    and an error for the others; a mirror that read only ``valid`` copied no offsets and said
+    nothing. (ClusterStore.groups had the same fault: tests/api/test_connect.py.)"""
+    import concurrent.futures
+
+    from confluent_kafka import KafkaError
+
+    from kstore.mirror import _ClusterSide
+
+    side = _ClusterSide(url, None, None, timeout=5)
+    try:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        fut.set_result(type("Listed", (), {"valid": [],
+                                           "errors": [KafkaError(KafkaError._TIMED_OUT)]})())
+        side.admin = type("Admin", (), {"list_consumer_groups": lambda self, **kw: fut})()
+        with pytest.raises(errors.RequestTimedOutError, match="listing the groups"):
+            side.committed({"t"})
+    finally:
+        side.close()

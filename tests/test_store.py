@@ -722,3 +722,30 @@ def test_a_commit_is_appended_and_published_atomically_for_expire_offsets(tmp_pa
     s.close()
     with kstore.open(tmp_path / "d", retention_check_interval_ms=0) as s2:
         assert s2.committed("g", "t", 0) == 1
+
+
+def test_a_recreated_topic_starts_at_offset_zero(tmp_path):
+    """Deleting a topic forgets its partitions' checkpoints (log start, recovery point,
+    cleaner): a topic made again under the same name starts empty at 0, as in Kafka, not at
+    the deleted one's log start (found by the mirror tests)."""
+    with kstore.open(tmp_path / "d") as s:
+        s.create_topic("t", partitions=2, config={"cleanup.policy": "compact,delete"})
+        p = s.producer(linger_ms=0)
+        for i in range(10):
+            p.send("t", b"v%d" % i, key=b"k%d" % i, partition=i % 2)
+        p.flush()
+        s.delete_records({("t", 0): 4, ("t", 1): 3})
+        s.run_maintenance()
+        s.delete_topic("t")
+        s.create_topic("t", partitions=2)
+        for part in (0, 1):
+            lg = s.partition("t", part)
+            assert (lg.log_start_offset, lg.log_end_offset) == (0, 0)
+        p.send("t", b"new", partition=0)
+        p.flush()
+        c = s.consumer(auto_offset_reset="earliest")
+        c.assign([("t", 0), ("t", 1)])
+        assert [(r.partition, r.offset, r.value) for r in c.poll(timeout=1)] == [(0, 0, b"new")]
+    with kstore.open(tmp_path / "d") as s:  # and after a restart
+        assert s.partition("t", 0).log_start_offset == 0
+        assert s.partition("t", 1).log_end_offset == 0

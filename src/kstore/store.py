@@ -49,7 +49,16 @@ from kstore.errors import (
     UnknownTopicOrPartitionError,
 )
 from kstore.log import PartitionLog
-from kstore.log.checkpoint import atomic_write, lock_directory, lock_shared, share_lock
+from kstore.log.checkpoint import (
+    CLEANER_OFFSET,
+    LOG_START_OFFSET,
+    RECOVERY_POINT,
+    CheckpointFile,
+    atomic_write,
+    lock_directory,
+    lock_shared,
+    share_lock,
+)
 from kstore.topic import refuse_internal, validate_topic_name
 
 log = logging.getLogger("kstore.store")
@@ -599,6 +608,14 @@ class Store:
                 d = self.path / f"{name}-{p}"
                 if self.shared and d.exists():
                     self._stop_other_writers(d)
+            # A topic made again under this name starts at 0, as in Kafka: its partitions'
+            # checkpoints go with it (else its log start would be the deleted one's),
+            # before its folders go, so a crash in between leaves no stale entry.
+            gone_keys: dict[tuple[str, int], int | None] = {
+                (name, p): None for p in range(t["partitions"])}
+            for ck_name in (LOG_START_OFFSET, RECOVERY_POINT, CLEANER_OFFSET):
+                if (self.path / ck_name).exists():
+                    CheckpointFile.for_path(self.path / ck_name).update(gone_keys)
             for p in range(t["partitions"]):
                 d = self.path / f"{name}-{p}"
                 if d.exists():

@@ -778,3 +778,37 @@ def test_manual_commit_after_a_rebalance_commits_what_was_delivered(tmp_path):
         assert c2.poll(timeout=0.2) == []  # nothing delivered twice
         c1.close()
         c2.close()
+
+
+def test_poll_batches_decodes_about_what_it_returns(tmp_path, monkeypatch):
+    """A read takes up to 16 MiB; lz4 batches of it inflate to far more records than a poll
+    returns. poll_batches decoded the whole read on every call and kept max_records, so
+    reading a topic decoded O(n^2) records (7x slower at 1 M records). It decodes the batches
+    it returns, give or take one batch at each end."""
+    import kstore.consumer as kc
+
+    decoded = []
+    real = kc._core.columns
+
+    def counting(*args, **kwargs):
+        cols = real(*args, **kwargs)
+        decoded.append(len(cols))
+        return cols
+
+    with kstore.open(tmp_path / "d") as s:
+        s.create_topic("t")
+        p = s.producer(compression="lz4", batch_size=16384)
+        n = 200_000
+        p.send_many("t", [b"v%07d" % i + b"x" * 90 for i in range(n)])
+        monkeypatch.setattr(kc._core, "columns", counting)
+        c = s.consumer(auto_offset_reset="earliest")
+        c.assign([("t", 0)])
+        got = []
+        while True:
+            out = c.poll_batches(timeout=0, max_records=5_000)
+            if not out:
+                break
+            got.extend(int(o) for b in out for o in b.offsets)
+        assert got == list(range(n))
+        per_batch = 16384 // 100 + 1
+        assert sum(decoded) <= n + len(decoded) * 2 * per_batch

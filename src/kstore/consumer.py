@@ -51,6 +51,21 @@ CHECKED_READ_BYTES = _core.INDEX_JUMP_MIN_BYTES
 RESETS = ("earliest", "latest", "none")
 
 
+def _columns_end(mv: Any, pos: int, want: int) -> int:
+    """Where the batches of ``mv`` that hold ``want`` records at or after ``pos`` end (-1: all
+    of them). A read takes up to 16 MiB, which compressed batches inflate to far more records
+    than a poll returns; decoding all of it on every poll made reading a topic O(n^2) (0.67 M
+    records/s instead of 5 M for lz4 at max_records=100,000). Header reads only: nothing is
+    decompressed here."""
+    at = n = 0
+    for b in _core.iter_batches(mv):
+        at += _core.LOG_OVERHEAD + b.batch_length
+        n += b.record_count if b.base_offset >= pos else max(0, b.last_offset - pos + 1)
+        if n >= want:
+            return at
+    return -1
+
+
 @dataclass
 class PartitionColumns:
     """Records of one partition as numpy columns (see kstore.records.Columns), zero-copy over
@@ -720,7 +735,8 @@ class Consumer(ConsumerBase):
                 continue
             after = -1
             try:
-                cols = _core.columns(fs.memoryview())
+                mv = fs.memoryview()
+                cols = _core.columns(mv, 0, _columns_end(mv, pos, left))
                 offs = cols.offsets
                 # As in _fetch_partition: offsets rise and stay below the log end.
                 if len(offs) and (offs[-1] >= lg.cached_log_end_offset

@@ -89,6 +89,7 @@ def _run(cmd: list[str], cwd: Path, what: str, log: Path) -> str:
     return proc.stdout.decode(errors="replace")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs a git checkout to copy")
 def test_every_block_runs_twice_in_the_venv_of_the_first_command(tmp_path):
     work = tmp_path / "kstore"

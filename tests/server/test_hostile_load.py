@@ -3,7 +3,7 @@ topics, 40 connections announcing 100 MB requests, 1,000 idle connections. Each 
 other clients served, and memory and connection slots bounded.
 
 No timing thresholds: figures (another client's latency, the time to create the topics, the
-server's peak RSS) are printed (``pytest -s``) and the tests assert only the outcomes, with
+server's peak RSS) are printed (``pytest -s -n 0``) and the tests assert only the outcomes, with
 generous deadlines that only a hang reaches. Every load loop is bounded in count and in time.
 """
 

@@ -42,3 +42,10 @@ def manifest():
     if m is None:
         pytest.skip(NO_VECTORS)
     return m
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest tests (marked slow) first: under pytest-xdist (addopts) each then starts at
+    once on a worker of its own while the others share the rest, instead of starting last and
+    running alone at the end. The order is otherwise the collection's."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -147,15 +147,22 @@ def _installed(what):
     return importlib.util.find_spec(what + "_kafka" if what == "confluent" else what) is not None
 
 
+def _bench_env() -> dict[str, str]:
+    """This environment less pytest-xdist's worker variables: pytest-benchmark turns itself off
+    in a process that looks like an xdist worker (and the runs below pass -n 0 for addopts' -n)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
+
+
 def test_server_benchmarks_quick(tmp_path, capsys):
     """Every server benchmark once at N records (the installed clients' ones), then the
     report with its ratios; the data folders and servers are gone afterwards."""
     out = tmp_path / "server.json"
-    env = {**os.environ, "KSTORE_BENCH_RECORDS": str(N), "KSTORE_BENCH_ROUNDS": "1",
+    env = {**_bench_env(), "KSTORE_BENCH_RECORDS": str(N), "KSTORE_BENCH_ROUNDS": "1",
            "KSTORE_BENCH_DIR": str(tmp_path), "KSTORE_SERVER_FETCH_MB": "1"}
     res = subprocess.run(
         [sys.executable, "-m", "pytest", str(ROOT / "benchmarks" / "test_bench_server.py"),
-         "--benchmark-only", f"--benchmark-json={out}", "-q", "-p", "no:cacheprovider", "-rs"],
+         "--benchmark-only", f"--benchmark-json={out}", "-q", "-p", "no:cacheprovider", "-rs",
+         "-n", "0"],
         check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     data = json.loads(out.read_text())
@@ -189,12 +196,12 @@ def test_multiprocess_benchmarks_quick(tmp_path):
     Producer.send per record shared and exclusive: every record lands and the throughput (and
     the 2/1, 4/1 ratios) are reported; the data folders are gone afterwards."""
     out = tmp_path / "mp.json"
-    env = {**os.environ, "KSTORE_BENCH_RECORDS": str(N), "KSTORE_BENCH_ROUNDS": "1",
+    env = {**_bench_env(), "KSTORE_BENCH_RECORDS": str(N), "KSTORE_BENCH_ROUNDS": "1",
            "KSTORE_BENCH_DIR": str(tmp_path)}
     res = subprocess.run(
         [sys.executable, "-m", "pytest", str(ROOT / "benchmarks" / "test_bench_multiprocess.py"),
          "--benchmark-only", f"--benchmark-json={out}", "-q", "-p", "no:cacheprovider",
-         "-p", "no:randomly"],  # in file order: 1-shared before the 2/1 and 4/1 ratios
+         "-p", "no:randomly", "-n", "0"],  # in file order: 1-shared before the 2/1 and 4/1 ratios
         check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     benches = [b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]]

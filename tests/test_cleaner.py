@@ -829,6 +829,7 @@ def _expected(leo):
     return model
 
 
+@pytest.mark.slow
 def test_sigkill_during_cleaning_loses_no_latest_value(tmp_path):
     d = tmp_path / "t-0"
     rng = random.Random(2024)

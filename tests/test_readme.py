@@ -1,7 +1,8 @@
 """README.md as a newcomer meets it: the first command, exactly as written, makes a venv in a
 copy of this checkout and runs the main job; then every shell and Python block of the README
 runs top to bottom in that venv and directory, twice (a second run must not trip over what the
-first left: topics that exist, files that are there), and the main job runs a second time.
+first left: topics that exist, files that are there), and the main job runs a second time
+(by a README block that runs it, or else after the blocks).
 
 The one block not run is the test command (it is this test run), and blocks preceded by
 ``<!-- readme-test: skip (why) -->``, which must say why; `.ci/run` must run the README's test
@@ -89,6 +90,7 @@ def _run(cmd: list[str], cwd: Path, what: str, log: Path) -> str:
     return proc.stdout.decode(errors="replace")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs a git checkout to copy")
 def test_every_block_runs_twice_in_the_venv_of_the_first_command(tmp_path):
     work = tmp_path / "kstore"
@@ -109,5 +111,9 @@ def test_every_block_runs_twice_in_the_venv_of_the_first_command(tmp_path):
             else:
                 printed = _run([str(work / ".venv" / "bin" / "python"), "-c", body], work, what, log)
                 assert printed.strip(), f"{what} printed nothing"
-    _run(["bash", "-e", "-c", ". .venv/bin/activate && kstore bench"], work,
-         "the main job, a second time", log)
+    # The main job a second time, over what the blocks left, unless a README block runs it
+    # again itself: then it already ran once more in each round, the second time over the
+    # first round's leftovers, and a further 10-million-event run would check nothing new.
+    if not any(why is None and "kstore bench" in body for _, body, why in BLOCKS[2:]):
+        _run(["bash", "-e", "-c", ". .venv/bin/activate && kstore bench"], work,
+             "the main job, a second time", log)

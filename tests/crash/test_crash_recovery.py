@@ -161,6 +161,7 @@ def batches_in(path: Path):
 # SIGKILL
 
 
+@pytest.mark.slow
 def test_sigkill_writer_loses_no_acknowledged_record(tmp_path):
     """25 writers, each killed 0-50 ms into appending (some during a roll: a segment is
     256 KiB); after each, a writer open must run recovery and find every acknowledged record,

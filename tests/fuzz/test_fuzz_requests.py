@@ -20,6 +20,7 @@ HARNESS = Path(__file__).with_name("fuzz_requests.py")
 RUNS = int(os.environ.get("KSTORE_FUZZ_RUNS", "30000"))
 
 
+@pytest.mark.slow
 def test_request_decoder_survives_fuzzing(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()

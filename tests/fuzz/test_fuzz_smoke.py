@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 RUNS = int(os.environ.get("KSTORE_FUZZ_RUNS", "10000"))
 
 
+@pytest.mark.slow
 def test_decoder_survives_fuzzing(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()

@@ -3,7 +3,7 @@ topics, 40 connections announcing 100 MB requests, 1,000 idle connections. Each 
 other clients served, and memory and connection slots bounded.
 
 No timing thresholds: figures (another client's latency, the time to create the topics, the
-server's peak RSS) are printed (``pytest -s``) and the tests assert only the outcomes, with
+server's peak RSS) are printed (``pytest -s -n 0``) and the tests assert only the outcomes, with
 generous deadlines that only a hang reaches. Every load loop is bounded in count and in time.
 """
 
@@ -104,8 +104,10 @@ def test_metadata_naming_10000_new_topics_leaves_other_clients_served(kserver):
     total = time.perf_counter() - t0
     lat = pinger.finish()
     assert rounds[-1] == len(names), f"topics made per round: {rounds}"
-    # Never more than the cap per request: the rounds grow by at most 1,000 each.
-    assert all(b - a <= 1000 for a, b in zip([0, *rounds], rounds)), rounds
+    # Never more than the cap per request: after k requests at most k * 1,000 topics exist.
+    # (Not "each round grows by at most 1,000": a request waits at most a second for its batch,
+    # so on a busy machine one answer can miss its own batch and the next one show two.)
+    assert all(made <= 1000 * k for k, made in enumerate(rounds, start=1)), rounds
     assert all(len(t["partitions"]) == 1 for t in got.values())
     print(f"\n10,000 topics auto-created in {total:.2f} s over {len(rounds)} Metadata requests; "
           f"the other client's ApiVersions meanwhile: {lat}")

@@ -103,7 +103,7 @@ class Batch:
 
 def iter_batches(buf: Buffer, start: int = 0, end: int = -1, allow_partial: bool = False) -> Iterator[Batch]: ...
 def read_batch(buf: Buffer, position: int = 0) -> Batch: ...
-def columns(buf: Buffer, start: int = 0, end: int = -1, check_crc: bool = True, max_decompressed_bytes: int = ...) -> Columns: ...
+def columns(buf: Buffer, start: int = 0, end: int = -1, check_crc: bool = True, max_decompressed_bytes: int = ..., data_only: bool = False, aborted: Sequence[tuple[int, int, int]] | None = None) -> Columns: ...
 
 class ScanResult:
     positions: npt.NDArray[np.int64]
@@ -291,6 +291,8 @@ class RecordMetadata(tuple[str, int, int, int]):
 
 class ProducerCore:
     _on_pending: Callable[[], Any] | None
+    _txn: Any
+    _transactional: bool
     store: Any
     batch_size: int
     linger_ms: int

@@ -886,14 +886,22 @@ def read_batch(buf, Py_ssize_t position=0):
 
 
 def columns(buf, Py_ssize_t start=0, Py_ssize_t end=-1, bint check_crc=True,
-            Py_ssize_t max_decompressed_bytes=DEFAULT_MAX_DECOMPRESSED_BYTES):
+            Py_ssize_t max_decompressed_bytes=DEFAULT_MAX_DECOMPRESSED_BYTES,
+            bint data_only=False, aborted=None):
     """Decode every batch in ``buf[start:end]`` into one Columns.
 
     Uncompressed batches are not copied: ``data`` is ``buf`` and positions are absolute. If any
     batch is compressed, ``data`` is a new buffer holding every batch's decompressed records.
+
+    ``data_only``: leave out control batches (transaction markers), which are never records
+    of the application's. ``aborted``: a sequence of (producer id, first offset, last offset)
+    of aborted transactions; transactional batches of such a producer within such a range are
+    left out (a read_committed reader's view).
     """
     cdef list batches = list(iter_batches(buf, start, end))
     cdef Batch b
+    if data_only or aborted:
+        batches = [b for b in batches if not _left_out(b, data_only, aborted)]
     cdef Py_ssize_t total = 0, at = 0, k, n
     cdef bint compressed = False
     cdef Columns cols
@@ -941,6 +949,20 @@ def columns(buf, Py_ssize_t start=0, Py_ssize_t end=-1, bint check_crc=True,
         at += n
     cols.data = b"".join(parts)
     return cols
+
+
+cdef bint _left_out(Batch b, bint data_only, aborted):
+    cdef int64_t pid
+    if not b.h.attributes & KS_ATTR_TRANSACTIONAL:
+        return False
+    if b.h.attributes & KS_ATTR_CONTROL:
+        return data_only
+    if aborted:
+        pid = b.h.producer_id
+        for a_pid, first, last in aborted:
+            if a_pid == pid and first <= b.h.base_offset <= last:
+                return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------

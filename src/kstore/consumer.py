@@ -245,7 +245,8 @@ class Consumer:
                  enable_auto_commit: bool = True, auto_commit_interval_ms: int = 5000,
                  max_poll_records: int = 500, fetch_max_bytes: int = 1 << 20,
                  client_id: str = "kstore",
-                 session_timeout_ms: int = localgroups.DEFAULT_SESSION_TIMEOUT_MS) -> None:
+                 session_timeout_ms: int = localgroups.DEFAULT_SESSION_TIMEOUT_MS,
+                 isolation_level: str = "read_uncommitted") -> None:
         if group is not None and (not isinstance(group, str) or not group):
             raise InvalidGroupIdError(f"group must be a non-empty str or None, not {group!r}")
         if auto_offset_reset not in RESETS:
@@ -258,8 +259,15 @@ class Consumer:
             raise InvalidSessionTimeoutError(
                 f"session_timeout_ms must be a positive int (ms within which the group sees "
                 f"that a member's process died), not {session_timeout_ms!r}")
+        if isolation_level not in ISOLATION_LEVELS:
+            raise ValueError(f"isolation_level must be one of {', '.join(ISOLATION_LEVELS)}, "
+                             f"not {isolation_level!r}")
         self.store = store
         self.group = group
+        # read_committed: stop at each partition's last stable offset and leave out aborted
+        # transactions. Either way, transaction markers (control batches) are never records.
+        self.isolation_level = isolation_level
+        self._committed_only = isolation_level == "read_committed"
         self.client_id = client_id
         self.session_timeout_ms = session_timeout_ms
         self._member: localgroups.GroupMember | None = None
@@ -453,7 +461,11 @@ class Consumer:
         pos = self._position(tp)
         if pos == lg.log_end_offset:
             return []
-        pos, fs = self._read(lg, tp, pos, self.fetch_max_bytes)
+        lso = lg.last_stable_offset() if self._committed_only else None
+        if lso is not None and pos >= lso:
+            return []
+        pos, fs = self._read(lg, tp, pos, self.fetch_max_bytes, lso)
+        aborted = self._aborted(lg, pos, fs)
         recs: list[_core.Record] = []
         topic, part = tp
         try:
@@ -463,8 +475,10 @@ class Consumer:
                 # CRC, and a large read walks only the headers near its end (as Kafka's do).
                 if b.base_offset <= last and b.position:
                     raise CorruptRecordError("batch offsets do not rise")
-                recs += b.records(True, _core.DEFAULT_MAX_DECOMPRESSED_BYTES, topic, part, pos)
                 last = b.last_offset
+                if b.attributes & _ATTR_TRANSACTIONAL and _left_out(b, aborted):
+                    continue
+                recs += b.records(True, _core.DEFAULT_MAX_DECOMPRESSED_BYTES, topic, part, pos)
             if last >= lg.cached_log_end_offset:
                 raise CorruptRecordError("batch offsets run past the log end")
         except _DAMAGE:
@@ -473,6 +487,8 @@ class Consumer:
             fs, good, after = self._checked_prefix(lg, tp, pos)
             recs = []
             for b in _core.iter_batches(fs.memoryview(), 0, good):
+                if b.attributes & _ATTR_TRANSACTIONAL and _left_out(b, aborted):
+                    continue
                 recs += b.records(True, _core.DEFAULT_MAX_DECOMPRESSED_BYTES, topic, part, pos)
             if not recs:
                 self._positions[tp] = max(pos, after)
@@ -487,14 +503,22 @@ class Consumer:
         self._positions[tp] = recs[-1].offset + 1
         return recs
 
-    def _read(self, lg: Any, tp: TopicPartition, pos: int, max_bytes: int) -> tuple[int, Any]:
+    def _aborted(self, lg: Any, pos: int, fs: Any) -> list[tuple[int, int, int]]:
+        """read_committed: the aborted transactions that may hold records of ``fs``."""
+        if not self._committed_only or not len(fs):
+            return []
+        return [(a.producer_id, a.first_offset, a.last_offset)
+                for a in lg.aborted_transactions(pos, fs.next_offset)]
+
+    def _read(self, lg: Any, tp: TopicPartition, pos: int, max_bytes: int,
+              max_offset: int | None = None) -> tuple[int, Any]:
         """(position, slice read there). Out of range (e.g. retention deleted the segment it
         was in), the position resets as auto_offset_reset says, or OffsetOutOfRangeError is
         raised with 'none'. A writer deleting more meanwhile moves the log start again, so the
         reset is tried a few times."""
         for attempt in range(3):
             try:
-                return pos, lg.read(pos, max_bytes)
+                return pos, lg.read(pos, max_bytes, max_offset)
             except OffsetOutOfRangeError:
                 if self.auto_offset_reset == "none" or attempt == 2:
                     raise
@@ -638,12 +662,16 @@ class Consumer:
             pos = self._position(tp)
             if pos == lg.log_end_offset:
                 continue
-            pos, fs = self._read(lg, tp, pos, max(self.fetch_max_bytes, 16 << 20))
+            lso = lg.last_stable_offset() if self._committed_only else None
+            if lso is not None and pos >= lso:
+                continue
+            pos, fs = self._read(lg, tp, pos, max(self.fetch_max_bytes, 16 << 20), lso)
             if not len(fs):
                 continue
+            aborted = self._aborted(lg, pos, fs)
             after = -1
             try:
-                cols = _core.columns(fs.memoryview())
+                cols = _core.columns(fs.memoryview(), data_only=True, aborted=aborted)
                 offs = cols.offsets
                 # As in _fetch_partition: offsets rise and stay below the log end.
                 if len(offs) and (offs[-1] >= lg.cached_log_end_offset
@@ -651,7 +679,7 @@ class Consumer:
                     raise CorruptRecordError("batch offsets do not rise")
             except _DAMAGE:
                 fs, good, after = self._checked_prefix(lg, tp, pos)
-                cols = _core.columns(fs.memoryview(), 0, good)
+                cols = _core.columns(fs.memoryview(), 0, good, data_only=True, aborted=aborted)
             start = int(np.searchsorted(cols.offsets, pos))
             end = min(len(cols), start + left)
             if end > start:
@@ -777,3 +805,17 @@ class Consumer:
 
 
 __all__ = ["Consumer", "GroupState", "SharedGroupState", "PartitionColumns", "EARLIEST_TIMESTAMP"]
+
+
+ISOLATION_LEVELS = ("read_uncommitted", "read_committed")
+_ATTR_TRANSACTIONAL = 0x10
+_ATTR_CONTROL = 0x20
+
+
+def _left_out(b: _core.Batch, aborted: list[tuple[int, int, int]]) -> bool:
+    """A transactional batch no application sees: a marker, or (read_committed) data of an
+    aborted transaction. Per batch, never per record."""
+    if b.attributes & _ATTR_CONTROL:
+        return True
+    pid, base = b.producer_id, b.base_offset
+    return any(pid == a_pid and first <= base <= last for a_pid, first, last in aborted)

@@ -166,6 +166,8 @@ class Store:
         self._groups: dict[str, Any] = {}  # in-process consumer groups (kstore.consumer)
         self._committed: dict[str, dict[tuple[str, int], offsets.OffsetCommit]] | None = None
         self._committed_lock = threading.Lock()
+        self._txn_lock = threading.Lock()
+        self._txn_coordinator: Any = None
         self._offsets_warned: set[tuple[int, int]] = set()  # bad __consumer_offsets records
         self.topic_epoch = 0  # moves on every topic change; producers drop cached topic state
         # Group activity seen outside this Store (a Kafka-protocol server's coordinator), for
@@ -663,6 +665,21 @@ class Store:
         p = Producer(self, **kwargs)
         self._clients.add(p)
         return p
+
+    def transactions(self, new_producer_id: Callable[[], tuple[int, int]] | None = None) -> Any:
+        """The store's transaction coordinator (kstore.transactions), made on first use;
+        ``new_producer_id`` hands out producer ids (the server passes its own, so that its
+        idempotent and transactional producers never share one)."""
+        with self._txn_lock:
+            if self._txn_coordinator is None:
+                from kstore.transactions import TransactionCoordinator
+
+                if new_producer_id is None:
+                    from kstore.server.producers import ProducerStates
+
+                    new_producer_id = ProducerStates().new_producer_id
+                self._txn_coordinator = TransactionCoordinator(self, new_producer_id)
+            return self._txn_coordinator
 
     def consumer(self, **kwargs: Any) -> Any:
         """A Consumer (see kstore.consumer.Consumer for the arguments)."""

@@ -38,7 +38,7 @@ from kstore.log.partition import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from kstore.offsets import OFFSETS_TOPIC
 from kstore.server import protocol
 from kstore.server.producers import ProducerStates
-from kstore.server.transactions import EXPIRY_CHECK_S, TransactionCoordinator
+from kstore.transactions import EXPIRY_CHECK_S, TransactionCoordinator
 from kstore.topic import validate_topic_name
 
 if TYPE_CHECKING:
@@ -111,7 +111,8 @@ class Broker:
         self.config = config
         self.coordinator = coordinator
         self.producers = ProducerStates()
-        self.transactions = TransactionCoordinator(store, self.producers.new_producer_id)
+        self.transactions: TransactionCoordinator = store.transactions(
+            self.producers.new_producer_id)
         self._expiry_task: asyncio.Task[None] | None = None
         # Partitions whose last append the disk refused: logged at ERROR once, until an append
         # to them succeeds again (a full disk must not flood the log, one line per request).
@@ -919,7 +920,7 @@ class Broker:
                 "node_id": c["node_id"], "host": c["host"], "port": c["port"]}
 
     # ==========================================================================================
-    # Transactions (kstore.server.transactions)
+    # Transactions (kstore.transactions)
 
     def _start_expiry(self) -> None:
         """The timer that aborts transactions past their timeout, from the first

@@ -1,5 +1,6 @@
-"""The transaction coordinator of ``kstore serve`` (kafka-protocol.md, the transaction APIs;
-kafka-storage.md 9.3).
+"""The transaction coordinator of a Store: ``kstore serve``'s (kafka-protocol.md, the
+transaction APIs; kafka-storage.md 9.3) and the embedded transactional producers' (one per
+Store, ``Store.transactions()``, shared by both when a server runs over the store in-process).
 
 One node is every coordinator, so what Kafka spreads over brokers happens here in-process:
 InitProducerId with a transactional.id hands out (or bumps the epoch of) the producer id and
@@ -16,7 +17,10 @@ verification): the producer's epoch must be the current one (else INVALID_PRODUC
 zombie is fenced even on a partition its successor has not written yet), and the partition must
 have been added to its ongoing transaction (else INVALID_TXN_STATE).
 
-Everything runs on the server's event loop; appends are page-cache writes.
+Thread-safe: one lock around every state change (the server's event loop and embedded
+producers' threads); appends are page-cache writes. The state is this process's: two processes
+on one data directory do not fence each other's producers while both run (each finds the
+other's transactions only when it starts).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from kstore import _core, offsets
 from kstore.errors import KStoreError
-from kstore.server.txnlog import (
+from kstore.txnlog import (
     TXN_PARTITIONS,
     TXN_TOPIC,
     TXN_TOPIC_CONFIG,
@@ -44,7 +48,7 @@ from kstore.server.txnlog import (
 if TYPE_CHECKING:
     from kstore.store import Store
 
-log = logging.getLogger("kstore.server")
+log = logging.getLogger("kstore.transactions")
 
 NONE = 0
 UNKNOWN_TOPIC_OR_PARTITION = 3

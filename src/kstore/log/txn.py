@@ -176,6 +176,8 @@ class TxnState:
             os.replace(tmp, path)
 
     def _apply(self, b: _core.Batch) -> None:
+        if b.record_count == 0:
+            return  # emptied by the cleaner: it only keeps the file's end
         pid = b.producer_id
         if not b.attributes & ATTR_CONTROL:
             self.open.setdefault(pid, b.base_offset)

@@ -796,12 +796,12 @@ def _clean_segment(src: _Source, omap: _OffsetMap, now_ms: int, horizon: int,
                 if not has_horizon[b0]:
                     flush_copy(b0)
                     pos = int(src.positions[b0])
-                    area = src.buf[pos + HEADER_SIZE:pos + int(src.sizes[b0])].tobytes()
+                    marker = src.buf[pos + HEADER_SIZE:pos + int(src.sizes[b0])].tobytes()
                     pieces += _batch_bytes(hbase[b0], hepoch[b0],
                                            attrs_l[b0] | ATTR_DELETE_HORIZON, hlod[b0], horizon,
                                            hmax[b0], hpid[b0], hpepoch[b0], hseq[b0],
-                                           int(src.counts[b0]), area)
-                    size += HEADER_SIZE + len(area)
+                                           int(src.counts[b0]), marker)
+                    size += HEADER_SIZE + len(marker)
                     changed = True
                     kept_batches += 1
                     last_kept = b0

@@ -181,3 +181,21 @@ def test_deleting_segments_drops_their_aborted_entries(tmp_path):
         lg.delete_segments_before(4)
         assert lg.aborted_transactions(4, 6) == []
         assert not txnindex_path(lg.directory, 0).exists()
+
+
+def test_stored_marker_and_txnindex_decode_as_kafkas(log):
+    """The bytes on disk, not only the encoder's: kafka-python reads the marker the log
+    stored (offset stamped, CRC intact), and the .txnindex holds the 34-byte entry."""
+    kp = pytest.importorskip("kafka.record.default_records")
+    log.append_batch(txn_batch(77, n=2, epoch=4))
+    log.write_marker(77, 4, commit=False)
+    raw = (log.directory / "00000000000000000000.log").read_bytes()
+    batches = list(iter_batches(raw))
+    pos = batches[-1].position
+    b = kp.DefaultRecordBatch(bytearray(raw[pos:]))
+    assert b.validate_crc() and b.is_control_batch and b.base_offset == 2
+    assert (b.producer_id, b.producer_epoch) == (77, 4)
+    (r,) = list(b)
+    assert bytes(r.key) == b"\x00\x00\x00\x00" and bytes(r.value) == b"\x00\x00\x00\x00\x00\x00"
+    assert txnindex_path(log.directory, 0).read_bytes().hex() == (
+        "0000" "000000000000004d" "0000000000000000" "0000000000000002" "0000000000000003")

@@ -22,6 +22,7 @@ import threading
 import zlib
 
 import numpy as np
+from bisect import bisect_right as _bisect_right
 import lz4.frame
 import zstandard
 import cramjam
@@ -901,7 +902,8 @@ def columns(buf, Py_ssize_t start=0, Py_ssize_t end=-1, bint check_crc=True,
     cdef list batches = list(iter_batches(buf, start, end))
     cdef Batch b
     if data_only or aborted:
-        batches = [b for b in batches if not _left_out(b, data_only, aborted)]
+        index = _aborted_index(aborted) if aborted else None
+        batches = [b for b in batches if not _left_out(b, data_only, index)]
     cdef Py_ssize_t total = 0, at = 0, k, n
     cdef bint compressed = False
     cdef Columns cols
@@ -951,18 +953,33 @@ def columns(buf, Py_ssize_t start=0, Py_ssize_t end=-1, bint check_crc=True,
     return cols
 
 
-cdef bint _left_out(Batch b, bint data_only, aborted):
-    cdef int64_t pid
+def _aborted_index(aborted):
+    """{producer id: (first offsets, last offsets)} sorted, from (pid, first, last) tuples: a
+    producer's aborted transactions never overlap, so one bisection finds the candidate."""
+    by_pid = {}
+    for pid, first, last in sorted(aborted):
+        firsts, lasts = by_pid.setdefault(pid, ([], []))
+        firsts.append(first)
+        lasts.append(last)
+    return by_pid
+
+
+def _in_aborted(index, int64_t pid, int64_t base_offset):
+    """Whether a transactional data batch of ``pid`` at ``base_offset`` was aborted."""
+    got = index.get(pid)
+    if got is None:
+        return False
+    firsts, lasts = got
+    i = _bisect_right(firsts, base_offset) - 1
+    return i >= 0 and base_offset <= lasts[i]
+
+
+cdef bint _left_out(Batch b, bint data_only, index):
     if not b.h.attributes & KS_ATTR_TRANSACTIONAL:
         return False
     if b.h.attributes & KS_ATTR_CONTROL:
         return data_only
-    if aborted:
-        pid = b.h.producer_id
-        for a_pid, first, last in aborted:
-            if a_pid == pid and first <= b.h.base_offset <= last:
-                return True
-    return False
+    return index is not None and _in_aborted(index, b.h.producer_id, b.h.base_offset)
 
 
 # ---------------------------------------------------------------------------------------------

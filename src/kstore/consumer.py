@@ -466,6 +466,7 @@ class Consumer:
             return []
         pos, fs = self._read(lg, tp, pos, self.fetch_max_bytes, lso)
         aborted = self._aborted(lg, pos, fs)
+        index = _core._aborted_index(aborted) if aborted else None
         recs: list[_core.Record] = []
         topic, part = tp
         try:
@@ -476,7 +477,7 @@ class Consumer:
                 if b.base_offset <= last and b.position:
                     raise CorruptRecordError("batch offsets do not rise")
                 last = b.last_offset
-                if b.attributes & _ATTR_TRANSACTIONAL and _left_out(b, aborted):
+                if b.attributes & _ATTR_TRANSACTIONAL and _left_out(b, index):
                     continue
                 recs += b.records(True, _core.DEFAULT_MAX_DECOMPRESSED_BYTES, topic, part, pos)
             if last >= lg.cached_log_end_offset:
@@ -487,7 +488,7 @@ class Consumer:
             fs, good, after = self._checked_prefix(lg, tp, pos)
             recs = []
             for b in _core.iter_batches(fs.memoryview(), 0, good):
-                if b.attributes & _ATTR_TRANSACTIONAL and _left_out(b, aborted):
+                if b.attributes & _ATTR_TRANSACTIONAL and _left_out(b, index):
                     continue
                 recs += b.records(True, _core.DEFAULT_MAX_DECOMPRESSED_BYTES, topic, part, pos)
             if not recs:
@@ -812,10 +813,10 @@ _ATTR_TRANSACTIONAL = 0x10
 _ATTR_CONTROL = 0x20
 
 
-def _left_out(b: _core.Batch, aborted: list[tuple[int, int, int]]) -> bool:
+def _left_out(b: _core.Batch, index: dict[int, tuple[list[int], list[int]]] | None) -> bool:
     """A transactional batch no application sees: a marker, or (read_committed) data of an
-    aborted transaction. Per batch, never per record."""
+    aborted transaction (``index``: kstore._core._aborted_index). Per batch, never per
+    record."""
     if b.attributes & _ATTR_CONTROL:
         return True
-    pid, base = b.producer_id, b.base_offset
-    return any(pid == a_pid and first <= base <= last for a_pid, first, last in aborted)
+    return index is not None and _core._in_aborted(index, b.producer_id, b.base_offset)

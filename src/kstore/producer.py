@@ -353,6 +353,7 @@ class _Transaction:
             _raise_txn(coord.verify_produce(p._pid, p._epoch_, topic, partition),
                        f"append to {topic}-{partition}")
             res = log.append_batch(raw, validate_records=False, verify_crc=False)
+        log.transactions.note(p._pid, res[0], res[1])
         self._advance(topic, partition, n)
         return res
 
@@ -388,6 +389,8 @@ class _Transaction:
                 with coord._lock:
                     _raise_txn(coord.verify_produce(pid, epoch, topic, partition),
                                f"append to {topic}-{partition}")
-                    log.append_batches(mv[pos:pos + n], validate_records=False, verify_crc=False)
+                    first, last, _ = log.append_batches(mv[pos:pos + n],
+                                                        validate_records=False, verify_crc=False)
+                log.transactions.note(pid, first, last)
                 pos += n
         self._advance(topic, partition, total)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kstore import _core, offsets
-from kstore.errors import KStoreError
+from kstore.errors import ClosedError, KStoreError, UnknownTopicOrPartitionError
 from kstore.txnlog import (
     TXN_PARTITIONS,
     TXN_TOPIC,
@@ -80,6 +80,9 @@ class TransactionCoordinator:
         self._txns: dict[str, TxnMetadata] = {}
         self._by_pid: dict[int, TxnMetadata] = {}
         self._loaded = False
+        # Logs written here, kept: Store.partition syncs the registry on every call in shared
+        # mode (about 20 us), four times per transaction.
+        self._logs: dict[tuple[str, int], Any] = {}
 
     # ------------------------------------------------------------------------------------------
     # __transaction_state
@@ -101,7 +104,8 @@ class TransactionCoordinator:
                     log.info("transaction %r of producer %d was %s at the last stop: writing "
                              "its markers", m.transactional_id, m.producer_id,
                              m.status.kafka_name)
-                    self._complete(m, m.status is TxnStatus.PREPARE_COMMIT)
+                    self._complete(m, m.status is TxnStatus.PREPARE_COMMIT,
+                                   persist_completion=True)
                 elif m.status is TxnStatus.ONGOING:
                     log.info("transaction %r of producer %d is ongoing (%d partition(s)); it "
                              "goes on, or is aborted after its timeout", m.transactional_id,
@@ -144,8 +148,14 @@ class TransactionCoordinator:
         self._ensure_topic()
         b = _core.BatchBuilder()
         b.append(encode_value(m), key=encode_key(m.transactional_id), timestamp=m.last_update_ms)
-        lg = self.store.partition(TXN_TOPIC, txn_partition(m.transactional_id))
+        lg = self._log(TXN_TOPIC, txn_partition(m.transactional_id))
         lg.append_batch(b.build(), validate_records=False, verify_crc=False, _internal=True)
+
+    def _log(self, topic: str, partition: int) -> Any:
+        lg = self._logs.get((topic, partition))
+        if lg is None or lg.closed:
+            lg = self._logs[(topic, partition)] = self.store.partition(topic, partition)
+        return lg
 
     def _ensure_topic(self) -> None:
         store = self.store
@@ -164,21 +174,27 @@ class TransactionCoordinator:
     # ------------------------------------------------------------------------------------------
     # Markers
 
-    def _complete(self, m: TxnMetadata, commit: bool) -> None:
-        """Prepare*, markers to every partition, Complete* (each step persisted first)."""
+    def _complete(self, m: TxnMetadata, commit: bool, persist_completion: bool = False) -> None:
+        """Prepare* (persisted), markers to every partition, Complete*.
+
+        The Complete* record is written only when ``persist_completion`` (recovery): the
+        transaction's next record (Ongoing, or an epoch bump) supersedes it, and a restart that
+        finds Prepare* writes the markers again, which changes nothing in a partition whose
+        transaction they already ended. One record fewer per transaction."""
         m.status = TxnStatus.PREPARE_COMMIT if commit else TxnStatus.PREPARE_ABORT
         self._write(m)
         for topic, part in sorted(m.partitions):
             try:
-                lg = self.store.partition(topic, part)
-            except KStoreError as exc:  # the topic was deleted meanwhile: nothing to mark
+                self._log(topic, part).write_marker(m.producer_id, m.producer_epoch, commit)
+            except (UnknownTopicOrPartitionError, ClosedError) as exc:
+                # The topic was deleted meanwhile: nothing left to mark.
+                self._logs.pop((topic, part), None)
                 log.warning("transaction %r: no marker for %s-%d: %s", m.transactional_id,
                             topic, part, exc)
-                continue
-            lg.write_marker(m.producer_id, m.producer_epoch, commit)
         m.status = TxnStatus.COMPLETE_COMMIT if commit else TxnStatus.COMPLETE_ABORT
         m.partitions = set()
-        self._write(m)
+        if persist_completion:
+            self._write(m)
 
     def _bump(self, m: TxnMetadata) -> None:
         if m.producer_epoch >= MAX_EPOCH:

@@ -60,7 +60,14 @@ from kstore.log.checkpoint import (
 )
 from kstore.log.fileslice import FileSlice
 from kstore.log.segment import Segment, SegmentGone, _NeedsRecovery, _scan_file
-from kstore.log.txn import AbortedTxn, TxnState, encode_control_batch, write_txnindex_entries
+from kstore.log.txn import (
+    ABORT,
+    COMMIT,
+    AbortedTxn,
+    TxnState,
+    encode_control_batch,
+    write_txnindex_entries,
+)
 from kstore.topic import is_internal_topic, refuse_internal
 
 log = logging.getLogger("kstore.log")
@@ -1120,10 +1127,13 @@ class PartitionLog:
                                    self._clock())
         txn = self.transactions
         with self._lock:
-            txn.refresh()  # the transaction's own batches, before the marker
+            # Brings the state up to the marker (reads nothing when the writer noted its
+            # batches), so that the marker itself is noted, not read back.
+            txn.refresh()
             first, _, _ = self.append_batches(raw, validate_records=False, verify_crc=False,
                                               _internal=True)
-            txn.refresh()
+            txn.note(producer_id, first, first, COMMIT if commit else ABORT)
+            txn.refresh()  # a no-op unless the marker came after batches not yet scanned
             if not commit and txn.aborted and txn.aborted[-1].last_offset == first:
                 seg = self._segments[bisect.bisect_right(self._bases, first) - 1]
                 try:

@@ -182,13 +182,28 @@ class TxnState:
         if not b.attributes & ATTR_CONTROL:
             self.open.setdefault(pid, b.base_offset)
             return
-        kind = control_type(b)
+        self._end(pid, control_type(b), b.last_offset)
+
+    def note(self, producer_id: int, first_offset: int, last_offset: int,
+             marker: int | None = None) -> None:
+        """The writer appended a transactional batch (``marker``: None for data, else ABORT or
+        COMMIT) at ``[first_offset, last_offset]``: when it directly follows what was
+        scanned, account for it without reading it back. Otherwise the next query scans it."""
+        with self._lock:
+            if self.scanned != first_offset:
+                return
+            if marker is None:
+                self.open.setdefault(producer_id, first_offset)
+            else:
+                self._end(producer_id, marker, last_offset)
+            self.scanned = last_offset + 1
+
+    def _end(self, pid: int, kind: int, marker_offset: int) -> None:
         first = self.open.pop(pid, None)
         if kind == ABORT and first is not None:
-            lso = min(self.open.values()) if self.open else b.last_offset + 1
-            entry = AbortedTxn(pid, first, b.last_offset, lso)
-            self.aborted.append(entry)
-            self._aborted_lasts.append(b.last_offset)
+            lso = min(self.open.values()) if self.open else marker_offset + 1
+            self.aborted.append(AbortedTxn(pid, first, marker_offset, lso))
+            self._aborted_lasts.append(marker_offset)
 
     def last_stable_offset(self) -> int:
         """The first offset of the oldest open transaction, else the log end."""

@@ -386,6 +386,8 @@ class Broker:
                     out["log_append_time_ms"] = dup.log_append_time
                     return out
             first, last, append_time = lg.append_batches(mv)
+            if txnl:
+                lg.transactions.note(pid, first, last)
             if pid >= 0:
                 self.producers.record(pid, epoch, base_seq, last_delta, topic, partition,
                                       first, last, append_time)

@@ -37,6 +37,11 @@ from kstore.log.fileslice import FileSlice
 from kstore.log.partition import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from kstore.offsets import OFFSETS_TOPIC
 from kstore.server import protocol
+from kstore.server.groups import (
+    OFFSET_METADATA_MAX_BYTES,
+    OFFSET_METADATA_TOO_LARGE,
+    commit_response,
+)
 from kstore.server.producers import ProducerStates
 from kstore.transactions import EXPIRY_CHECK_S, TransactionCoordinator
 from kstore.topic import validate_topic_name
@@ -980,8 +985,11 @@ class Broker:
                 if not 0 <= off <= end:
                     errors[tp] = OFFSET_OUT_OF_RANGE
                     continue
-                commits[tp] = (off, p["committed_metadata"] or "",
-                               p["committed_leader_epoch"] if version >= 2 else -1)
+                meta = p["committed_metadata"] or ""
+                if len(meta.encode("utf-8", "surrogatepass")) > OFFSET_METADATA_MAX_BYTES:
+                    errors[tp] = OFFSET_METADATA_TOO_LARGE
+                    continue
+                commits[tp] = (off, meta, p["committed_leader_epoch"] if version >= 2 else -1)
         if commits:
             try:
                 self.store.commit_offsets_transactional(group, commits, req["producer_id"],
@@ -989,12 +997,7 @@ class Broker:
             except KStoreError as exc:
                 for tp in commits:
                     errors[tp] = exc.code
-        return {"topics": [
-            {"name": t["name"], "partitions": [
-                {"partition_index": p["partition_index"],
-                 "error_code": errors.get((t["name"], p["partition_index"]), NONE)}
-                for p in t["partitions"]]}
-            for t in req["topics"]]}
+        return commit_response(req["topics"], errors)
 
     def end_txn(self, req: dict, version: int, conn: Any) -> dict:
         err = self.transactions.end_txn(req["transactional_id"], req["producer_id"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import sys
 
 import pytest
@@ -196,3 +197,18 @@ def test_producer_killed_mid_transaction(tmp_path):
 def test_isolation_level_is_checked(store):
     with pytest.raises(ValueError):
         store.consumer(isolation_level="read_something")
+
+
+def test_maintenance_aborts_a_transaction_past_its_timeout(store):
+    p = store.producer(transactional_id="slow", linger_ms=0, transaction_timeout_ms=1)
+    p.begin_transaction()
+    p.send("out", b"too-late", partition=0)
+    p.flush()
+    lg = store.partition("out", 0)
+    assert lg.last_stable_offset() == 0
+    time.sleep(0.01)
+    assert store.run_maintenance().get("aborted_transactions") == ["slow"]
+    assert lg.last_stable_offset() == lg.log_end_offset
+    with pytest.raises(ProducerFencedError):
+        p.commit_transaction()
+    assert values_polled(consumer(store, "read_committed")) == []

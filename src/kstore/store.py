@@ -1048,6 +1048,17 @@ class Store:
         expired = self.expire_offsets(now)
         if expired:
             report["expired_offsets"] = expired
+        if self._txn_coordinator is not None:
+            # Transactions of this process's producers past transaction.timeout.ms (kstore
+            # serve checks its own every second). Another process's coordinator is not
+            # second-guessed from here: it may be running them.
+            try:
+                aborted = self._txn_coordinator.expire()
+            except (KStoreError, OSError) as exc:
+                log.warning("aborting timed-out transactions failed: %s", exc)
+            else:
+                if aborted:
+                    report["aborted_transactions"] = aborted
         return report
 
     def expire_offsets(self, now_ms: int | None = None) -> dict[str, list[tuple[str, int]]]:

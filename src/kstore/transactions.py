@@ -92,6 +92,8 @@ class TransactionCoordinator:
         with self._lock:
             if self._loaded:
                 return
+            # Set first: completing a Prepare* transaction below writes through methods that
+            # load. Callers on other threads wait for the lock, so none sees half the state.
             self._loaded = True
             if TXN_TOPIC not in self.store.topics(internal=True):
                 return
@@ -338,9 +340,10 @@ class TransactionCoordinator:
     def verify_produce(self, pid: int, epoch: int, topic: str, partition: int) -> int:
         """A transactional batch may be appended (NONE) or the error to answer."""
         m = self._by_pid.get(pid)
-        if m is None and not self._loaded:
-            self.load()
-            m = self._by_pid.get(pid)
+        if m is None:
+            self.load()  # waits for a load under way on another thread
+            with self._lock:
+                m = self._by_pid.get(pid)
         if m is None:
             return INVALID_PRODUCER_ID_MAPPING
         if epoch != m.producer_epoch:

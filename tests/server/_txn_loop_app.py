@@ -1,8 +1,8 @@
 """The consume-transform-produce loop that tests/server/test_txn_loop_kill.py kills:
 ``python _txn_loop_app.py <bootstrap>``. Reads ``in`` read_committed from its group's committed
 offset, writes ``out-<value>`` to ``out`` in transactions of PER_TXN records that also commit
-the input offsets (send_offsets_to_transaction), prints ``ready <offset>`` once set up and
-``done`` at the end of the input."""
+the input offsets (send_offsets_to_transaction), prints ``ready <offset>`` once set up,
+``committed <offset>`` after each transaction and ``done`` at the end of the input."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ def app(bootstrap: str) -> None:
             p.commit_transaction(20)
         except KafkaException as exc:
             raise SystemExit(f"commit failed: {exc}") from None
+        print("committed", pos, flush=True)
         time.sleep(PAUSE_S)
     c.close()
     print("done", flush=True)

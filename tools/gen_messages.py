@@ -41,12 +41,20 @@ APIS: dict[int, tuple[str, int, int]] = {
     21: ("DeleteRecords", 0, 2),
     22: ("InitProducerId", 0, 4),
     23: ("OffsetForLeaderEpoch", 2, 4),
+    # Transactions. AddPartitionsToTxn v4+ is broker-to-broker (batched, verify-only); EndTxn
+    # and the others v4+ are KIP-890's transaction version 2, which kstore does not speak.
+    24: ("AddPartitionsToTxn", 0, 3),
+    25: ("AddOffsetsToTxn", 0, 3),
+    26: ("EndTxn", 0, 3),
+    28: ("TxnOffsetCommit", 0, 3),
     32: ("DescribeConfigs", 0, 4),
     33: ("AlterConfigs", 0, 2),
     36: ("SaslAuthenticate", 0, 2),
     37: ("CreatePartitions", 0, 3),
     42: ("DeleteGroups", 0, 2),
     60: ("DescribeCluster", 0, 1),
+    65: ("DescribeTransactions", 0, 0),
+    66: ("ListTransactions", 0, 1),
 }
 
 INF = 0x7FFF

@@ -103,7 +103,9 @@ class Batch:
 
 def iter_batches(buf: Buffer, start: int = 0, end: int = -1, allow_partial: bool = False) -> Iterator[Batch]: ...
 def read_batch(buf: Buffer, position: int = 0) -> Batch: ...
-def columns(buf: Buffer, start: int = 0, end: int = -1, check_crc: bool = True, max_decompressed_bytes: int = ...) -> Columns: ...
+def _aborted_index(aborted: Iterable[tuple[int, int, int]]) -> dict[int, tuple[list[int], list[int]]]: ...
+def _in_aborted(index: dict[int, tuple[list[int], list[int]]], pid: int, base_offset: int) -> bool: ...
+def columns(buf: Buffer, start: int = 0, end: int = -1, check_crc: bool = True, max_decompressed_bytes: int = ..., data_only: bool = False, aborted: Sequence[tuple[int, int, int]] | None = None) -> Columns: ...
 
 class ScanResult:
     positions: npt.NDArray[np.int64]
@@ -291,6 +293,8 @@ class RecordMetadata(NamedTuple):
 
 class ProducerCore:
     _on_pending: Callable[[], Any] | None
+    _txn: Any
+    _transactional: bool
     store: Any
     batch_size: int
     linger_ms: int

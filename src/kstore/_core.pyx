@@ -22,6 +22,7 @@ import threading
 import zlib
 
 import numpy as np
+from bisect import bisect_right as _bisect_right
 import lz4.frame
 import zstandard
 import cramjam
@@ -886,14 +887,23 @@ def read_batch(buf, Py_ssize_t position=0):
 
 
 def columns(buf, Py_ssize_t start=0, Py_ssize_t end=-1, bint check_crc=True,
-            Py_ssize_t max_decompressed_bytes=DEFAULT_MAX_DECOMPRESSED_BYTES):
+            Py_ssize_t max_decompressed_bytes=DEFAULT_MAX_DECOMPRESSED_BYTES,
+            bint data_only=False, aborted=None):
     """Decode every batch in ``buf[start:end]`` into one Columns.
 
     Uncompressed batches are not copied: ``data`` is ``buf`` and positions are absolute. If any
     batch is compressed, ``data`` is a new buffer holding every batch's decompressed records.
+
+    ``data_only``: leave out control batches (transaction markers), which are never records
+    of the application's. ``aborted``: a sequence of (producer id, first offset, last offset)
+    of aborted transactions; transactional batches of such a producer within such a range are
+    left out (a read_committed reader's view).
     """
     cdef list batches = list(iter_batches(buf, start, end))
     cdef Batch b
+    if data_only or aborted:
+        index = _aborted_index(aborted) if aborted else None
+        batches = [b for b in batches if not _left_out(b, data_only, index)]
     cdef Py_ssize_t total = 0, at = 0, k, n
     cdef bint compressed = False
     cdef Columns cols
@@ -941,6 +951,35 @@ def columns(buf, Py_ssize_t start=0, Py_ssize_t end=-1, bint check_crc=True,
         at += n
     cols.data = b"".join(parts)
     return cols
+
+
+def _aborted_index(aborted):
+    """{producer id: (first offsets, last offsets)} sorted, from (pid, first, last) tuples: a
+    producer's aborted transactions never overlap, so one bisection finds the candidate."""
+    by_pid = {}
+    for pid, first, last in sorted(aborted):
+        firsts, lasts = by_pid.setdefault(pid, ([], []))
+        firsts.append(first)
+        lasts.append(last)
+    return by_pid
+
+
+def _in_aborted(index, int64_t pid, int64_t base_offset):
+    """Whether a transactional data batch of ``pid`` at ``base_offset`` was aborted."""
+    got = index.get(pid)
+    if got is None:
+        return False
+    firsts, lasts = got
+    i = _bisect_right(firsts, base_offset) - 1
+    return i >= 0 and base_offset <= lasts[i]
+
+
+cdef bint _left_out(Batch b, bint data_only, index):
+    if not b.h.attributes & KS_ATTR_TRANSACTIONAL:
+        return False
+    if b.h.attributes & KS_ATTR_CONTROL:
+        return data_only
+    return index is not None and _in_aborted(index, b.h.producer_id, b.h.base_offset)
 
 
 # ---------------------------------------------------------------------------------------------

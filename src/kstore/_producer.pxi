@@ -48,6 +48,10 @@ cdef class ProducerCore:
     cdef object _epoch
     # Called (once) when a batch starts while the linger thread sleeps with nothing pending.
     cdef public object _on_pending
+    # A transactional producer's hook (kstore.producer._Transaction) while a transaction is
+    # open, else None; _transactional: sends outside a transaction are refused.
+    cdef public object _txn
+    cdef public bint _transactional
 
     def __cinit__(self):
         self._lock = PyThread_allocate_lock()
@@ -242,8 +246,19 @@ cdef class ProducerCore:
     cdef BatchBuilder _new_builder(self, _TopicState st, int p):
         # Never build a batch the topic would refuse (Kafka's producer keeps batches under
         # max.message.bytes too): a lone record over it is refused at send.
-        cdef BatchBuilder b = BatchBuilder(st.codec, 0, max_batch_bytes=max(
-            min(self.batch_size, st.max_message_bytes), KS_BATCH_HEADER_SIZE))
+        cdef BatchBuilder b
+        cdef Py_ssize_t most = max(min(self.batch_size, st.max_message_bytes), KS_BATCH_HEADER_SIZE)
+        if self._txn is not None:
+            # Per batch, not per record: the partition joins the transaction, and the batch
+            # carries the producer's id, epoch and next sequence.
+            pid, epoch, seq = self._txn.batch_header(st.name, p)
+            b = BatchBuilder(st.codec, 0, producer_id=pid, producer_epoch=epoch,
+                             base_sequence=seq, transactional=True, max_batch_bytes=most)
+        elif self._transactional:
+            raise errors.InvalidTxnStateError(
+                "this producer is transactional: call begin_transaction() before sending")
+        else:
+            b = BatchBuilder(st.codec, 0, max_batch_bytes=most)
         st.builders[p] = b
         st.opened_ms[p] = _now_ms()
         if self._on_pending is not None:
@@ -265,8 +280,11 @@ cdef class ProducerCore:
         raw = b.build()
         self.pending_records -= n
         try:
-            first, last, lat = self._log(st, p).append_batch(raw, validate_records=False,
-                                                             verify_crc=False)
+            if self._txn is not None:
+                first, last, lat = self._txn.append(st.name, p, self._log(st, p), raw, n)
+            else:
+                first, last, lat = self._log(st, p).append_batch(raw, validate_records=False,
+                                                                 verify_crc=False)
         except errors.KStoreError as exc:
             if cbs:
                 for cb, i, ts in cbs:

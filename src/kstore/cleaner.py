@@ -28,7 +28,13 @@ What it does, as Kafka's LogCleaner:
   file still ends where the segments it replaces ended. The first time a batch holding a
   tombstone is rewritten it gets attribute bit 6 and ``baseTimestamp = now +
   delete.retention.ms``; record timestamp deltas are recomputed so absolute timestamps do not
-  change. Control batches (transaction markers) are copied as they are.
+  change.
+* Transactions (Kafka's rules). Records of aborted transactions are dropped whatever their
+  key, and never enter the map. A transaction marker (control batch) stays while any record of
+  its transaction does; once none is left, the first pass that sees it gives it the delete
+  horizon (bit 6, ``baseTimestamp = now + delete.retention.ms``; the marker's own record is
+  kept, its timestamp shifting with the base), and the first pass after the horizon drops it.
+  Nothing at or above the last stable offset (an open transaction) is cleaned.
 * Files. Consecutive segments are merged while their cleaned size stays within
   ``segment.bytes`` (and their relative offsets and indexes fit); each output is written to
   ``<base>.log.cleaned``, fsynced, and swapped in by ``PartitionLog.replace_segments`` (crash
@@ -142,8 +148,10 @@ def _largest_timestamp(info: SegmentInfo) -> int:
 def first_uncleanable_offset(log_: PartitionLog, now_ms: int | None = None,
                              first_dirty: int | None = None) -> int:
     """The active segment's base, or (with ``now_ms`` and ``min.compaction.lag.ms`` > 0) the
-    base of the first dirty segment holding a record newer than ``now - lag``, if lower."""
+    base of the first dirty segment holding a record newer than ``now - lag``, or the last
+    stable offset (the oldest open transaction), whichever is lowest."""
     closed, ends, limit = _bounds(log_)
+    limit = min(limit, log_.last_stable_offset())
     lag = log_.config["min.compaction.lag.ms"]
     if now_ms is not None and lag > 0:
         if first_dirty is None:
@@ -390,7 +398,8 @@ class _OffsetMap:
 class _Source:
     """A closed segment's file, mapped read-only, with every batch's header parsed."""
 
-    def __init__(self, info: SegmentInfo, end: int) -> None:
+    def __init__(self, info: SegmentInfo, end: int,
+                 aborted: list[tuple[int, int, int]] | None = None) -> None:
         self.info = info
         self.end = end  # the offset the segment ends at (the next segment's base)
         size = info.size
@@ -413,6 +422,14 @@ class _Source:
             self.positions = self.sizes = self.counts = np.empty(0, np.int64)
             self.hdr = np.empty(0, _HDR_DTYPE)
         self.attributes = self.hdr["attributes"].astype(np.int64)
+        # Data batches of aborted transactions: dropped, whatever their keys.
+        self.aborted = np.zeros(len(self.positions), bool)
+        if aborted:
+            data = (self.attributes & (ATTR_TRANSACTIONAL | ATTR_CONTROL)) == ATTR_TRANSACTIONAL
+            pids = self.hdr["producer_id"].astype(np.int64)
+            bases = self.hdr["base_offset"].astype(np.int64)
+            for pid, first, last in aborted:
+                self.aborted |= data & (pids == pid) & (bases >= first) & (bases <= last)
         self.cached: list[_Chunk] | None = None  # decoded in the map pass, reused to rewrite
 
     def __len__(self) -> int:
@@ -728,7 +745,12 @@ class _Output:
     changed: bool
 
 
-def _clean_segment(src: _Source, omap: _OffsetMap, now_ms: int, horizon: int) -> _Output:
+def _clean_segment(src: _Source, omap: _OffsetMap, now_ms: int, horizon: int,
+                   retained: dict[int, bool] | None = None) -> _Output:
+    """Rewrite one segment. ``retained``: per producer id, whether its current transaction
+    kept a record so far (carried from segment to segment in offset order)."""
+    if retained is None:
+        retained = {}
     nb = len(src)
     hdr = src.hdr
     attrs = src.attributes
@@ -764,6 +786,26 @@ def _clean_segment(src: _Source, omap: _OffsetMap, now_ms: int, horizon: int) ->
         b0, b1 = ch.b0, ch.b1
         n = b1 - b0
         if ch.opaque_:
+            if attrs_l[b0] & ATTR_TRANSACTIONAL and not retained.pop(hpid[b0], False):
+                # The marker of a transaction with no record left.
+                if has_horizon[b0] and now_ms >= base_ts_all[b0]:
+                    flush_copy(b0)
+                    removed += int(src.counts[b0])
+                    changed = True
+                    continue
+                if not has_horizon[b0]:
+                    flush_copy(b0)
+                    pos = int(src.positions[b0])
+                    marker = src.buf[pos + HEADER_SIZE:pos + int(src.sizes[b0])].tobytes()
+                    pieces += _batch_bytes(hbase[b0], hepoch[b0],
+                                           attrs_l[b0] | ATTR_DELETE_HORIZON, hlod[b0], horizon,
+                                           hmax[b0], hpid[b0], hpepoch[b0], hseq[b0],
+                                           int(src.counts[b0]), marker)
+                    size += HEADER_SIZE + len(marker)
+                    changed = True
+                    kept_batches += 1
+                    last_kept = b0
+                    continue
             if copy_from < 0:
                 copy_from = b0
             kept_batches += 1
@@ -792,8 +834,14 @@ def _clean_segment(src: _Source, omap: _OffsetMap, now_ms: int, horizon: int) ->
             kept_tomb = np.bincount(rb[keep & tomb], minlength=n) > 0
         else:
             kept_tomb = np.zeros(n, bool)
+        ab = src.aborted[b0:b1]
+        if ab.any():
+            keep &= ~ab[rb]
         counts = src.counts[b0:b1]
         nk = np.bincount(rb[keep], minlength=n) if len(rb) else np.zeros(n, np.int64)
+        for i in np.flatnonzero(attrs[b0:b1] & ATTR_TRANSACTIONAL).tolist():
+            pid = hpid[b0 + i]
+            retained[pid] = retained.get(pid, False) or bool(nk[i] > 0)
         needs_horizon = kept_tomb & ~hh
         rebuild = ((nk < counts) | needs_horizon) & (nk > 0)
         drop = nk == 0
@@ -1045,6 +1093,8 @@ def _clean(log_: PartitionLog, now_ms: int, force: bool) -> CleanResult | None:
                 not _compaction_overdue(log_, now_ms, first_dirty, limit):
             return None
     end_of_range = max(limit, first_dirty)
+    aborted = [(a.producer_id, a.first_offset, a.last_offset)
+               for a in log_.aborted_transactions(start, limit)]
     # 1. The offset map over the dirty range. While the decoded dirty segments fit in
     # CACHE_BYTES they are kept for the rewrite, and the map is built in one sort that also
     # gives each dirty record the last offset of its key (no lookups for them later).
@@ -1064,7 +1114,7 @@ def _clean(log_: PartitionLog, now_ms: int, force: bool) -> CleanResult | None:
         for info, end in todo:
             if end <= first_dirty:
                 continue
-            src = _Source(info, end)
+            src = _Source(info, end, aborted)
             sources[info.base_offset] = src
             keep: list[_Chunk] | None = []
             for ch in src.chunks():
@@ -1082,6 +1132,10 @@ def _clean(log_: PartitionLog, now_ms: int, force: bool) -> CleanResult | None:
                 m = None
                 if first_dirty > info.base_offset:
                     m = ch.off[ki] >= first_dirty
+                if src.aborted[ch.b0:ch.b1].any():
+                    live = ~src.aborted[ch.b0:ch.b1][ch.rb[ki]]
+                    m = live if m is None else m & live
+                if m is not None:
                     ki, h1, h2 = ki[m], h1[m], h2[m]
                 if len(ki):
                     parts.append((ch, m, h1, h2, ch.off[ki]))
@@ -1110,6 +1164,7 @@ def _clean(log_: PartitionLog, now_ms: int, force: bool) -> CleanResult | None:
         return None
     # 2. Rewrite from the log start to the end of the range, group by group.
     horizon = now_ms + cfg["delete.retention.ms"]
+    retained: dict[int, bool] = {}  # producer id -> its transaction has records left
     cleaned = before = after = removed = 0
     group: _Group | None = None
     done_all = True
@@ -1140,8 +1195,8 @@ def _clean(log_: PartitionLog, now_ms: int, force: bool) -> CleanResult | None:
     try:
         for info, end in todo:
             got_src = sources.pop(info.base_offset, None)
-            src = got_src if got_src is not None else _Source(info, end)
-            out = _clean_segment(src, omap, now_ms, horizon)
+            src = got_src if got_src is not None else _Source(info, end, aborted)
+            out = _clean_segment(src, omap, now_ms, horizon, retained)
             src.cached = None  # the decoded columns are not needed any more
             if group is not None and group.fits(out, cfg):
                 group.add(out)

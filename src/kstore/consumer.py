@@ -51,9 +51,9 @@ CHECKED_READ_BYTES = _core.INDEX_JUMP_MIN_BYTES
 RESETS = ("earliest", "latest", "none")
 
 
-def _columns_end(mv: Any, pos: int, want: int) -> int:
-    """Where the batches of ``mv`` that hold ``want`` records at or after ``pos`` end (-1: all
-    of them). A read takes up to 16 MiB, which compressed batches inflate to far more records
+def _columns_end(mv: Any, pos: int, want: int) -> tuple[int, int]:
+    """Where the batches of ``mv`` that hold ``want`` records at or after ``pos`` end, and the
+    offset after them ((-1, -1): all of them). A read takes up to 16 MiB, which compressed batches inflate to far more records
     than a poll returns; decoding all of it on every poll made reading a topic O(n^2) (0.67 M
     records/s instead of 5 M for lz4 at max_records=100,000). Header reads only: nothing is
     decompressed here."""
@@ -62,8 +62,8 @@ def _columns_end(mv: Any, pos: int, want: int) -> int:
         at += _core.LOG_OVERHEAD + b.batch_length
         n += b.record_count if b.base_offset >= pos else max(0, b.last_offset - pos + 1)
         if n >= want:
-            return at
-    return -1
+            return at, b.last_offset + 1
+    return -1, -1
 
 
 @dataclass
@@ -348,10 +348,18 @@ class Consumer(ConsumerBase):
                  enable_auto_commit: bool = True, auto_commit_interval_ms: int = 5000,
                  max_poll_records: int = 500, fetch_max_bytes: int = 1 << 20,
                  client_id: str = "kstore",
-                 session_timeout_ms: int = localgroups.DEFAULT_SESSION_TIMEOUT_MS) -> None:
+                 session_timeout_ms: int = localgroups.DEFAULT_SESSION_TIMEOUT_MS,
+                 isolation_level: str = "read_uncommitted") -> None:
         check_consumer_args(group, auto_offset_reset, max_poll_records, session_timeout_ms)
+        if isolation_level not in ISOLATION_LEVELS:
+            raise ValueError(f"isolation_level must be one of {', '.join(ISOLATION_LEVELS)}, "
+                             f"not {isolation_level!r}")
         self.store = store
         self.group = group
+        # read_committed: stop at each partition's last stable offset and leave out aborted
+        # transactions. Either way, transaction markers (control batches) are never records.
+        self.isolation_level = isolation_level
+        self._committed_only = isolation_level == "read_committed"
         self.client_id = client_id
         self.session_timeout_ms = session_timeout_ms
         self._member: localgroups.GroupMember | None = None
@@ -545,7 +553,12 @@ class Consumer(ConsumerBase):
         pos = self._position(tp)
         if pos == lg.log_end_offset:
             return []
-        pos, fs = self._read(lg, tp, pos, self.fetch_max_bytes)
+        lso = lg.last_stable_offset() if self._committed_only else None
+        if lso is not None and pos >= lso:
+            return []
+        pos, fs = self._read(lg, tp, pos, self.fetch_max_bytes, lso)
+        aborted = self._aborted(lg, pos, fs)
+        index = _core._aborted_index(aborted) if aborted else None
         recs: list[_core.Record] = []
         topic, part = tp
         try:
@@ -555,8 +568,10 @@ class Consumer(ConsumerBase):
                 # CRC, and a large read walks only the headers near its end (as Kafka's do).
                 if b.base_offset <= last and b.position:
                     raise CorruptRecordError("batch offsets do not rise")
-                recs += b.records(True, _core.DEFAULT_MAX_DECOMPRESSED_BYTES, topic, part, pos)
                 last = b.last_offset
+                if b.attributes & _ATTR_TRANSACTIONAL and _left_out(b, index):
+                    continue
+                recs += b.records(True, _core.DEFAULT_MAX_DECOMPRESSED_BYTES, topic, part, pos)
             if last >= lg.cached_log_end_offset:
                 raise CorruptRecordError("batch offsets run past the log end")
         except _DAMAGE:
@@ -565,6 +580,8 @@ class Consumer(ConsumerBase):
             fs, good, after = self._checked_prefix(lg, tp, pos)
             recs = []
             for b in _core.iter_batches(fs.memoryview(), 0, good):
+                if b.attributes & _ATTR_TRANSACTIONAL and _left_out(b, index):
+                    continue
                 recs += b.records(True, _core.DEFAULT_MAX_DECOMPRESSED_BYTES, topic, part, pos)
             if not recs:
                 self._positions[tp] = max(pos, after)
@@ -579,14 +596,22 @@ class Consumer(ConsumerBase):
         self._positions[tp] = recs[-1].offset + 1
         return recs
 
-    def _read(self, lg: Any, tp: TopicPartition, pos: int, max_bytes: int) -> tuple[int, Any]:
+    def _aborted(self, lg: Any, pos: int, fs: Any) -> list[tuple[int, int, int]]:
+        """read_committed: the aborted transactions that may hold records of ``fs``."""
+        if not self._committed_only or not len(fs):
+            return []
+        return [(a.producer_id, a.first_offset, a.last_offset)
+                for a in lg.aborted_transactions(pos, fs.next_offset)]
+
+    def _read(self, lg: Any, tp: TopicPartition, pos: int, max_bytes: int,
+              max_offset: int | None = None) -> tuple[int, Any]:
         """(position, slice read there). Out of range (e.g. retention deleted the segment it
         was in), the position resets as auto_offset_reset says, or OffsetOutOfRangeError is
         raised with 'none'. A writer deleting more meanwhile moves the log start again, so the
         reset is tried a few times."""
         for attempt in range(3):
             try:
-                return pos, lg.read(pos, max_bytes)
+                return pos, lg.read(pos, max_bytes, max_offset)
             except OffsetOutOfRangeError:
                 if self.auto_offset_reset == "none" or attempt == 2:
                     raise
@@ -730,13 +755,18 @@ class Consumer(ConsumerBase):
             pos = self._position(tp)
             if pos == lg.log_end_offset:
                 continue
-            pos, fs = self._read(lg, tp, pos, max(self.fetch_max_bytes, 16 << 20))
+            lso = lg.last_stable_offset() if self._committed_only else None
+            if lso is not None and pos >= lso:
+                continue
+            pos, fs = self._read(lg, tp, pos, max(self.fetch_max_bytes, 16 << 20), lso)
             if not len(fs):
                 continue
-            after = -1
+            aborted = self._aborted(lg, pos, fs)
+            after = cut = cut_next = -1
             try:
                 mv = fs.memoryview()
-                cols = _core.columns(mv, 0, _columns_end(mv, pos, left))
+                cut, cut_next = _columns_end(mv, pos, left)
+                cols = _core.columns(mv, 0, cut, data_only=True, aborted=aborted)
                 offs = cols.offsets
                 # As in _fetch_partition: offsets rise and stay below the log end.
                 if len(offs) and (offs[-1] >= lg.cached_log_end_offset
@@ -744,7 +774,7 @@ class Consumer(ConsumerBase):
                     raise CorruptRecordError("batch offsets do not rise")
             except _DAMAGE:
                 fs, good, after = self._checked_prefix(lg, tp, pos)
-                cols = _core.columns(fs.memoryview(), 0, good)
+                cols = _core.columns(fs.memoryview(), 0, good, data_only=True, aborted=aborted)
             start = int(np.searchsorted(cols.offsets, pos))
             end = min(len(cols), start + left)
             if end > start:
@@ -752,7 +782,10 @@ class Consumer(ConsumerBase):
                 left -= end - start
                 self._positions[tp] = int(cols.offsets[end - 1]) + 1
             else:
-                self._positions[tp] = max(pos, fs.next_offset if after < 0 else after)
+                # Nothing to return (markers, aborted data): past what was looked at only.
+                if after < 0:
+                    after = fs.next_offset if cut < 0 else cut_next
+                self._positions[tp] = max(pos, after)
         if n:
             self._rr = (self._rr + 1) % n
         return out
@@ -834,3 +867,17 @@ class Consumer(ConsumerBase):
 
 
 __all__ = ["Consumer", "ConsumerBase", "GroupState", "SharedGroupState", "PartitionColumns", "EARLIEST_TIMESTAMP"]
+
+
+ISOLATION_LEVELS = ("read_uncommitted", "read_committed")
+_ATTR_TRANSACTIONAL = 0x10
+_ATTR_CONTROL = 0x20
+
+
+def _left_out(b: _core.Batch, index: dict[int, tuple[list[int], list[int]]] | None) -> bool:
+    """A transactional batch no application sees: a marker, or (read_committed) data of an
+    aborted transaction (``index``: kstore._core._aborted_index). Per batch, never per
+    record."""
+    if b.attributes & _ATTR_CONTROL:
+        return True
+    return index is not None and _core._in_aborted(index, b.producer_id, b.base_offset)

@@ -248,6 +248,36 @@ class InvalidProducerEpochError(KStoreError):
     code = 47
 
 
+class InvalidTxnStateError(KStoreError):
+    """A transactional request that does not fit the transaction's state (e.g. a commit with
+    no transaction begun, a batch for a partition the transaction did not add)."""
+
+    code = 48
+
+
+class InvalidProducerIdMappingError(KStoreError):
+    """The transactional id is unknown, or belongs to another producer id: call
+    InitProducerId (``init_transactions``) first."""
+
+    code = 49
+
+
+class InvalidTransactionTimeoutError(KStoreError, ValueError):
+    code = 50
+
+
+class ConcurrentTransactionsError(KStoreError):
+    code = 51
+    retriable = True
+
+
+class ProducerFencedError(KStoreError):
+    """A newer producer with the same transactional id has started (its InitProducerId bumped
+    the epoch): this one is a zombie and must close."""
+
+    code = 90
+
+
 class KafkaStorageError(KStoreError, OSError):
     """The disk refused: full, read-only, permission denied, file-size limit."""
 

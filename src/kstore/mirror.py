@@ -35,7 +35,7 @@ the topics its registry names). Cluster to cluster needs ``checkpoint=``.
 
 Not covered: a process that dies with a produce request already written to its socket may have
 that request land after the resumed run read the destination's end; Kafka's cure is a
-transactional producer (fencing), which ``kstore serve`` does not implement.
+transactional producer (fencing), which the mirror does not use yet.
 """
 
 from __future__ import annotations

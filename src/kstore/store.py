@@ -59,6 +59,7 @@ from kstore.log.checkpoint import (
     lock_shared,
     share_lock,
 )
+from kstore.log.txn import COMMIT, control_type
 from kstore.topic import refuse_internal, validate_topic_name
 
 log = logging.getLogger("kstore.store")
@@ -174,6 +175,8 @@ class Store:
         self._groups: dict[str, Any] = {}  # in-process consumer groups (kstore.consumer)
         self._committed: dict[str, dict[tuple[str, int], offsets.OffsetCommit]] | None = None
         self._committed_lock = threading.Lock()
+        self._txn_lock = threading.Lock()
+        self._txn_coordinator: Any = None
         self._offsets_warned: set[tuple[int, int]] = set()  # bad __consumer_offsets records
         self.topic_epoch = 0  # moves on every topic change; producers drop cached topic state
         # Group activity seen outside this Store (a Kafka-protocol server's coordinator), for
@@ -680,6 +683,21 @@ class Store:
         self._clients.add(p)
         return p
 
+    def transactions(self, new_producer_id: Callable[[], tuple[int, int]] | None = None) -> Any:
+        """The store's transaction coordinator (kstore.transactions), made on first use;
+        ``new_producer_id`` hands out producer ids (the server passes its own, so that its
+        idempotent and transactional producers never share one)."""
+        with self._txn_lock:
+            if self._txn_coordinator is None:
+                from kstore.transactions import TransactionCoordinator
+
+                if new_producer_id is None:
+                    from kstore.server.producers import ProducerStates
+
+                    new_producer_id = ProducerStates().new_producer_id
+                self._txn_coordinator = TransactionCoordinator(self, new_producer_id)
+            return self._txn_coordinator
+
     def consumer(self, **kwargs: Any) -> Any:
         """A Consumer (see kstore.consumer.Consumer for the arguments)."""
         from kstore.consumer import Consumer
@@ -700,6 +718,10 @@ class Store:
     # looked for (set with _committed).
     _committed_next: dict[int, int]
     _committed_scan: int = -1
+    # Transactional offset commits (TxnOffsetCommit) read back but not yet decided:
+    # (partition, producer id) -> their (key, value) records, applied on a COMMIT marker,
+    # dropped on an ABORT (kafka-storage.md 7.2).
+    _committed_txn: dict[tuple[int, int], list[tuple[bytes | None, bytes | None]]]
 
     def _committed_look(self) -> bool:
         """Whether partition folders may have appeared since the last look: the data
@@ -741,6 +763,7 @@ class Store:
                     return self._committed
             committed: dict[str, dict[tuple[str, int], offsets.OffsetCommit]] = {}
             self._committed_next = {}
+            self._committed_txn = {}
             self._committed_look()
             if offsets.OFFSETS_TOPIC in self._topics or (self.read_only and offsets.OFFSETS_TOPIC in self._read_registry()):
                 if self.read_only:
@@ -789,6 +812,10 @@ class Store:
                     continue
                 nxt = fs.next_offset
                 for b in fs.batches():
+                    if b.is_transactional:
+                        if b.last_offset >= off:
+                            self._replay_txn_batch(committed, p, b, tp)
+                        continue
                     try:
                         records = b.records(min_offset=off)
                     except (KStoreError, ValueError) as exc:
@@ -809,6 +836,47 @@ class Store:
                       "ignored until the partition is repaired (see `kstore verify`)", tp, off, exc)
             return lg.log_end_offset
         return off
+
+    def _replay_txn_batch(self, committed: dict, p: int, b: _core.Batch, tp: str) -> None:
+        """A transactional batch of __consumer_offsets: its commits wait for the marker."""
+        pending = self._committed_txn
+        key = (p, b.producer_id)
+        try:
+            if b.is_control:
+                kind = control_type(b)
+                records = pending.pop(key, [])
+                if kind != COMMIT:
+                    return
+                for k, v in records:
+                    try:
+                        _apply_offset_record(committed, k, v)
+                    except (KStoreError, ValueError) as exc:
+                        self._warn_offsets(p, b.base_offset, f"skipping a transactional "
+                                           f"offset commit of {tp} that cannot be parsed: {exc}")
+                return
+            pending.setdefault(key, []).extend((r.key, r.value) for r in b.records())
+        except (KStoreError, ValueError) as exc:
+            self._warn_offsets(p, b.base_offset, "skipping the batch at offsets "
+                               f"{b.base_offset}..{b.last_offset} of {tp}: {exc}")
+
+    def commit_offsets_transactional(self, group: str, commits: Mapping[tuple[str, int], tuple[int, str, int]],
+                                     producer_id: int, producer_epoch: int) -> int:
+        """TxnOffsetCommit: append ``commits`` for ``group`` as a transactional batch of the
+        producer's; they take effect when its transaction's COMMIT marker is written to the
+        group's __consumer_offsets partition (returned) and vanish with an ABORT."""
+        self._check_writable()
+        self._ensure_offsets_topic()
+        now = self._clock() if self._clock else _core.now_ms()
+        b = _core.BatchBuilder(producer_id=producer_id, producer_epoch=producer_epoch,
+                               base_sequence=0, transactional=True)
+        for (t, p), (off, meta, epoch) in commits.items():
+            b.append(offsets.encode_offset_commit_value(off, epoch, meta, now),
+                     key=offsets.encode_offset_commit_key(group, t, p), timestamp=now)
+        part = offsets.group_partition(group)
+        if commits:
+            self.partition(offsets.OFFSETS_TOPIC, part).append_batch(
+                b.build(), validate_records=False, verify_crc=False, _internal=True)
+        return part
 
     def _warn_offsets(self, p: int, offset: int, message: str) -> None:
         # Once per record: read-only stores replay on every call.
@@ -997,6 +1065,17 @@ class Store:
         expired = self.expire_offsets(now)
         if expired:
             report["expired_offsets"] = expired
+        if self._txn_coordinator is not None:
+            # Transactions of this process's producers past transaction.timeout.ms (kstore
+            # serve checks its own every second). Another process's coordinator is not
+            # second-guessed from here: it may be running them.
+            try:
+                aborted = self._txn_coordinator.expire()
+            except (KStoreError, OSError) as exc:
+                log.warning("aborting timed-out transactions failed: %s", exc)
+            else:
+                if aborted:
+                    report["aborted_transactions"] = aborted
         return report
 
     def expire_offsets(self, now_ms: int | None = None) -> dict[str, list[tuple[str, int]]]:

@@ -223,9 +223,25 @@ def test_idempotent_produce_carries_one_batch_even_below_v3(srv, client):
     assert srv.call_soon(lambda: srv.store.partition("t", 0).log_end_offset) == 2
 
 
-def test_init_producer_id_with_transactional_id_is_refused(client):
-    res = client.call(INIT_PRODUCER_ID, 1, {"transactional_id": "tx", "transaction_timeout_ms": 1})
-    assert res["error_code"] != 0 and res["producer_id"] == -1
+def test_init_producer_id_with_transactional_id_bumps_the_epoch(client):
+    """The same id each time, one epoch up (which fences the previous producer); a producer
+    naming a stale (id, epoch) is fenced itself; the timeout must be in (0, 900000]."""
+    first = client.call(INIT_PRODUCER_ID, 1, {"transactional_id": "tx-bump",
+                                              "transaction_timeout_ms": 60000})
+    assert first["error_code"] == 0 and first["producer_epoch"] == 0
+    again = client.call(INIT_PRODUCER_ID, 1, {"transactional_id": "tx-bump",
+                                              "transaction_timeout_ms": 60000})
+    assert (again["error_code"], again["producer_id"], again["producer_epoch"]) == (
+        0, first["producer_id"], 1)
+    stale = client.call(INIT_PRODUCER_ID, 4, {"transactional_id": "tx-bump",
+                                              "transaction_timeout_ms": 60000,
+                                              "producer_id": first["producer_id"],
+                                              "producer_epoch": 0})
+    assert stale["error_code"] == 90  # PRODUCER_FENCED
+    for bad in (0, -1, 900_001):
+        res = client.call(INIT_PRODUCER_ID, 1, {"transactional_id": "tx-bump",
+                                                "transaction_timeout_ms": bad})
+        assert res["error_code"] == 50, bad  # INVALID_TRANSACTION_TIMEOUT
 
 
 # ==============================================================================================
@@ -552,7 +568,9 @@ def test_find_coordinator(srv, client):
     assert (r["error_code"], r["node_id"], r["port"]) == (0, 1, srv.port)
     r = client.call(FIND_COORDINATOR, 4, {"key_type": 0, "coordinator_keys": ["a", "b"]})
     assert [c["key"] for c in r["coordinators"]] == ["a", "b"]
-    assert client.call(FIND_COORDINATOR, 1, {"key": "tx", "key_type": 1})["error_code"] == 15
+    r = client.call(FIND_COORDINATOR, 1, {"key": "tx", "key_type": 1})  # transactions: here too
+    assert (r["error_code"], r["node_id"], r["port"]) == (0, 1, srv.port)
+    assert client.call(FIND_COORDINATOR, 1, {"key": "x", "key_type": 2})["error_code"] == 42
 
 
 # ==============================================================================================

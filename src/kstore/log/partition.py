@@ -60,6 +60,14 @@ from kstore.log.checkpoint import (
 )
 from kstore.log.fileslice import FileSlice
 from kstore.log.segment import Segment, SegmentGone, _NeedsRecovery, _scan_file
+from kstore.log.txn import (
+    ABORT,
+    COMMIT,
+    AbortedTxn,
+    TxnState,
+    encode_control_batch,
+    write_txnindex_entries,
+)
 from kstore.topic import is_internal_topic, refuse_internal
 
 log = logging.getLogger("kstore.log")
@@ -133,6 +141,7 @@ class PartitionLog:
         self._pending_deletes: list[tuple[float, list[Path]]] = []
         self._delete_timer: threading.Timer | None = None
         self.recovery: RecoveryReport | None = None
+        self._txn: TxnState | None = None  # built on first use (kstore.log.txn)
         self._signal: Any = None  # a Store's DataSignal: wakes consumers of any partition
         key = (self.topic, self.partition)
         self._key = key
@@ -1085,6 +1094,56 @@ class PartitionLog:
                 return fs
         return FileSlice.empty(offset)
 
+    # ==========================================================================================
+    # Transactions (kstore.log.txn)
+
+    @property
+    def transactions(self) -> TxnState:
+        """This log's transactions, built from the log on first use."""
+        t = self._txn
+        if t is None:
+            with self._lock:
+                t = self._txn
+                if t is None:
+                    t = self._txn = TxnState(self)
+        return t
+
+    def last_stable_offset(self) -> int:
+        """Kafka's LSO: the first offset of the oldest open transaction, else the log end.
+        read_committed readers stop there."""
+        return self.transactions.last_stable_offset()
+
+    def aborted_transactions(self, start: int, end: int) -> list[AbortedTxn]:
+        """Aborted transactions that may hold offsets in ``[start, end)`` (a Fetch's
+        aborted_transactions)."""
+        return self.transactions.aborted_between(start, end)
+
+    def write_marker(self, producer_id: int, producer_epoch: int, commit: bool,
+                     coordinator_epoch: int = 0) -> int:
+        """Append a COMMIT or ABORT control batch for the producer's transaction here (the
+        broker's WriteTxnMarkers) and, for an ABORT of a transaction that wrote data, its
+        ``.txnindex`` entry. Returns the marker's offset."""
+        raw = encode_control_batch(producer_id, producer_epoch, commit, coordinator_epoch,
+                                   self._clock())
+        txn = self.transactions
+        with self._lock:
+            # Brings the state up to the marker (reads nothing when the writer noted its
+            # batches), so that the marker itself is noted, not read back.
+            txn.refresh()
+            first, _, _ = self.append_batches(raw, validate_records=False, verify_crc=False,
+                                              _internal=True)
+            txn.note(producer_id, first, first, COMMIT if commit else ABORT)
+            txn.refresh()  # a no-op unless the marker came after batches not yet scanned
+            if not commit and txn.aborted and txn.aborted[-1].last_offset == first:
+                seg = self._segments[bisect.bisect_right(self._bases, first) - 1]
+                try:
+                    write_txnindex_entries(self.directory, seg.base_offset, [txn.aborted[-1]])
+                except OSError as exc:  # the marker is in the log: recovery writes it again
+                    log.error("%s: the .txnindex entry for the abort at offset %d was not "
+                              "written (%s); reopening the log rebuilds it", self.directory,
+                              first, exc)
+        return first
+
     def read_records(self, offset: int, max_bytes: int = DEFAULT_MAX_BYTES) -> list[_core.Record]:
         """Decoded records from ``offset`` on (a convenience: copies; skips records below it)."""
         return [r for r in self.read(offset, max_bytes).records() if r.offset >= offset]
@@ -1228,6 +1287,7 @@ class PartitionLog:
             assert last.appender is not None
             self._leo = last.appender.next_offset
             self._recovery_point = min(self._recovery_point, self._leo)
+            self._txn = None  # rebuilt from what is left
             self._write_recovery_point()
             fsync_dir(self.directory)
 
@@ -1256,6 +1316,8 @@ class PartitionLog:
             dead, rest = segs[:n], segs[n:]
             self._set_segments(rest)
             self._log_start = max(self._log_start, rest[0].base_offset)
+            if self._txn is not None:
+                self._txn.forget_below(self._log_start)
             renamed = []
             for s in dead:
                 renamed += s.rename_deleted()

@@ -790,7 +790,8 @@ class Segment:
         """Rename the files to ``*.deleted`` (readers holding fds or maps keep working)."""
         self.close()
         out = []
-        for p in (self.log_path, self.offset_index.path, self.time_index.path):
+        txnindex = self.log_path.with_suffix(".txnindex")
+        for p in (self.log_path, self.offset_index.path, self.time_index.path, txnindex):
             if p.exists():
                 q = p.with_name(p.name + ".deleted")
                 os.replace(p, q)

@@ -184,6 +184,10 @@ class Server:
             reuse_address=True, backlog=1024)
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
+        # Transactions a restart finds open or half-ended: completed, or timed out later.
+        await asyncio.to_thread(self.broker.transactions.load)
+        if self.broker.transactions.has_transactions():
+            self.broker._start_expiry()
         log.info("kstore serving %s on %s:%d%s%s", self.store.path, cfg.host, self.port,
                  " (TLS)" if cfg.ssl_context else "", " (SASL)" if cfg.sasl_users else "")
 

@@ -37,7 +37,13 @@ from kstore.log.fileslice import FileSlice
 from kstore.log.partition import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from kstore.offsets import OFFSETS_TOPIC
 from kstore.server import protocol
+from kstore.server.groups import (
+    OFFSET_METADATA_MAX_BYTES,
+    OFFSET_METADATA_TOO_LARGE,
+    commit_response,
+)
 from kstore.server.producers import ProducerStates
+from kstore.transactions import EXPIRY_CHECK_S, TransactionCoordinator
 from kstore.topic import validate_topic_name
 
 if TYPE_CHECKING:
@@ -85,6 +91,7 @@ MANY_TOPICS = 500
 _BATCH_HEADER = struct.Struct(">qiiBiHiqqqhi")  # base offset .. base sequence (57 bytes)
 _ATTR_CODEC = 0x07
 _ATTR_TRANSACTIONAL = 0x10
+_ATTR_CONTROL = 0x20
 _ZSTD = 4
 
 
@@ -109,6 +116,9 @@ class Broker:
         self.config = config
         self.coordinator = coordinator
         self.producers = ProducerStates()
+        self.transactions: TransactionCoordinator = store.transactions(
+            self.producers.new_producer_id)
+        self._expiry_task: asyncio.Task[None] | None = None
         # Partitions whose last append the disk refused: logged at ERROR once, until an append
         # to them succeeds again (a full disk must not flood the log, one line per request).
         self._storage_failed: set[tuple[str, int]] = set()
@@ -124,6 +134,9 @@ class Broker:
             22: self.init_producer_id, 23: self.offset_for_leader_epoch,
             32: self.describe_configs, 33: self.alter_configs, 37: self.create_partitions,
             42: self.delete_groups, 60: self.describe_cluster,
+            24: self.add_partitions_to_txn, 25: self.add_offsets_to_txn, 26: self.end_txn,
+            28: self.txn_offset_commit, 65: self.describe_transactions,
+            66: self.list_transactions,
         }
 
     # ==========================================================================================
@@ -263,6 +276,13 @@ class Broker:
         pending = set(self._creating.values())
         if pending:
             await asyncio.wait(pending)
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            try:
+                await self._expiry_task
+            except asyncio.CancelledError:
+                pass
+            self._expiry_task = None
 
     def describe_cluster(self, req: dict, version: int, conn: Any) -> dict:
         b = self._broker(conn)
@@ -302,7 +322,7 @@ class Broker:
             parts = []
             for p in t["partition_data"]:
                 r = self._produce_partition(name, p["index"], p["records"], version,
-                                            txn is not None, later)
+                                            txn, later)
                 failed |= r["error_code"] != NONE
                 parts.append(r)
             responses.append({"name": name, "partition_responses": parts})
@@ -342,7 +362,7 @@ class Broker:
         return None
 
     def _produce_partition(self, topic: str, partition: int, records: Any, version: int,
-                           transactional: bool, later: Any) -> dict:
+                           transactional_id: str | None, later: Any) -> dict:
         out: dict[str, Any] = {"index": partition, "error_code": NONE, "base_offset": -1,
                                "log_append_time_ms": -1, "log_start_offset": -1}
         try:
@@ -355,8 +375,13 @@ class Broker:
             lg = self.store.partition(topic, partition)
             out["log_start_offset"] = lg.log_start_offset
             mv = memoryview(records) if records is not None else memoryview(b"")
-            hdr = self._check_batches(mv, version, transactional)
-            pid, epoch, base_seq, last_delta = hdr
+            hdr = self._check_batches(mv, version, transactional_id)
+            pid, epoch, base_seq, last_delta, txnl = hdr
+            if txnl:
+                err = self.transactions.verify_produce(pid, epoch, topic, partition)
+                if err:
+                    raise _Refused(err, f"producer {pid} epoch {epoch} ({transactional_id!r}) "
+                                        f"may not write to {topic}-{partition} now (error {err})")
             if pid >= 0:
                 if pid < self.producers.first_id and not self.producers.known(pid, topic, partition):
                     self._restore_producer(lg, pid, topic, partition)
@@ -366,6 +391,8 @@ class Broker:
                     out["log_append_time_ms"] = dup.log_append_time
                     return out
             first, last, append_time = lg.append_batches(mv)
+            if txnl:
+                lg.transactions.note(pid, first, last)
             if pid >= 0:
                 self.producers.record(pid, epoch, base_seq, last_delta, topic, partition,
                                       first, last, append_time)
@@ -403,10 +430,11 @@ class Broker:
                       topic, partition, exc)
 
     def _check_batches(self, mv: memoryview, version: int,
-                       transactional: bool) -> tuple[int, int, int, int]:
+                       transactional_id: str | None) -> tuple[int, int, int, int, bool]:
         """Checks the C append path does not make (they depend on the request): magic 2,
-        one batch per partition from v3, zstd from v7, no transactions. Returns the first
-        batch's (producer id, epoch, base sequence, last offset delta)."""
+        one batch per partition from v3, zstd from v7, no control batch from a client,
+        transactional batches only in a Produce naming a transactional id. Returns the first
+        batch's (producer id, epoch, base sequence, last offset delta, transactional)."""
         n = mv.nbytes
         if n < _BATCH_HEADER.size:
             if n >= 17 and mv[16] in (0, 1):
@@ -421,11 +449,16 @@ class Broker:
             # Idempotent batches are checked one per request (their sequences are the unit).
             raise _Refused(INVALID_RECORD, "Produce v3+ (and any idempotent Produce) carries "
                                            "exactly one batch per partition")
-        if attrs & _ATTR_TRANSACTIONAL or transactional:
-            raise _Refused(INVALID_TXN_STATE, "transactions are not supported")
+        if attrs & _ATTR_CONTROL:
+            raise _Refused(INVALID_RECORD, "control batches (transaction markers) come from "
+                                           "the transaction coordinator, not from clients")
+        txnl = bool(attrs & _ATTR_TRANSACTIONAL)
+        if txnl and (transactional_id is None or pid < 0 or length + 12 != n):
+            raise _Refused(INVALID_TXN_STATE, "a transactional batch needs a Produce (v3+) "
+                                              "naming its transactional id, and a producer id")
         if attrs & _ATTR_CODEC == _ZSTD and version < 7:
             raise _Refused(UNSUPPORTED_COMPRESSION_TYPE, "zstd needs Produce v7 or later")
-        return pid, epoch, base_seq, last_delta
+        return pid, epoch, base_seq, last_delta, txnl
 
     def _restore_producer(self, lg: Any, pid: int, topic: str, partition: int) -> None:
         """A producer from before this process (a restart or a crash) sends to a partition:
@@ -443,7 +476,7 @@ class Broker:
                 continue
             mine = [(b.producer_epoch, b.base_sequence, b.last_offset_delta, b.base_offset,
                      b.last_offset, b.max_timestamp if b.timestamp_type == 1 else -1)
-                    for b in fs.batches() if b.producer_id == pid]
+                    for b in fs.batches() if b.producer_id == pid and not b.is_control]
             found = mine + found
             if len(found) >= 5:
                 break
@@ -455,7 +488,12 @@ class Broker:
 
     def init_producer_id(self, req: dict, version: int, conn: Any) -> dict:
         if req["transactional_id"] is not None:
-            return {"error_code": INVALID_REQUEST, "producer_id": -1, "producer_epoch": -1}
+            self._start_expiry()
+            err, pid, epoch = self.transactions.init_producer_id(
+                req["transactional_id"], req["transaction_timeout_ms"],
+                req["producer_id"] if version >= 3 else -1,
+                req["producer_epoch"] if version >= 3 else -1, version)
+            return {"error_code": err, "producer_id": pid, "producer_epoch": epoch}
         # Without a transactional id Kafka always hands out a new id at epoch 0, even when the
         # request names its old id (KIP-360's bump is for transactional producers): a retried
         # request can never fence its own producer, and nobody can fence another's id.
@@ -487,6 +525,7 @@ class Broker:
 
     def _read_fetch(self, req: dict) -> tuple[list[dict], int, bool]:
         budget = req["max_bytes"] if req["max_bytes"] > 0 else 2**31 - 1
+        committed_only = req["isolation_level"] == 1
         total = 0
         error = False
         responses = []
@@ -511,7 +550,13 @@ class Broker:
                     error = True
                     continue
                 leo = lg.log_end_offset
-                r["high_watermark"] = r["last_stable_offset"] = leo
+                # read_committed stops at the LSO (the oldest open transaction). Others get
+                # the LSO when this log's transactions are already known, else the log end (a
+                # read_uncommitted fetch never pays for the first scan of a log's headers).
+                lso = (lg.last_stable_offset() if committed_only or lg._txn is not None
+                       else leo)
+                r["high_watermark"] = leo
+                r["last_stable_offset"] = lso
                 r["log_start_offset"] = lg.log_start_offset
                 offset = p["fetch_offset"]
                 if budget - total <= 0 and total > 0:
@@ -521,7 +566,8 @@ class Broker:
                     # Every header checked: many clients do not check CRCs (librdkafka's
                     # check.crcs is off by default), and a damaged length or offset in mid-span
                     # would misframe what they parse, silently dropping records.
-                    fs = lg.read(offset, max(limit, 1), every_header=True)
+                    fs = lg.read(offset, max(limit, 1), lso if committed_only else None,
+                                 every_header=True)
                 except OffsetOutOfRangeError:
                     r["error_code"] = OFFSET_OUT_OF_RANGE
                     error = True
@@ -548,8 +594,14 @@ class Broker:
                         error = True
                         continue
                     fs = checked
-                r["high_watermark"] = r["last_stable_offset"] = max(leo, lg.log_end_offset)
+                r["high_watermark"] = max(leo, lg.log_end_offset)
+                if not committed_only and lg._txn is None:
+                    r["last_stable_offset"] = r["high_watermark"]
                 if len(fs) and (total == 0 or total + len(fs) <= budget):
+                    if committed_only:
+                        r["aborted_transactions"] = [
+                            {"producer_id": a.producer_id, "first_offset": a.first_offset}
+                            for a in lg.aborted_transactions(offset, fs.next_offset)]
                     # KIP-74: the first batch of the first non-empty partition is whole even
                     # when it is larger than max_bytes; later partitions stay within the budget
                     # (read() returns a first batch whole: drop it if it does not fit).
@@ -566,11 +618,11 @@ class Broker:
         for t in req["topics"]:
             parts = []
             for p in t["partitions"]:
-                parts.append(self._list_offset(t["name"], p))
+                parts.append(self._list_offset(t["name"], p, req["isolation_level"] == 1))
             topics.append({"name": t["name"], "partitions": parts})
         return {"topics": topics}
 
-    def _list_offset(self, topic: str, p: dict) -> dict:
+    def _list_offset(self, topic: str, p: dict, committed_only: bool = False) -> dict:
         out = {"partition_index": p["partition_index"], "error_code": NONE, "timestamp": -1,
                "offset": -1, "leader_epoch": -1}
         epoch = p["current_leader_epoch"]
@@ -584,7 +636,7 @@ class Broker:
             return out
         ts = p["timestamp"]
         if ts == LATEST_TIMESTAMP:
-            out["offset"] = lg.log_end_offset
+            out["offset"] = lg.last_stable_offset() if committed_only else lg.log_end_offset
         elif ts == EARLIEST_TIMESTAMP:
             out["offset"] = lg.log_start_offset
         elif ts == MAX_TIMESTAMP:
@@ -861,10 +913,10 @@ class Broker:
         keys = req["coordinator_keys"] if version >= 4 else [req["key"]]
         coords = []
         for key in keys:
-            if req["key_type"] != 0:
+            if req["key_type"] not in (0, 1):  # 0 group, 1 transaction: both here
                 coords.append({"key": key, "node_id": -1, "host": "", "port": -1,
-                               "error_code": COORDINATOR_NOT_AVAILABLE,
-                               "error_message": "transactions are not supported"})
+                               "error_code": INVALID_REQUEST,
+                               "error_message": f"unknown key_type {req['key_type']}"})
             else:
                 coords.append({"key": key, "node_id": b["node_id"], "host": b["host"],
                                "port": b["port"], "error_code": NONE, "error_message": None})
@@ -873,6 +925,95 @@ class Broker:
         c = coords[0]
         return {"error_code": c["error_code"], "error_message": c["error_message"],
                 "node_id": c["node_id"], "host": c["host"], "port": c["port"]}
+
+    # ==========================================================================================
+    # Transactions (kstore.transactions)
+
+    def _start_expiry(self) -> None:
+        """The timer that aborts transactions past their timeout, from the first
+        transactional request (or a restart that finds transactions) on."""
+        if self._expiry_task is None:
+            self._expiry_task = asyncio.ensure_future(self._expire_loop())
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_CHECK_S)
+            try:
+                self.transactions.expire()
+            except KStoreError as exc:
+                log.error("aborting timed-out transactions failed: %s (retrying)", exc)
+
+    def add_partitions_to_txn(self, req: dict, version: int, conn: Any) -> dict:
+        self._start_expiry()
+        parts = [(t["name"], p) for t in req["v3_and_below_topics"] for p in t["partitions"]]
+        res = self.transactions.add_partitions(
+            req["v3_and_below_transactional_id"], req["v3_and_below_producer_id"],
+            req["v3_and_below_producer_epoch"], parts, version)
+        return {"results_by_topic_v3_and_below": [
+            {"name": t["name"], "results_by_partition": [
+                {"partition_index": p, "partition_error_code": res[(t["name"], p)]}
+                for p in t["partitions"]]}
+            for t in req["v3_and_below_topics"]]}
+
+    def add_offsets_to_txn(self, req: dict, version: int, conn: Any) -> dict:
+        self._start_expiry()
+        err = self.transactions.add_offsets(req["transactional_id"], req["producer_id"],
+                                            req["producer_epoch"], req["group_id"], version)
+        return {"error_code": err}
+
+    def txn_offset_commit(self, req: dict, version: int, conn: Any) -> dict:
+        group = req["group_id"]
+        err = self.transactions.check_offset_commit(
+            req["transactional_id"], req["producer_id"], req["producer_epoch"], group, version)
+        if not err and version >= 3:
+            err = self.coordinator._commit_error(
+                group, req["generation_id"], req["member_id"] or "", req["group_instance_id"])
+        errors: dict[tuple[str, int], int] = {}
+        commits: dict[tuple[str, int], tuple[int, str, int]] = {}
+        for t in req["topics"]:
+            for p in t["partitions"]:
+                tp = (t["name"], p["partition_index"])
+                if err:
+                    errors[tp] = err
+                    continue
+                try:
+                    end = self.store.partition(*tp).log_end_offset
+                except KStoreError as exc:
+                    errors[tp] = exc.code
+                    continue
+                off = p["committed_offset"]
+                if not 0 <= off <= end:
+                    errors[tp] = OFFSET_OUT_OF_RANGE
+                    continue
+                meta = p["committed_metadata"] or ""
+                if len(meta.encode("utf-8", "surrogatepass")) > OFFSET_METADATA_MAX_BYTES:
+                    errors[tp] = OFFSET_METADATA_TOO_LARGE
+                    continue
+                commits[tp] = (off, meta, p["committed_leader_epoch"] if version >= 2 else -1)
+        if commits:
+            try:
+                self.store.commit_offsets_transactional(group, commits, req["producer_id"],
+                                                        req["producer_epoch"])
+            except KStoreError as exc:
+                for tp in commits:
+                    errors[tp] = exc.code
+        return commit_response(req["topics"], errors)
+
+    def end_txn(self, req: dict, version: int, conn: Any) -> dict:
+        err = self.transactions.end_txn(req["transactional_id"], req["producer_id"],
+                                        req["producer_epoch"], req["committed"], version)
+        return {"error_code": err}
+
+    def describe_transactions(self, req: dict, version: int, conn: Any) -> dict:
+        return {"transaction_states": [self.transactions.describe(tid)
+                                       for tid in req["transactional_ids"]]}
+
+    def list_transactions(self, req: dict, version: int, conn: Any) -> dict:
+        unknown, found = self.transactions.list(
+            list(req["state_filters"]), list(req["producer_id_filters"]),
+            req["duration_filter"] if version >= 1 else -1)
+        return {"error_code": NONE, "unknown_state_filters": unknown,
+                "transaction_states": found}
 
     async def join_group(self, req: dict, version: int, conn: Any) -> dict:
         res: dict = await self.coordinator.join_group(req, version, conn.client_id, conn.peer_host)

@@ -85,6 +85,16 @@ GROUP_TYPE_CLASSIC = "classic"
 _TIMER_SLACK_S = 0.001
 
 
+def commit_response(topics: list[dict[str, Any]], errors: dict[tuple[str, int], int]) -> dict:
+    """An OffsetCommit/TxnOffsetCommit response: each requested partition with its error."""
+    return {"topics": [
+        {"name": t["name"], "partitions": [
+            {"partition_index": p["partition_index"],
+             "error_code": errors.get((t["name"], p["partition_index"]), NONE)}
+            for p in t["partitions"]]}
+        for t in topics]}
+
+
 class GroupState(enum.Enum):
     """Kafka's group states; the values are the names DescribeGroups and ListGroups report."""
 
@@ -924,12 +934,7 @@ class GroupCoordinator:
                 log.warning("group %s: committing offsets failed: %s", group_id, exc)
                 for tp in commits:
                     errors[tp] = exc.code
-        return {"topics": [
-            {"name": t["name"], "partitions": [
-                {"partition_index": p["partition_index"],
-                 "error_code": errors.get((t["name"], p["partition_index"]), NONE)}
-                for p in t["partitions"]]}
-            for t in req["topics"]]}
+        return commit_response(req["topics"], errors)
 
     def _partition_count(self, topic: str) -> int | None:
         # Not store.partitions_for alone: with auto_create_topics it would create the topic,

@@ -269,7 +269,7 @@ async def test_faststream_kafka_broker(kafka_broker, kafka_bootstrap):
 
 
 def test_quixstreams_application_at_least_once(kafka_broker, tmp_path):
-    quixstreams = need("quixstreams", "test")
+    quixstreams = need("quixstreams", "streams")
     kafka_broker.create_topic("readings", partitions=2)
     kafka_broker.create_topic("scaled")  # else quixstreams waits 1 s (its poll) for it to exist
 

@@ -13,7 +13,8 @@ import pytest
 
 from tests.server.test_transactions import committed, read_all
 
-pytest.importorskip("quixstreams", reason="quixstreams is not installed ([test] extra)")
+pytest.importorskip("quixstreams", reason="quixstreams is not installed: it is the [streams] extra, "
+                    "which .ci/run adds after the main suite (pip install -e '.[streams]')")
 ck = pytest.importorskip("confluent_kafka", reason="confluent-kafka is not installed")
 
 N = 20

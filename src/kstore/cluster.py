@@ -616,9 +616,17 @@ class ClusterProducer:
     """The embedded Producer's API over confluent-kafka's Producer. Thread-safe."""
 
     def __init__(self, store: ClusterStore, *, linger_ms: int = 5, batch_size: int = 16384,
-                 compression: str | None = None, partitioner: str = "murmur2") -> None:
+                 compression: str | None = None, partitioner: str = "murmur2",
+                 transactional_id: str | None = None,
+                 transaction_timeout_ms: int = 60_000) -> None:
         ck = _kafka.confluent()
         check_producer_args(linger_ms, batch_size, compression)
+        if transactional_id is not None and (not isinstance(transactional_id, str)
+                                             or not transactional_id):
+            raise ValueError(f"transactional_id must be a non-empty str, not {transactional_id!r}")
+        self.transactional_id = transactional_id
+        self._in_txn = False
+        self._group_meta: dict[str, Any] = {}
         self.store = store
         self.linger_ms = linger_ms
         self.batch_size = batch_size
@@ -637,14 +645,89 @@ class ClusterProducer:
         # librdkafka reports only failures (a Python call per record less) until a send asks
         # for its own report (on_delivery): then the producer is flushed and made again with
         # every report on (_report_all).
-        self._only_errors = "delivery.report.only.error" not in cfg
+        # (Not for a transactional producer: a second one would fence the first.)
+        self._only_errors = "delivery.report.only.error" not in cfg and transactional_id is None
         if self._only_errors:
             cfg["delivery.report.only.error"] = True
+        if transactional_id is not None:
+            cfg["transactional.id"] = transactional_id
+            cfg["transaction.timeout.ms"] = transaction_timeout_ms
         #: What librdkafka's producer was given (without the delivery callback).
         self.client_config = dict(cfg)
         cfg["on_delivery"] = self._delivered
         self._p: Any = _client(ck.Producer, cfg, "creating a producer")
         self._retired: list[Any] = []  # producers replaced by _report_all, until flushed
+        if transactional_id is not None:
+            # Fences older producers with this id, as the embedded store.producer does.
+            self._txn_call(self._p.init_transactions, f"init_transactions for {transactional_id!r}")
+
+    # -- transactions (confluent-kafka's transactional producer) ------------------------------
+
+    def _txn_call(self, call: Any, what: str, *args: Any) -> None:
+        ck = _kafka.confluent()
+        try:
+            call(*args, self.store.timeout_s)
+        except ck.KafkaException as exc:
+            raise _kafka.error_from(exc, what) from None
+
+    def _check_transactional(self) -> None:
+        if self.transactional_id is None:
+            raise errors.InvalidTxnStateError(
+                "this producer has no transactional_id: create it with "
+                "store.producer(transactional_id=...)")
+        self._check()
+
+    def begin_transaction(self) -> None:
+        """Start a transaction: every record sent until commit or abort belongs to it."""
+        self._check_transactional()
+        if self._in_txn:
+            raise errors.InvalidTxnStateError("a transaction is already open: commit or abort it first")
+        ck = _kafka.confluent()
+        try:
+            self._p.begin_transaction()
+        except ck.KafkaException as exc:
+            raise _kafka.error_from(exc, "begin_transaction") from None
+        self._in_txn = True
+
+    def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], group: str) -> None:
+        """Commit ``{(topic, partition): next offset to read}`` for consumer ``group`` as part
+        of the open transaction (they take effect with its commit, never if it aborts)."""
+        self._check_transactional()
+        if not self._in_txn:
+            raise errors.InvalidTxnStateError("send_offsets_to_transaction needs an open transaction")
+        ck = _kafka.confluent()
+        meta = self._group_meta.get(group)
+        if meta is None:
+            # confluent-kafka takes a consumer's group metadata; a consumer that never joins
+            # gives the group id alone, which is what the embedded API names.
+            c = _client(ck.Consumer, {**self.store.config, "group.id": group},
+                        f"group metadata of {group!r}")
+            try:
+                meta = self._group_meta[group] = c.consumer_group_metadata()
+            finally:
+                c.close()
+        tps = [ck.TopicPartition(t, p, o) for (t, p), o in dict(offsets).items()]
+        self._txn_call(self._p.send_offsets_to_transaction, "send_offsets_to_transaction",
+                       tps, meta)
+
+    def commit_transaction(self) -> None:
+        """Deliver what is pending, then commit (read_committed readers see it from now on)."""
+        self._check_transactional()
+        if not self._in_txn:
+            raise errors.InvalidTxnStateError("commit_transaction needs an open transaction")
+        self._txn_call(self._p.commit_transaction, "commit_transaction")
+        self._in_txn = False
+        self._raise_failed()
+
+    def abort_transaction(self) -> None:
+        """Abort: the records sent since begin_transaction are never read by read_committed
+        consumers, and its offsets are not committed."""
+        self._check_transactional()
+        if not self._in_txn:
+            raise errors.InvalidTxnStateError("abort_transaction needs an open transaction")
+        self._txn_call(self._p.abort_transaction, "abort_transaction")
+        self._in_txn = False
+        self._failed.clear()  # what an aborted transaction failed to deliver does not matter
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -977,9 +1060,12 @@ class ClusterConsumer(ConsumerBase):
                  enable_auto_commit: bool = True, auto_commit_interval_ms: int = 5000,
                  max_poll_records: int = 500, fetch_max_bytes: int = 1 << 20,
                  client_id: str = "kstore",
-                 session_timeout_ms: int = localgroups.DEFAULT_SESSION_TIMEOUT_MS) -> None:
+                 session_timeout_ms: int = localgroups.DEFAULT_SESSION_TIMEOUT_MS,
+                 isolation_level: str = "read_uncommitted") -> None:
         ck = _kafka.confluent()
-        check_consumer_args(group, auto_offset_reset, max_poll_records, session_timeout_ms)
+        check_consumer_args(group, auto_offset_reset, max_poll_records, session_timeout_ms,
+                            isolation_level)
+        self.isolation_level = isolation_level
         self.store = store
         self.group = group
         self.client_id = client_id
@@ -1017,6 +1103,9 @@ class ClusterConsumer(ConsumerBase):
             "check.crcs": True,
             "session.timeout.ms": session_timeout_ms,
             "enable.partition.eof": False,
+            # The embedded consumer's default, and the Java client's (librdkafka's is
+            # read_committed).
+            "isolation.level": isolation_level,
         })
         if cfg["session.timeout.ms"] < 6000 and group is not None:
             cfg["session.timeout.ms"] = 6000  # Kafka's group.min.session.timeout.ms

@@ -255,7 +255,7 @@ class SharedGroupState(GroupState):
 
 
 def check_consumer_args(group: Any, auto_offset_reset: Any, max_poll_records: Any,
-                        session_timeout_ms: Any) -> None:
+                        session_timeout_ms: Any, isolation_level: Any = "read_uncommitted") -> None:
     """The checks of a consumer's arguments (embedded and kstore.cluster alike)."""
     if group is not None and (not isinstance(group, str) or not group):
         raise InvalidGroupIdError(f"group must be a non-empty str or None, not {group!r}")
@@ -269,6 +269,9 @@ def check_consumer_args(group: Any, auto_offset_reset: Any, max_poll_records: An
         raise InvalidSessionTimeoutError(
             f"session_timeout_ms must be a positive int (ms within which the group sees "
             f"that a member's process died), not {session_timeout_ms!r}")
+    if isolation_level not in ISOLATION_LEVELS:
+        raise ValueError(f"isolation_level must be one of {', '.join(ISOLATION_LEVELS)}, "
+                         f"not {isolation_level!r}")
 
 
 class ConsumerBase:
@@ -350,10 +353,8 @@ class Consumer(ConsumerBase):
                  client_id: str = "kstore",
                  session_timeout_ms: int = localgroups.DEFAULT_SESSION_TIMEOUT_MS,
                  isolation_level: str = "read_uncommitted") -> None:
-        check_consumer_args(group, auto_offset_reset, max_poll_records, session_timeout_ms)
-        if isolation_level not in ISOLATION_LEVELS:
-            raise ValueError(f"isolation_level must be one of {', '.join(ISOLATION_LEVELS)}, "
-                             f"not {isolation_level!r}")
+        check_consumer_args(group, auto_offset_reset, max_poll_records, session_timeout_ms,
+                            isolation_level)
         self.store = store
         self.group = group
         # read_committed: stop at each partition's last stable offset and leave out aborted

@@ -574,3 +574,38 @@ def test_local_only_features(store, backend, names):
                 call()
             assert isinstance(ei.value, NotImplementedError)
             assert "cluster" in str(ei.value)
+
+
+def test_transactions_commit_abort_and_offsets(store, names):
+    """The same transactional program on both backends: committed records and offsets are
+    seen by read_committed consumers, aborted ones never; read_uncommitted sees every data
+    record (markers never)."""
+    t, g = names(), names("g")
+    store.create_topic(t, 1)
+    with store.producer(transactional_id=names("tx"), linger_ms=0) as prod:
+        prod.begin_transaction()
+        prod.send(t, b"kept-1", partition=0)
+        prod.send(t, b"kept-2", partition=0)
+        prod.send_offsets_to_transaction({(t, 0): 1}, g)
+        prod.commit_transaction()
+        prod.begin_transaction()
+        prod.send(t, b"dropped", partition=0)
+        prod.flush()  # else librdkafka's abort purges it unsent, and no reader could see it
+        prod.send_offsets_to_transaction({(t, 0): 3}, g)
+        prod.abort_transaction()
+        prod.begin_transaction()
+        prod.send(t, b"kept-3", partition=0)
+        prod.commit_transaction()
+        with pytest.raises(errors.InvalidTxnStateError):
+            prod.commit_transaction()
+    for level, want in (("read_committed", [b"kept-1", b"kept-2", b"kept-3"]),
+                        ("read_uncommitted", [b"kept-1", b"kept-2", b"dropped", b"kept-3"])):
+        c = store.consumer(auto_offset_reset="earliest", isolation_level=level)
+        c.assign([(t, 0)])
+        assert [r.value for r in poll_all(c, len(want))] == want, level
+        c.close()
+    assert store.committed(g, t, 0) == 1
+    with pytest.raises(errors.InvalidTxnStateError):
+        store.producer().begin_transaction()
+    with pytest.raises(ValueError, match="isolation_level"):
+        store.consumer(isolation_level="snapshot")

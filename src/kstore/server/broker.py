@@ -36,7 +36,7 @@ from kstore import _core
 from kstore.log.fileslice import FileSlice
 from kstore.log.partition import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from kstore.offsets import OFFSETS_TOPIC
-from kstore.server import protocol
+from kstore.server import legacy, protocol
 from kstore.server.producers import ProducerStates
 from kstore.topic import validate_topic_name
 
@@ -60,7 +60,6 @@ INVALID_PARTITIONS = 37
 INVALID_REPLICATION_FACTOR = 38
 INVALID_CONFIG = 40
 INVALID_REQUEST = 42
-UNSUPPORTED_FOR_MESSAGE_FORMAT = 43
 INVALID_TXN_STATE = 48
 FENCED_LEADER_EPOCH = 74
 UNKNOWN_LEADER_EPOCH = 75
@@ -355,6 +354,8 @@ class Broker:
             lg = self.store.partition(topic, partition)
             out["log_start_offset"] = lg.log_start_offset
             mv = memoryview(records) if records is not None else memoryview(b"")
+            if legacy.is_legacy(mv, version):  # a v0/v1 message set: the log stays all v2
+                mv = memoryview(legacy.up_convert(mv))
             hdr = self._check_batches(mv, version, transactional)
             pid, epoch, base_seq, last_delta = hdr
             if pid >= 0:
@@ -408,15 +409,18 @@ class Broker:
         one batch per partition from v3, zstd from v7, no transactions. Returns the first
         batch's (producer id, epoch, base sequence, last offset delta)."""
         n = mv.nbytes
+        if n > 16 and mv[16] != 2:
+            # Produce v0-v2 message sets were up-converted before this; v3+ carries RecordBatch
+            # v2 only (Kafka's ProduceRequest.validateRecords answers INVALID_RECORD).
+            if version >= 3:
+                raise _Refused(INVALID_RECORD, f"Produce v{version} carries RecordBatch v2 "
+                                               f"(magic 2) only, not magic {mv[16]}")
+            raise _Refused(CORRUPT_MESSAGE, f"magic {mv[16]} is no message format: the records "
+                                            f"are corrupt")
         if n < _BATCH_HEADER.size:
-            if n >= 17 and mv[16] in (0, 1):
-                raise _Refused(UNSUPPORTED_FOR_MESSAGE_FORMAT, "magic 0/1 message sets are not stored")
             raise _Refused(CORRUPT_MESSAGE, f"{n} bytes of records cannot hold a batch")
         (_, length, _, magic, _, attrs, last_delta, _, _, pid, epoch,
          base_seq) = _BATCH_HEADER.unpack_from(mv, 0)
-        if magic != 2:
-            raise _Refused(UNSUPPORTED_FOR_MESSAGE_FORMAT,
-                           f"message format v{magic} is not supported: send RecordBatch v2")
         if (version >= 3 or pid >= 0) and length + 12 != n:
             # Idempotent batches are checked one per request (their sequences are the unit).
             raise _Refused(INVALID_RECORD, "Produce v3+ (and any idempotent Produce) carries "
@@ -476,7 +480,7 @@ class Broker:
         signal = self.store.signal
         while True:
             seen = signal.version
-            responses, total, error = self._read_fetch(req)
+            responses, total, error = self._read_fetch(req, legacy.message_format_for_fetch(version))
             remaining = deadline - loop.time()
             if max_wait <= 0 or total >= min_bytes or error or remaining <= 0:
                 return {"error_code": NONE, "session_id": 0, "responses": responses}
@@ -485,7 +489,7 @@ class Broker:
             if conn.closing:
                 return {"error_code": NONE, "session_id": 0, "responses": responses}
 
-    def _read_fetch(self, req: dict) -> tuple[list[dict], int, bool]:
+    def _read_fetch(self, req: dict, magic: int = 2) -> tuple[list[dict], int, bool]:
         budget = req["max_bytes"] if req["max_bytes"] > 0 else 2**31 - 1
         total = 0
         error = False
@@ -548,13 +552,27 @@ class Broker:
                         error = True
                         continue
                     fs = checked
+                data: FileSlice | bytes = fs
+                if magic < 2 and len(fs):
+                    # Fetch v0-v3: the message format the version implies, converted in memory
+                    # (no sendfile), within the same limit.
+                    try:
+                        # A copy, not a view of the mapping: an error's traceback would keep
+                        # the converter's batches (views) alive past the release.
+                        data = legacy.down_convert(fs.read(), magic, offset, limit)
+                    except KStoreError as exc:
+                        r["error_code"] = exc.code
+                        error = True
+                        log.info("fetch %s-%d at offset %d (message format v%d): %s", name,
+                                 p["partition"], offset, magic, exc)
+                        continue
                 r["high_watermark"] = r["last_stable_offset"] = max(leo, lg.log_end_offset)
-                if len(fs) and (total == 0 or total + len(fs) <= budget):
+                if len(data) and (total == 0 or total + len(data) <= budget):
                     # KIP-74: the first batch of the first non-empty partition is whole even
                     # when it is larger than max_bytes; later partitions stay within the budget
                     # (read() returns a first batch whole: drop it if it does not fit).
-                    r["records"] = fs
-                    total += len(fs)
+                    r["records"] = data
+                    total += len(data)
             responses.append({"topic": name, "partitions": parts})
         return responses, total, error
 
@@ -566,11 +584,11 @@ class Broker:
         for t in req["topics"]:
             parts = []
             for p in t["partitions"]:
-                parts.append(self._list_offset(t["name"], p))
+                parts.append(self._list_offset(t["name"], p, version))
             topics.append({"name": t["name"], "partitions": parts})
         return {"topics": topics}
 
-    def _list_offset(self, topic: str, p: dict) -> dict:
+    def _list_offset(self, topic: str, p: dict, version: int = 1) -> dict:
         out = {"partition_index": p["partition_index"], "error_code": NONE, "timestamp": -1,
                "offset": -1, "leader_epoch": -1}
         epoch = p["current_leader_epoch"]
@@ -583,6 +601,10 @@ class Broker:
             out["error_code"] = UNKNOWN_TOPIC_OR_PARTITION
             return out
         ts = p["timestamp"]
+        if version == 0:
+            out["old_style_offsets"] = legacy.old_style_offsets(lg, ts, p["max_num_offsets"],
+                                                                _core.now_ms())
+            return out
         if ts == LATEST_TIMESTAMP:
             out["offset"] = lg.log_end_offset
         elif ts == EARLIEST_TIMESTAMP:

@@ -70,6 +70,9 @@ UNKNOWN_SERVER_ERROR = -1
 LEADER_EPOCH = 0  # one node, one epoch, forever (kafka-protocol.md rule 9)
 AUTHORIZED_OPERATIONS_OMITTED = -(2**31)
 MAX_TIMESTAMP = -3
+EARLIEST_LOCAL_TIMESTAMP = -4  # ListOffsets v8+ (KIP-405): no tiered storage, the log start
+LATEST_TIERED_TIMESTAMP = -5  # ListOffsets v9+: nothing is tiered, so no offset (-1)
+UNKNOWN_TOPIC_ID = 100
 # How long a Metadata or Produce that auto-creates topics waits for the creation (done in a
 # thread) before answering LEADER_NOT_AVAILABLE for the topics not made yet, as Kafka answers
 # while its controller creates them; clients retry. One creation of up to a thousand topics
@@ -171,7 +174,9 @@ class Broker:
     def _topic_metadata(self, name: str, later: Any) -> dict:
         node = self.config.node_id
         if name is None:
-            return {"error_code": INVALID_TOPIC_EXCEPTION, "name": None, "partitions": []}
+            # Metadata v10+ may name a topic by id alone: kstore's topics have no ids (all
+            # zero in its answers), so no id is known.
+            return {"error_code": UNKNOWN_TOPIC_ID, "name": None, "partitions": []}
         try:
             validate_topic_name(name)
             if name not in self.store._topics and (name in self._creating or name in later):
@@ -614,8 +619,10 @@ class Broker:
             return out
         if ts == LATEST_TIMESTAMP:
             out["offset"] = lg.log_end_offset
-        elif ts == EARLIEST_TIMESTAMP:
+        elif ts == EARLIEST_TIMESTAMP or (ts == EARLIEST_LOCAL_TIMESTAMP and version >= 8):
             out["offset"] = lg.log_start_offset
+        elif ts == LATEST_TIERED_TIMESTAMP and version >= 9:
+            return out  # Kafka without remote storage: offset and timestamp -1, no error
         elif ts == MAX_TIMESTAMP:
             best = (-1, -1)
             for seg in lg._segments:
@@ -775,12 +782,17 @@ class Broker:
 
     async def delete_topics(self, req: dict, version: int, conn: Any) -> dict:
         out = []
-        for name in req["topic_names"]:
+        # v6 names topics as {name, topic_id}: kstore's topics have no ids, so one named by id
+        # alone is unknown.
+        names = req["topic_names"] if version < 6 else [t["name"] for t in req["topics"]]
+        for name in names:
             r: dict[str, Any] = {"name": name, "error_code": NONE, "error_message": None}
             try:
-                if name is None or name.startswith("__"):
+                if name is None and version >= 6:
+                    r["error_code"], r["error_message"] = UNKNOWN_TOPIC_ID, "topic ids are unknown"
+                elif name is None or name.startswith("__"):
                     raise InvalidTopicError(f"{name!r} cannot be deleted")
-                if not self.config.allow_delete_topics:
+                elif not self.config.allow_delete_topics:
                     r["error_code"], r["error_message"] = 73, "topic deletion is disabled"
                 else:
                     # In a thread: closing the logs fsyncs them, and the files are removed.
@@ -893,7 +905,8 @@ class Broker:
             if req["key_type"] != 0:
                 coords.append({"key": key, "node_id": -1, "host": "", "port": -1,
                                "error_code": COORDINATOR_NOT_AVAILABLE,
-                               "error_message": "transactions are not supported"})
+                               "error_message": "transactions are not supported"
+                               if req["key_type"] == 1 else "share groups are not supported"})
             else:
                 coords.append({"key": key, "node_id": b["node_id"], "host": b["host"],
                                "port": b["port"], "error_code": NONE, "error_message": None})

@@ -23,8 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import KServer
-from .test_go_clients import go_bins, run_go  # noqa: F401  (the fixture, shared)
+from .test_go_clients import go_bins, run_go, server  # noqa: F401  (fixtures: one server here)
 
 BURROW = shutil.which("Burrow") or "/usr/bin/Burrow"
 LAG_TIMEOUT = 90.0  # seconds for Burrow to read the offsets topic and report (a hang guard)
@@ -36,17 +35,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> KServer:
-    srv = KServer(tmp_path / "data", [], None, tmp_path, "burrowserver")
-    srv.start()
-    yield srv
-    srv.stop(check=False)
-    print(f"==== server log ====\n{srv.log}")
-    srv.check_log(srv.log)
-
-
-def test_burrow_reports_the_lag_of_a_group(go_bins, server, tmp_path):  # noqa: F811
+def test_burrow_reports_the_lag_of_a_group(go_bins, server, tmp_path):  # noqa: F811 (fixtures)
     if not Path(BURROW).exists():
         pytest.skip("Burrow is not installed (Debian: apt-get install burrow)")
     out = run_go(go_bins["kafkago"], server.bootstrap, "lag")

@@ -10,10 +10,9 @@ import pytest
 
 from kstore.server import protocol
 from tests.server.protocol_values import VARIANTS, make_value
-from tests.server.rawclient import ServerThread
 
 from ..conftest import SHARED
-from .test_legacy import v2
+from .test_legacy import client, produce, srv, v2  # noqa: F401  (fixtures: one server here)
 
 # Kafka 3.x's range for each API kstore implements, and where kstore stops short, why.
 KAFKA_3 = {
@@ -50,19 +49,6 @@ def test_kafka_3_ranges_are_the_schemas():
         assert m and (int(m[1]), int(m[2])) == (lo, hi), name
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    s = ServerThread(tmp_path_factory.mktemp("versions") / "data")
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def client(srv):
-    with srv.client() as c:
-        yield c
-
-
 # SASL messages to a server without SASL: not part of this check.
 _CLOSES = {17, 36}
 
@@ -86,8 +72,6 @@ def test_every_advertised_version_is_answered(srv, key):
 
 
 def test_list_offsets_earliest_local_and_latest_tiered(srv, client):
-    from .test_legacy import produce
-
     assert produce(client, "tiers", v2([(None, b"a"), (None, b"b")]), 9)["error_code"] == 0
 
     def call(version, ts):
@@ -103,8 +87,6 @@ def test_list_offsets_earliest_local_and_latest_tiered(srv, client):
 
 
 def test_metadata_v12_topic_ids(srv, client):
-    from .test_legacy import produce
-
     assert produce(client, "ids", v2([(None, b"a")]), 9)["error_code"] == 0
     res = client.call(3, 12, {"topics": [{"name": "ids", "topic_id": bytes(16)},
                                          {"name": None, "topic_id": b"\x07" * 16}],
@@ -116,8 +98,6 @@ def test_metadata_v12_topic_ids(srv, client):
 
 
 def test_delete_topics_v6_by_name_and_by_id(srv, client):
-    from .test_legacy import produce
-
     assert produce(client, "gone", v2([(None, b"a")]), 9)["error_code"] == 0
     res = client.call(20, 6, {"topics": [{"name": "gone", "topic_id": bytes(16)},
                                          {"name": None, "topic_id": b"\x01" * 16}],

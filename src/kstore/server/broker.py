@@ -487,7 +487,7 @@ class Broker:
         while True:
             seen = signal.version
             if magic < 2:
-                # Down-conversion is Python record by record (about 8 us a record): in a
+                # Down-conversion is Python record by record (about 2 us a record): in a
                 # thread, so that the GIL changes hands every 5 ms and other connections are
                 # served meanwhile (the Store is thread-safe).
                 responses, total, error = await asyncio.to_thread(self._read_fetch, req, magic)

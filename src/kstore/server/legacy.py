@@ -306,19 +306,19 @@ def compress(codec: int, data: bytes, magic: int) -> bytes:
 # Down-conversion (fetch side)
 
 
+_HEAD_V0 = struct.Struct(">bbi")  # magic, attributes, key length
+_HEAD_V1 = struct.Struct(">bbqi")  # magic, attributes, timestamp, key length
+_OFFSET_SIZE_CRC = struct.Struct(">qiI")
+
+
 def _message(offset: int, magic: int, attrs: int, ts: int, key: bytes | None,
              value: bytes | None) -> bytes:
-    body = bytearray(b"\x00\x00\x00\x00")  # crc, backfilled
-    body += struct.pack(">bb", magic, attrs)
-    if magic == 1:
-        body += _TIMESTAMP.pack(ts)
-    for part in (key, value):
-        if part is None:
-            body += b"\xff\xff\xff\xff"
-        else:
-            body += _LENGTH.pack(len(part)) + part
-    struct.pack_into(">I", body, 0, zlib.crc32(memoryview(body)[4:]))
-    return _OFFSET_SIZE.pack(offset, len(body)) + body
+    """One v0/v1 message, CRC-32 computed (per record: kept to a few C calls)."""
+    head = (_HEAD_V1.pack(magic, attrs, ts, -1 if key is None else len(key)) if magic == 1
+            else _HEAD_V0.pack(magic, attrs, -1 if key is None else len(key)))
+    body = b"".join((head, key or b"", _LENGTH.pack(-1 if value is None else len(value)),
+                     value or b""))
+    return _OFFSET_SIZE_CRC.pack(offset, len(body) + 4, zlib.crc32(body)) + body
 
 
 def down_convert(data: Any, magic: int, fetch_offset: int, max_bytes: int) -> bytes:

@@ -73,6 +73,7 @@ FETCH = "server fetch: whole log to a loopback TCP reader, bytes/s"
 _I32 = struct.Struct(">i")
 _BATCH = struct.Struct(">qi")  # base offset, batch length
 _LAST_DELTA = struct.Struct(">i")  # at byte 23 of a batch
+_MESSAGE = struct.Struct(">qi")  # offset, size of a v0/v1 message
 
 
 # ---- the server, a raw client, the workload ---------------------------------------------------
@@ -643,6 +644,49 @@ def test_serve_fetch_sendfile(benchmark, server, filled, segment):
         assert fetch_all(c, filled, end) == size
 
     with_load(benchmark, run, rounds=2 * ROUNDS)
+    c.close()
+
+
+def fetch_all_converted(c: RawClient, topic: str, end: int) -> int:
+    """Fetch v3 (message format v1: the server down-converts, no sendfile) from offset 0 to
+    ``end``, FETCH_MB a request; returns the records bytes."""
+    limit = FETCH_MB << 20
+    offset = total = 0
+    while offset < end:
+        res = c.call(1, 3, {
+            "replica_id": -1, "max_wait_ms": 0, "min_bytes": 1, "max_bytes": limit,
+            "topics": [{"topic": topic, "partitions": [
+                {"partition": 0, "fetch_offset": offset, "partition_max_bytes": limit}]}]})
+        p = res["responses"][0]["partitions"][0]
+        assert p["error_code"] == 0, res
+        rec = p["records"]
+        n = len(rec)
+        assert n > 0
+        pos = 0  # whole messages only: the last one gives the next offset
+        while pos + 12 <= n:
+            base, length = _MESSAGE.unpack_from(rec, pos)
+            offset = base + 1
+            pos += 12 + length
+        total += n
+    return total
+
+
+@pytest.mark.benchmark(group=FETCH)
+def test_serve_fetch_down_converted(benchmark, server, filled, segment):
+    """The same records as test_serve_fetch_sendfile, fetched with Fetch v3: each v2 batch
+    down-converted to message format v1 in memory (kstore.server.legacy), as old clients
+    (kafka-go 0.2, Fetch v2) read them."""
+    benchmark.extra_info["fetch_mb"] = FETCH_MB
+    c = RawClient(server.port)
+    end = c.end_offset(filled)
+    c.buf = bytearray((FETCH_MB << 20) + (1 << 20))
+    sizes = []
+
+    def run():
+        sizes.append(fetch_all_converted(c, filled, end))
+
+    with_load(benchmark, run, rounds=ROUNDS)
+    benchmark.extra_info["bytes"] = sizes[-1]
     c.close()
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kstore.server.messages import MESSAGES
+from kstore.server.messages import MESSAGES, SERVED
 
 
 @dataclass(frozen=True)
@@ -194,6 +194,7 @@ def _fill(fields: tuple, version: int, flexible: bool, value: dict[str, Any],
 def all_messages() -> list[tuple[int, bool, int]]:
     """Every (api_key, response, version) kstore advertises."""
     out = []
-    for (key, resp), (_, lo, hi, _, _) in sorted(MESSAGES.items()):
+    for (key, resp) in sorted(MESSAGES):
+        lo, hi = SERVED[key]
         out.extend((key, resp, v) for v in range(lo, hi + 1))
     return out

@@ -173,9 +173,11 @@ def _unsupported_metadata_version(raw):
     return r"Metadata v99 is not supported"
 
 
-def _fetch_below_the_minimum(raw):
-    raw.send(framed(header(1, 0) + b"\x00" * 20))
-    return r"Fetch v0 is not supported"
+def _unserved_version_unparsable_body(raw):
+    # Fetch v13 (topic ids) is in the schema but not served: answered UNSUPPORTED_VERSION when
+    # its body parses (test_legacy.py), closed when it does not.
+    raw.send(framed(header(1, 13) + b"\x00" + b"\xff" * 10))
+    return r"Fetch v13 is not supported .*the body does not parse"
 
 
 def _garbage_body(raw):
@@ -195,7 +197,7 @@ CASES = {
     "garbage-header": _garbage_header,
     "unknown-api-key": _unknown_api_key,
     "unsupported-version": _unsupported_metadata_version,
-    "fetch-v0": _fetch_below_the_minimum,
+    "unserved-version-unparsable-body": _unserved_version_unparsable_body,
     "garbage-body": _garbage_body,
 }
 

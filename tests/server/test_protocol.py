@@ -121,6 +121,10 @@ def kp_to_ours(msg: str, kp_struct: Any, obj: Any, version: int, path: str = "")
             v = None if v is None else [kp_to_ours(msg, kf.array_of, e, version, ours + ".")
                                         for e in v]
         elif kf.is_struct():
+            if v is None and not kf._nullable_versions:
+                # kafka-python leaves an absent tagged struct None where Kafka's classes (and
+                # kstore) give its default instance.
+                v = kf.data_class(version=version)
             v = None if v is None else kp_to_ours(msg, kf, v, version, ours + ".")
         elif kf.type_str == "uuid":
             v = bytes(16) if v is None else v.bytes

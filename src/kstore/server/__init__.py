@@ -416,8 +416,8 @@ class Server:
             return
         if rng is None or not rng[0] <= version <= rng[1] or (
                 key not in self.broker.handlers and key not in (SASL_HANDSHAKE, SASL_AUTHENTICATE)):
-            raise _Close(f"{protocol.api_name(key)} v{version} is not supported "
-                         f"(api key {key}; supported: {rng})")
+            await self._unsupported_version(conn, hdr, frame, rng)
+            return
         if not conn.authenticated and key not in (API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE):
             raise _Close(f"{protocol.api_name(key)} before SASL authentication")
         try:
@@ -458,6 +458,33 @@ class Server:
         await self._write(conn, protocol.frame_response(key, version, hdr.correlation_id, body))
         if conn.closing:
             raise _Close("authentication failed")
+
+    async def _unsupported_version(self, conn: _Conn, hdr: protocol.RequestHeader,
+                                   frame: bytes | bytearray, rng: tuple[int, int] | None) -> None:
+        """A version kstore does not serve of an API it implements: answered UNSUPPORTED_VERSION
+        in that version's own response layout (every topic and partition of the request echoed
+        with the error), so that the client learns why instead of seeing its connection close.
+        A version no schema defines (its layout is unknown) or an unknown API closes the
+        connection, as Kafka does; so does a Produce with acks=0, whose client reads no
+        response."""
+        key, version = hdr.api_key, hdr.api_version
+        what = (f"{protocol.api_name(key)} v{version} is not supported (api key {key}; "
+                f"supported: {rng})")
+        known = protocol.known_versions(key)
+        if rng is None or known is None or not known[0] <= version <= known[1]:
+            raise _Close(what)
+        if not conn.authenticated and key not in (SASL_HANDSHAKE, SASL_AUTHENTICATE):
+            raise _Close(f"{what}; sent before SASL authentication")
+        try:
+            req = protocol.decode(key, False, version, frame, hdr.body_offset, exact=False)
+            if key == PRODUCE and req["acks"] == 0:
+                raise _Close(what + "; a Produce with acks=0 reads no answer")
+            res = protocol.error_response(key, version, req, UNSUPPORTED_VERSION)
+            body = protocol.encode(key, True, version, res)
+        except MalformedRequestError as exc:
+            raise _Close(f"{what}; and the body does not parse: {exc}") from None
+        log.info("%s from %s (%s): answered UNSUPPORTED_VERSION", what, conn.peer, conn.client_id)
+        await self._write(conn, protocol.frame_response(key, version, hdr.correlation_id, body))
 
     async def _parked(self, conn: _Conn, coro: Any, what: str) -> Any:
         """Await a handler that may wait (Fetch, JoinGroup, SyncGroup), giving up if the client

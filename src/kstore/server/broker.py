@@ -36,7 +36,7 @@ from kstore import _core
 from kstore.log.fileslice import FileSlice
 from kstore.log.partition import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from kstore.offsets import OFFSETS_TOPIC
-from kstore.server import protocol
+from kstore.server import legacy, protocol
 from kstore.server.groups import (
     OFFSET_METADATA_MAX_BYTES,
     OFFSET_METADATA_TOO_LARGE,
@@ -66,7 +66,6 @@ INVALID_PARTITIONS = 37
 INVALID_REPLICATION_FACTOR = 38
 INVALID_CONFIG = 40
 INVALID_REQUEST = 42
-UNSUPPORTED_FOR_MESSAGE_FORMAT = 43
 INVALID_TXN_STATE = 48
 FENCED_LEADER_EPOCH = 74
 UNKNOWN_LEADER_EPOCH = 75
@@ -77,6 +76,9 @@ UNKNOWN_SERVER_ERROR = -1
 LEADER_EPOCH = 0  # one node, one epoch, forever (kafka-protocol.md rule 9)
 AUTHORIZED_OPERATIONS_OMITTED = -(2**31)
 MAX_TIMESTAMP = -3
+EARLIEST_LOCAL_TIMESTAMP = -4  # ListOffsets v8+ (KIP-405): no tiered storage, the log start
+LATEST_TIERED_TIMESTAMP = -5  # ListOffsets v9+: nothing is tiered, so no offset (-1)
+UNKNOWN_TOPIC_ID = 100
 # How long a Metadata or Produce that auto-creates topics waits for the creation (done in a
 # thread) before answering LEADER_NOT_AVAILABLE for the topics not made yet, as Kafka answers
 # while its controller creates them; clients retry. One creation of up to a thousand topics
@@ -185,7 +187,9 @@ class Broker:
     def _topic_metadata(self, name: str, later: Any) -> dict:
         node = self.config.node_id
         if name is None:
-            return {"error_code": INVALID_TOPIC_EXCEPTION, "name": None, "partitions": []}
+            # Metadata v10+ may name a topic by id alone: kstore's topics have no ids (all
+            # zero in its answers), so no id is known.
+            return {"error_code": UNKNOWN_TOPIC_ID, "name": None, "partitions": []}
         try:
             validate_topic_name(name)
             if name not in self.store._topics and (name in self._creating or name in later):
@@ -375,6 +379,8 @@ class Broker:
             lg = self.store.partition(topic, partition)
             out["log_start_offset"] = lg.log_start_offset
             mv = memoryview(records) if records is not None else memoryview(b"")
+            if legacy.is_legacy(mv, version):  # a v0/v1 message set: the log stays all v2
+                mv = memoryview(legacy.up_convert(mv))
             hdr = self._check_batches(mv, version, transactional_id)
             pid, epoch, base_seq, last_delta, txnl = hdr
             if txnl:
@@ -436,15 +442,18 @@ class Broker:
         transactional batches only in a Produce naming a transactional id. Returns the first
         batch's (producer id, epoch, base sequence, last offset delta, transactional)."""
         n = mv.nbytes
+        if n > 16 and mv[16] != 2:
+            # Produce v0-v2 message sets were up-converted before this; v3+ carries RecordBatch
+            # v2 only (Kafka's ProduceRequest.validateRecords answers INVALID_RECORD).
+            if version >= 3:
+                raise _Refused(INVALID_RECORD, f"Produce v{version} carries RecordBatch v2 "
+                                               f"(magic 2) only, not magic {mv[16]}")
+            raise _Refused(CORRUPT_MESSAGE, f"magic {mv[16]} is no message format: the records "
+                                            f"are corrupt")
         if n < _BATCH_HEADER.size:
-            if n >= 17 and mv[16] in (0, 1):
-                raise _Refused(UNSUPPORTED_FOR_MESSAGE_FORMAT, "magic 0/1 message sets are not stored")
             raise _Refused(CORRUPT_MESSAGE, f"{n} bytes of records cannot hold a batch")
         (_, length, _, magic, _, attrs, last_delta, _, _, pid, epoch,
          base_seq) = _BATCH_HEADER.unpack_from(mv, 0)
-        if magic != 2:
-            raise _Refused(UNSUPPORTED_FOR_MESSAGE_FORMAT,
-                           f"message format v{magic} is not supported: send RecordBatch v2")
         if (version >= 3 or pid >= 0) and length + 12 != n:
             # Idempotent batches are checked one per request (their sequences are the unit).
             raise _Refused(INVALID_RECORD, "Produce v3+ (and any idempotent Produce) carries "
@@ -512,9 +521,16 @@ class Broker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(max_wait, 0) / 1000
         signal = self.store.signal
+        magic = legacy.message_format_for_fetch(version)
         while True:
             seen = signal.version
-            responses, total, error = self._read_fetch(req)
+            if magic < 2:
+                # Down-conversion is Python record by record (about 2 us a record): in a
+                # thread, so that the GIL changes hands every 5 ms and other connections are
+                # served meanwhile (the Store is thread-safe).
+                responses, total, error = await asyncio.to_thread(self._read_fetch, req, magic)
+            else:
+                responses, total, error = self._read_fetch(req)
             remaining = deadline - loop.time()
             if max_wait <= 0 or total >= min_bytes or error or remaining <= 0:
                 return {"error_code": NONE, "session_id": 0, "responses": responses}
@@ -523,7 +539,7 @@ class Broker:
             if conn.closing:
                 return {"error_code": NONE, "session_id": 0, "responses": responses}
 
-    def _read_fetch(self, req: dict) -> tuple[list[dict], int, bool]:
+    def _read_fetch(self, req: dict, magic: int = 2) -> tuple[list[dict], int, bool]:
         budget = req["max_bytes"] if req["max_bytes"] > 0 else 2**31 - 1
         committed_only = req["isolation_level"] == 1
         total = 0
@@ -594,10 +610,24 @@ class Broker:
                         error = True
                         continue
                     fs = checked
+                data: FileSlice | bytes = fs
+                if magic < 2 and len(fs):
+                    # Fetch v0-v3: the message format the version implies, converted in memory
+                    # (no sendfile), within the same limit.
+                    try:
+                        # A copy, not a view of the mapping: an error's traceback would keep
+                        # the converter's batches (views) alive past the release.
+                        data = legacy.down_convert(fs.read(), magic, offset, limit)
+                    except KStoreError as exc:
+                        r["error_code"] = exc.code
+                        error = True
+                        log.info("fetch %s-%d at offset %d (message format v%d): %s", name,
+                                 p["partition"], offset, magic, exc)
+                        continue
                 r["high_watermark"] = max(leo, lg.log_end_offset)
                 if not committed_only and lg._txn is None:
                     r["last_stable_offset"] = r["high_watermark"]
-                if len(fs) and (total == 0 or total + len(fs) <= budget):
+                if len(data) and (total == 0 or total + len(data) <= budget):
                     if committed_only:
                         r["aborted_transactions"] = [
                             {"producer_id": a.producer_id, "first_offset": a.first_offset}
@@ -605,8 +635,8 @@ class Broker:
                     # KIP-74: the first batch of the first non-empty partition is whole even
                     # when it is larger than max_bytes; later partitions stay within the budget
                     # (read() returns a first batch whole: drop it if it does not fit).
-                    r["records"] = fs
-                    total += len(fs)
+                    r["records"] = data
+                    total += len(data)
             responses.append({"topic": name, "partitions": parts})
         return responses, total, error
 
@@ -618,11 +648,13 @@ class Broker:
         for t in req["topics"]:
             parts = []
             for p in t["partitions"]:
-                parts.append(self._list_offset(t["name"], p, req["isolation_level"] == 1))
+                parts.append(self._list_offset(t["name"], p, version,
+                                               req.get("isolation_level", 0) == 1))
             topics.append({"name": t["name"], "partitions": parts})
         return {"topics": topics}
 
-    def _list_offset(self, topic: str, p: dict, committed_only: bool = False) -> dict:
+    def _list_offset(self, topic: str, p: dict, version: int = 1,
+                     committed_only: bool = False) -> dict:
         out = {"partition_index": p["partition_index"], "error_code": NONE, "timestamp": -1,
                "offset": -1, "leader_epoch": -1}
         epoch = p["current_leader_epoch"]
@@ -635,10 +667,16 @@ class Broker:
             out["error_code"] = UNKNOWN_TOPIC_OR_PARTITION
             return out
         ts = p["timestamp"]
+        if version == 0:
+            out["old_style_offsets"] = legacy.old_style_offsets(lg, ts, p["max_num_offsets"],
+                                                                _core.now_ms())
+            return out
         if ts == LATEST_TIMESTAMP:
             out["offset"] = lg.last_stable_offset() if committed_only else lg.log_end_offset
-        elif ts == EARLIEST_TIMESTAMP:
+        elif ts == EARLIEST_TIMESTAMP or (ts == EARLIEST_LOCAL_TIMESTAMP and version >= 8):
             out["offset"] = lg.log_start_offset
+        elif ts == LATEST_TIERED_TIMESTAMP and version >= 9:
+            return out  # Kafka without remote storage: offset and timestamp -1, no error
         elif ts == MAX_TIMESTAMP:
             best = (-1, -1)
             for seg in lg._segments:
@@ -798,12 +836,17 @@ class Broker:
 
     async def delete_topics(self, req: dict, version: int, conn: Any) -> dict:
         out = []
-        for name in req["topic_names"]:
+        # v6 names topics as {name, topic_id}: kstore's topics have no ids, so one named by id
+        # alone is unknown.
+        names = req["topic_names"] if version < 6 else [t["name"] for t in req["topics"]]
+        for name in names:
             r: dict[str, Any] = {"name": name, "error_code": NONE, "error_message": None}
             try:
-                if name is None or name.startswith("__"):
+                if name is None and version >= 6:
+                    r["error_code"], r["error_message"] = UNKNOWN_TOPIC_ID, "topic ids are unknown"
+                elif name is None or name.startswith("__"):
                     raise InvalidTopicError(f"{name!r} cannot be deleted")
-                if not self.config.allow_delete_topics:
+                elif not self.config.allow_delete_topics:
                     r["error_code"], r["error_message"] = 73, "topic deletion is disabled"
                 else:
                     # In a thread: closing the logs fsyncs them, and the files are removed.
@@ -915,8 +958,11 @@ class Broker:
         for key in keys:
             if req["key_type"] not in (0, 1):  # 0 group, 1 transaction: both here
                 coords.append({"key": key, "node_id": -1, "host": "", "port": -1,
-                               "error_code": INVALID_REQUEST,
-                               "error_message": f"unknown key_type {req['key_type']}"})
+                               "error_code": (COORDINATOR_NOT_AVAILABLE if req["key_type"] == 2
+                                              else INVALID_REQUEST),
+                               "error_message": ("share groups are not supported"
+                                                 if req["key_type"] == 2
+                                                 else f"unknown key_type {req['key_type']}")})
             else:
                 coords.append({"key": key, "node_id": b["node_id"], "host": b["host"],
                                "port": b["port"], "error_code": NONE, "error_message": None})

@@ -23,7 +23,7 @@ from functools import cache
 from typing import Any
 
 from kstore.errors import InvalidRequestError
-from kstore.server.messages import MESSAGES
+from kstore.server.messages import MESSAGES, SERVED
 
 __all__ = [
     "MalformedRequestError",
@@ -34,6 +34,7 @@ __all__ = [
     "encode_request",
     "frame_response",
     "is_flexible",
+    "known_versions",
     "parse_request_header",
     "supported_versions",
 ]
@@ -132,7 +133,9 @@ def _compile(fields: tuple, version: int, flexible: bool) -> _Plan:
         nullable = nmin <= version <= nmax
         compact = flexible and not flex_none
         is_array = ftype.startswith("[]")
-        dflt = _default(default, sub, is_array, default is None)
+        # A struct a version lacks decodes as its fields' defaults (Kafka's default instance),
+        # unless the schema lets it be null.
+        dflt = _default(default, sub, is_array, nmin <= nmax if sub is not None else default is None)
         if not present or is_tagged:
             defaults[name] = _materialize(dflt)
         if not present:
@@ -187,13 +190,58 @@ def api_name(api_key: int) -> str:
 
 
 def supported_versions() -> dict[int, tuple[int, int]]:
-    """API key -> (min, max) version kstore serves (what ApiVersions advertises)."""
-    return {k: (m[1], m[2]) for (k, resp), m in sorted(MESSAGES.items()) if not resp}
+    """API key -> (min, max) version kstore serves (what ApiVersions advertises). The codec
+    knows every version of the schema (``known_versions``), so that a request of a version
+    outside this range can still be parsed and answered UNSUPPORTED_VERSION."""
+    return dict(SERVED)
+
+
+def known_versions(api_key: int) -> tuple[int, int] | None:
+    """(min, max) version whose layout the codec knows (the schema's validVersions)."""
+    m = MESSAGES.get((api_key, False))
+    return (m[1], m[2]) if m else None
 
 
 def is_flexible(api_key: int, version: int) -> bool:
     m = MESSAGES.get((api_key, False))
     return m is not None and version >= m[3]
+
+
+# Names one side of a request/response pair gives a field the other side names differently
+# (FetchRequest's partition is FetchResponse's partition_index, ...).
+_SAME_AS = {"partition": ("partition_index", "index"), "partition_index": ("partition", "index"),
+            "index": ("partition_index", "partition"), "name": ("topic",), "topic": ("name",)}
+# What an error response copies from its request: the names of what it refuses, nothing else.
+_IDENTITY = frozenset({*_SAME_AS, "topic_id", "group_id", "resource_type", "resource_name",
+                       "key"})
+
+
+def error_response(api_key: int, version: int, req: dict[str, Any], error_code: int) -> dict:
+    """The response of ``version`` that refuses ``req`` with ``error_code`` everywhere it has
+    an error code, as Kafka's ``AbstractRequest.getErrorResponse`` does: a top-level error code
+    where the response has one, and every topic and partition of the request echoed with the
+    error (their identifying fields copied by name)."""
+    return _mirror(_plan(api_key, True, version), req, error_code)
+
+
+def _mirror(plan: _Plan, src: dict[str, Any] | None, error_code: int) -> dict[str, Any]:
+    src = src or {}
+    lists = [v for v in src.values() if isinstance(v, list) and v and isinstance(v[0], dict)]
+    out: dict[str, Any] = {}
+    for f in (*plan.fields, *plan.tagged):
+        if f.name == "error_code":
+            out[f.name] = error_code
+        elif f.code == _ARRAY and f.elem is not None and f.elem.code == _STRUCT:
+            items = lists.pop(0) if lists else []
+            assert f.elem.sub is not None
+            out[f.name] = [_mirror(f.elem.sub, item, error_code) for item in items]
+        elif f.name in _IDENTITY:
+            for name in (f.name, *_SAME_AS.get(f.name, ())):
+                v = src.get(name)
+                if v is not None and not isinstance(v, (list, dict)):
+                    out[f.name] = v
+                    break
+    return out
 
 
 # ==============================================================================================

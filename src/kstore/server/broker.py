@@ -956,12 +956,14 @@ class Broker:
         keys = req["coordinator_keys"] if version >= 4 else [req["key"]]
         coords = []
         for key in keys:
+            share = req["key_type"] == 2 and version >= 6
             if req["key_type"] not in (0, 1):  # 0 group, 1 transaction: both here
                 coords.append({"key": key, "node_id": -1, "host": "", "port": -1,
-                               "error_code": (COORDINATOR_NOT_AVAILABLE if req["key_type"] == 2
+                               # key_type 2 (share groups) exists from v6 on; before it, as
+                               # any other type, it is not a key type at all.
+                               "error_code": (COORDINATOR_NOT_AVAILABLE if share
                                               else INVALID_REQUEST),
-                               "error_message": ("share groups are not supported"
-                                                 if req["key_type"] == 2
+                               "error_message": ("share groups are not supported" if share
                                                  else f"unknown key_type {req['key_type']}")})
             else:
                 coords.append({"key": key, "node_id": b["node_id"], "host": b["host"],

@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -75,19 +77,39 @@ def _env() -> dict[str, str]:
 
 
 def _run(cmd: list[str], cwd: Path, what: str, log: Path) -> str:
-    with open(log, "ab") as out:
+    """Run one block in its own session, its stdout in a file (not a pipe: a server a failed
+    block left in the background held the pipe open, and the run waited 15 minutes for it).
+    Whatever the block left running is killed, and said in the log."""
+    with open(log, "ab") as out, tempfile.TemporaryFile() as stdout:
         out.write(f"\n===== {what}\n".encode())
         out.flush()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdin=subprocess.DEVNULL,
+                                stdout=stdout, stderr=out, start_new_session=True)
         try:
-            proc = subprocess.run(cmd, cwd=cwd, env=_env(), stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=out, timeout=WALKTHROUGH_TIMEOUT)
+            proc.wait(timeout=WALKTHROUGH_TIMEOUT)
         except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
             pytest.fail(f"{what} hung for {WALKTHROUGH_TIMEOUT}s; log: {log}")
-        out.write(proc.stdout)
+        left = _kill_group(proc.pid)
+        stdout.seek(0)
+        text = stdout.read()
+        out.write(text)
     if proc.returncode != 0:
         tail = log.read_text(errors="replace")[-4000:]
         pytest.fail(f"{what} exited with {proc.returncode}:\n{tail}")
-    return proc.stdout.decode(errors="replace")
+    if left:
+        with open(log, "ab") as out:
+            out.write(f"(processes {what} left running were killed)\n".encode())
+    return text.decode(errors="replace")
+
+
+def _kill_group(pgid: int) -> bool:
+    """SIGKILL what is left of a block's session; whether anything was."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.mark.slow

@@ -818,8 +818,8 @@ cdef int _check_count(Batch b, Py_ssize_t max_decompressed_bytes) except -1:
         room = max_decompressed_bytes
     if b.h.records_count < 0 or b.h.records_count > room // KS_RECORD_MIN_SIZE:
         raise errors.CorruptRecordError(
-            f"batch at byte {b.position}: {b.h.records_count} records cannot fit in {room} "
-            f"bytes of records (each takes at least {<int>KS_RECORD_MIN_SIZE})")
+            f"batch at byte {b.position}: records count {b.h.records_count} cannot fit in "
+            f"{room} bytes of records (each takes at least {<int>KS_RECORD_MIN_SIZE})")
     return 0
 
 

@@ -57,6 +57,7 @@ from typing import Any
 from kstore import _core, _kafka
 from kstore import errors as kerr
 from kstore.config import validate_config
+from kstore.consumer import _left_out
 from kstore.log.checkpoint import atomic_write
 
 CHECKPOINT_DIR = ".kstore-mirror"
@@ -254,20 +255,35 @@ class _StoreSide:
         return lg.log_start_offset, lg.log_end_offset
 
     def ends(self, parts: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        return {tp: self.store.partition(*tp).log_end_offset for tp in parts}
+        """The last stable offsets: what lies past one (an open transaction) is not copied
+        until that transaction ends."""
+        return {tp: self.store.partition(*tp).last_stable_offset() for tp in parts}
 
     known_ends = ends
 
     # -- reading --------------------------------------------------------------------------------
 
+    def _span(self, topic: str, partition: int, pos: int, hi: int | None = None) -> tuple[Any, Any, int]:
+        """(log, slice of whole batches from ``pos`` below the last stable offset and ``hi``,
+        aborted-transaction index or None) as a read_committed reader sees the log: the caller
+        leaves out control batches and the batches ``_left_out`` names."""
+        lg = self.store.partition(topic, partition)
+        end = lg.last_stable_offset()
+        if hi is not None:
+            end = min(end, hi)
+        fs = lg.read(pos, CHUNK_BYTES, end)
+        aborted = [(a.producer_id, a.first_offset, a.last_offset)
+                   for a in lg.aborted_transactions(pos, fs.next_offset)] if len(fs) else []
+        return fs, _core._aborted_index(aborted) if aborted else None, end
+
     def read(self, topic: str, partition: int, pos: int, max_records: int) -> tuple[list[Any], int]:
         """(records from ``pos`` on, at most about ``max_records``; the offset to read next).
-        Control batches are skipped (their offsets too)."""
-        lg = self.store.partition(topic, partition)
+        Control batches and aborted transactions are skipped (their offsets too); nothing at or
+        past the last stable offset is read."""
         try:
-            fs = lg.read(pos, CHUNK_BYTES)
+            fs, index, end = self._span(topic, partition, pos)
         except kerr.OffsetOutOfRangeError:
-            start = lg.log_start_offset
+            start = self.store.partition(topic, partition).log_start_offset
             if pos >= start:
                 raise
             # Retention removed what was not copied yet: go on from the log start (Kafka's
@@ -279,7 +295,9 @@ class _StoreSide:
         for b in fs.batches():
             if b.next_offset <= nxt:
                 continue
-            if not b.is_control:
+            if b.base_offset >= end:
+                break
+            if not _left_out(b, index):
                 recs += b.records(True, maxdec, None, -1, nxt)
             nxt = b.next_offset
             if len(recs) >= max_records:
@@ -287,15 +305,15 @@ class _StoreSide:
         return recs, nxt
 
     def count(self, topic: str, partition: int, lo: int, hi: int) -> int:
-        """Records (not control records) with offsets in [lo, hi)."""
+        """Records copied from offsets [lo, hi): not control records nor aborted ones."""
         lg = self.store.partition(topic, partition)
         n, pos = 0, max(lo, lg.log_start_offset)
         while pos < hi:
-            fs = lg.read(pos, CHUNK_BYTES, hi)
+            fs, index, _ = self._span(topic, partition, pos, hi)
             if not len(fs):
                 break
             for b in fs.batches():
-                if not b.is_control and b.next_offset > pos:
+                if not _left_out(b, index) and b.next_offset > pos:
                     offs = b.columns().offsets
                     n += int(((offs >= pos) & (offs < hi)).sum())
                 pos = max(pos, b.next_offset)

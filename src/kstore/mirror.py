@@ -304,6 +304,64 @@ class _StoreSide:
                 break
         return recs, nxt
 
+    def read_batches(self, topic: str, partition: int, pos: int, max_records: int,
+                     hi: int | None, codec: str, max_bytes: int
+                     ) -> tuple[list[tuple[bytearray, int]], int, int]:
+        """read()'s records as whole batches for a cluster: ``([(batch, records)], the offset
+        to read next, records)``. A stored batch is taken as it is (a copy, for the producer to
+        seal) when it is whole from ``pos``, dense (compaction removed nothing from it),
+        CreateTime, in ``codec`` and at most ``max_bytes``; the records of other batches are
+        encoded into new ones (consecutive ones together)."""
+        try:
+            fs, index, end = self._span(topic, partition, pos, hi)
+        except kerr.OffsetOutOfRangeError:
+            start = self.store.partition(topic, partition).log_start_offset
+            if pos >= start:
+                raise
+            return [], start, 0
+        out: list[tuple[bytearray, int]] = []
+        n = 0
+        nxt = pos
+        builder: Any = None
+        maxdec = _core.DEFAULT_MAX_DECOMPRESSED_BYTES
+
+        def flush() -> None:
+            nonlocal builder
+            if builder is not None and builder.count:
+                out.append((bytearray(builder.build()), builder.count))
+            builder = None
+
+        for b in fs.batches():
+            if b.next_offset <= nxt:
+                continue
+            if b.base_offset >= end:
+                break
+            if not _left_out(b, index):
+                if (b.base_offset >= nxt and b.record_count == b.last_offset_delta + 1
+                        and b.timestamp_type == 0 and not b.has_delete_horizon
+                        and b.compression == codec and b.size <= max_bytes):
+                    flush()
+                    b.validate(deep=False)  # the CRC, before its bytes leave under a new one
+                    out.append((bytearray(b.raw()), b.record_count))
+                    n += b.record_count
+                else:
+                    for r in b.records(True, maxdec, None, -1, nxt):
+                        if builder is None:
+                            builder = _core.BatchBuilder(codec, max_batch_bytes=max_bytes)
+                        if not builder.append(r.value, r.key, r.headers, r.timestamp):
+                            flush()
+                            builder = _core.BatchBuilder(codec, max_batch_bytes=max_bytes)
+                            if not builder.append(r.value, r.key, r.headers, r.timestamp):
+                                raise kerr.RecordTooLargeError(
+                                    f"{topic}-{partition} offset {r.offset}: the record does "
+                                    f"not fit a batch of {max_bytes} bytes")
+                        n += 1
+            nxt = b.next_offset
+            if n >= max_records:
+                break
+        flush()
+        return out, nxt, n
+
     def count(self, topic: str, partition: int, lo: int, hi: int) -> int:
         """Records copied from offsets [lo, hi): not control records nor aborted ones."""
         lg = self.store.partition(topic, partition)
@@ -428,7 +486,7 @@ class _ClusterSide:
     kind = "cluster"
 
     def __init__(self, url: str, config: Mapping[str, Any] | None, compression: str | None,
-                 timeout: float) -> None:
+                 timeout: float, forward: bool = True) -> None:
         self.ck = _kafka.confluent()
         import confluent_kafka.admin
 
@@ -443,6 +501,8 @@ class _ClusterSide:
         self.name = "kafka://" + self.conf["bootstrap.servers"]
         self.timeout = timeout
         self.compression = compression or "none"
+        self.forward = forward
+        self._forwarder: _ForwardWriter | None = None
         self._errors: list[Any] = []
         admin_conf: dict[str, Any] = {**self.conf, "error_cb": self._errors.append}
         self.admin = self.admin_mod.AdminClient(admin_conf)
@@ -465,6 +525,8 @@ class _ClusterSide:
             self._consumer.close()
         if self._producer is not None:
             self._producer.flush(0)
+        if self._forwarder is not None:
+            self._forwarder.close()
 
     def _result(self, fut: Any, what: str) -> Any:
         try:
@@ -678,7 +740,14 @@ class _ClusterSide:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def writer(self, timeout: float) -> _ClusterWriter:
+    def writer(self, timeout: float) -> _ClusterWriter | _ForwardWriter:
+        if self.forward and _forwardable(self.conf):
+            from kstore._batchproducer import BatchProducer
+
+            bp = BatchProducer(self.conf["bootstrap.servers"], timeout=timeout,
+                               client_id=self.conf.get("client.id") or "kstore-mirror")
+            self._forwarder = _ForwardWriter(bp, self.compression)
+            return self._forwarder
         conf = {**self.conf, "enable.idempotence": True, "enable.gapless.guarantee": True,
                 "compression.type": self.compression, "linger.ms": 20,
                 "batch.size": 1_000_000, "queue.buffering.max.messages": 2_000_000,
@@ -702,6 +771,63 @@ def _headers(h: Any, r: Any, topic: str, partition: int) -> list[Any]:
             f"confluent-kafka (librdkafka) would cut short; the records before it were copied. "
             f"Leave the topic out (--topic/--include) or mirror it to a data directory")
     return list(h)
+
+
+def _forwardable(conf: Mapping[str, Any]) -> bool:
+    """Whether kstore's batch producer can reach the cluster: PLAINTEXT, no TLS or SASL
+    settings (those stay with librdkafka)."""
+    proto = str(conf.get("security.protocol", "plaintext")).lower()
+    return proto == "plaintext" and not any(k.startswith(("ssl.", "sasl.")) for k in conf)
+
+
+class _ForwardWriter:
+    """Sends a data directory's batches with kstore's BatchProducer (stored batches as they
+    are; see kstore._batchproducer), one acknowledgement per chunk (its last batch)."""
+
+    batches = True
+    max_bytes = 1_000_000  # below Kafka's default message.max.bytes (1,048,588)
+
+    def __init__(self, producer: Any, compression: str) -> None:
+        self.producer = producer
+        self.codec = compression
+        self._acks: list[tuple[str, int, int, int]] = []
+        # The chunk of a partition still in flight: a later chunk without records (control
+        # batches or a gap at the source) hands its src_next to it.
+        self._tail: dict[tuple[str, int], list[int]] = {}
+
+    def write_batches(self, topic: str, partition: int, batches: list[tuple[bytearray, int]],
+                      src_next: int) -> None:
+        tp = (topic, partition)
+        if not batches:
+            tail = self._tail.get(tp)
+            if tail is not None:
+                tail[0] = max(tail[0], src_next)
+            else:
+                self._acks.append((topic, partition, src_next, -1))
+            return
+        slot = [src_next]
+        self._tail[tp] = slot
+        last = len(batches) - 1
+        for i, (buf, count) in enumerate(batches):
+            self.producer.produce(topic, partition, buf, count,
+                                  (tp, slot) if i == last else None)
+
+    def acknowledged(self, wait: bool) -> list[tuple[str, int, int, int]]:
+        for token, nxt in self.producer.poll(wait):
+            if token is None:
+                continue
+            tp, slot = token
+            self._acks.append((tp[0], tp[1], slot[0], nxt))
+            if self._tail.get(tp) is slot:
+                del self._tail[tp]
+        acks, self._acks = self._acks, []
+        return acks
+
+    def pending(self) -> int:
+        return self.producer.pending()
+
+    def close(self) -> None:
+        self.producer.close()
 
 
 class _ClusterWriter:
@@ -839,9 +965,9 @@ class _ClusterWriter:
 
 
 def _side(target: str | os.PathLike, write: bool, config: Mapping[str, Any] | None,
-          compression: str | None, timeout: float) -> Any:
+          compression: str | None, timeout: float, forward: bool = True) -> Any:
     if _kafka.is_kafka_url(target):
-        return _ClusterSide(str(target), config, compression, timeout)
+        return _ClusterSide(str(target), config, compression, timeout, forward)
     return _StoreSide(target, write, compression)
 
 
@@ -870,6 +996,9 @@ class Mirror:
     names (SASL, TLS). ``follow``: keep copying new records until :meth:`stop`. ``groups``: copy
     committed group offsets. ``compression``: the destination's. ``on_progress(stats)`` is
     called after each acknowledged round. ``max_rate``: records/s at most (0: no limit).
+    ``forward_batches``: from a data directory to a PLAINTEXT cluster, send the stored batches
+    as they are with kstore's own producer (kstore._batchproducer: several times faster);
+    False, or TLS/SASL settings: record by record through confluent-kafka.
 
     Raises (kstore.errors): InvalidPartitionsError when a destination topic exists with another
     partition count (nothing is copied), UnknownTopicOrPartitionError for a named topic the
@@ -883,7 +1012,8 @@ class Mirror:
                  checkpoint: str | os.PathLike | None = None, groups: bool = True,
                  compression: str | None = "lz4", chunk_records: int = DEFAULT_CHUNK_RECORDS,
                  max_rate: float = 0, timeout: float = DEFAULT_TIMEOUT_S,
-                 on_progress: Callable[[Stats], None] | None = None) -> None:
+                 on_progress: Callable[[Stats], None] | None = None,
+                 forward_batches: bool = True) -> None:
         self.src_target, self.dst_target = src, dst
         self.topic_names = list(topics)
         try:
@@ -899,6 +1029,7 @@ class Mirror:
         self.max_rate = float(max_rate or 0)
         self.timeout = float(timeout)
         self.on_progress = on_progress
+        self.forward_batches = forward_batches
         self.checkpoint_path = (Path(checkpoint) if checkpoint is not None
                                 else default_checkpoint(src, dst))
         self._stop = threading.Event()
@@ -915,7 +1046,7 @@ class Mirror:
         src = _side(self.src_target, False, self.client_config, None, self.timeout)
         try:
             dst = _side(self.dst_target, True, self.client_config, self.compression,
-                        self.timeout)
+                        self.timeout, self.forward_batches)
         except BaseException:
             src.close()
             raise
@@ -1105,6 +1236,16 @@ class Mirror:
         if src.kind == "store":
             for tp in list(pos):
                 if not self.follow and pos[tp] >= ends.get(tp, 0):
+                    continue
+                if getattr(writer, "batches", False):
+                    hi = None if self.follow else ends.get(tp, 0)
+                    batches, nxt, k = src.read_batches(tp[0], tp[1], pos[tp], chunk, hi,
+                                                       writer.codec, writer.max_bytes)
+                    if nxt == pos[tp] and not batches:
+                        continue
+                    writer.write_batches(tp[0], tp[1], batches, nxt)
+                    pos[tp] = nxt
+                    n += k
                     continue
                 recs, nxt = src.read(tp[0], tp[1], pos[tp], chunk)
                 if not self.follow and nxt > ends[tp]:

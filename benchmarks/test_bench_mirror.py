@@ -9,9 +9,10 @@ Workload: N records (KSTORE_BENCH_RECORDS, default 1,000,000) of ``kstore.peers.
 server is ``python -m kstore serve`` in its own process (ServeProcess of test_bench_server), on
 a fresh data folder under KSTORE_BENCH_DIR. KSTORE_BENCH_ROUNDS rounds (default 3) each.
 
-- store -> serve: ``Mirror(dir, kafka://...)`` (lz4 at the destination, idempotent gap-less
-  producer, group copy included); each round starts from an empty destination topic and no
-  checkpoint. Baseline: the same records from the same data directory produced by a bare
+- store -> serve: ``Mirror(dir, kafka://...)`` (lz4 at the destination, the stored batches sent
+  as they are by kstore's idempotent batch producer, group copy included), and the same with
+  ``forward_batches=False`` (record by record through confluent-kafka's idempotent gap-less
+  producer); each round starts from an empty destination topic and no checkpoint. Baseline: the same records from the same data directory produced by a bare
   confluent-kafka loop (records read the mirror's way, then ``produce()`` per record with the
   same producer settings and no callbacks): the ceiling of the per-record client path.
 - serve -> store: ``Mirror(kafka://..., fresh dir)``; the topic filled once by the first
@@ -108,6 +109,25 @@ def test_mirror_store_to_serve(benchmark, source, server):
 
     def run():
         st = kmirror.Mirror(source, url, compression="lz4").run()
+        assert st.records == N, st
+
+    with_load(benchmark, run, setup=setup, rounds=ROUNDS)
+    assert _end(server) == N
+    benchmark.extra_info["records"] = N
+
+
+@pytest.mark.benchmark(group=TO_SERVE)
+def test_mirror_store_to_serve_per_record(benchmark, source, server):
+    """The same mirror with --per-record: confluent-kafka's produce() for each record."""
+    url = f"kafka://{server.bootstrap}"
+
+    def setup():
+        _drop_topic(server)
+        kmirror.default_checkpoint(source, url).unlink(missing_ok=True)
+        return (), {}
+
+    def run():
+        st = kmirror.Mirror(source, url, compression="lz4", forward_batches=False).run()
         assert st.records == N, st
 
     with_load(benchmark, run, setup=setup, rounds=ROUNDS)

@@ -1994,11 +1994,15 @@ def _parse_client_configs(ctx: click.Context, param: click.Parameter,
 @click.option("--timeout", type=click.FloatRange(0.1), default=30.0, show_default=True,
               help="Seconds to reach a cluster, and that a destination may acknowledge nothing, "
               "before the command fails.")
+@click.option("--per-record", is_flag=True,
+              help="From a data directory to a cluster, produce record by record through "
+              "confluent-kafka instead of sending the stored batches as they are (that path is "
+              "taken only over PLAINTEXT; with TLS/SASL settings records go one by one anyway).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def mirror(src: str, dest: str, topic_names: tuple[str, ...], include: str | None,
            client_config: dict[str, str], follow: bool, checkpoint: Path | None,
            no_groups: bool, compression: str, max_rate: float, timeout: float,
-           as_json: bool) -> None:
+           per_record: bool, as_json: bool) -> None:
     """Copy topics, records and committed group offsets from SRC to DEST.
 
     SRC and DEST are each a data directory or kafka://host:port[,host:port...] (a Kafka
@@ -2028,7 +2032,7 @@ def mirror(src: str, dest: str, topic_names: tuple[str, ...], include: str | Non
     m = Mirror(src, dest, topics=topic_names, include=include, client_config=client_config,
                follow=follow, checkpoint=checkpoint, groups=not no_groups,
                compression=compression, max_rate=max_rate, timeout=timeout,
-               on_progress=on_progress)
+               on_progress=on_progress, forward_batches=not per_record)
     signum: list[int] = []
 
     def on_signal(sig: int, frame: Any) -> None:

@@ -1033,6 +1033,7 @@ class Mirror:
         self.checkpoint_path = (Path(checkpoint) if checkpoint is not None
                                 else default_checkpoint(src, dst))
         self._stop = threading.Event()
+        self._max_bytes: dict[str, int] = {}
         self.stats = Stats(checkpoint=str(self.checkpoint_path))
 
     def stop(self) -> None:
@@ -1093,6 +1094,9 @@ class Mirror:
                 "--include")
         out = {}
         for t, (n, config) in infos.items():
+            with contextlib.suppress(KeyError, ValueError):
+                # Re-encoded batches stay within the topic's limit (copied to the destination).
+                self._max_bytes[t] = int(config["max.message.bytes"])
             if dst.topic_info(t) is None:
                 try:
                     skipped = dst.create_topic(t, n, config)
@@ -1239,8 +1243,9 @@ class Mirror:
                     continue
                 if getattr(writer, "batches", False):
                     hi = None if self.follow else ends.get(tp, 0)
+                    max_bytes = min(writer.max_bytes, self._max_bytes.get(tp[0], 1 << 62))
                     batches, nxt, k = src.read_batches(tp[0], tp[1], pos[tp], chunk, hi,
-                                                       writer.codec, writer.max_bytes)
+                                                       writer.codec, max_bytes)
                     if nxt == pos[tp] and not batches:
                         continue
                     writer.write_batches(tp[0], tp[1], batches, nxt)

@@ -275,17 +275,19 @@ def assert_exact_copy(src: Path, server, topic: str, partitions: int) -> None:
             assert records_of(sv, topic, p) == records_of(sa, topic, p), p
 
 
-def test_resume_after_sigkill_mid_copy_loses_and_repeats_nothing(tmp_path, server, url):
+@pytest.mark.parametrize("how", [(), ("--per-record",)], ids=["batches", "per_record"])
+def test_resume_after_sigkill_mid_copy_loses_and_repeats_nothing(tmp_path, server, url, how):
     a = tmp_path / "a"
-    fill_many(a, "kill", 40_000, 4)
-    stopped_mid_copy(a, url, signal.SIGKILL, "--topic", "kill", "--max-rate", "20000")
+    topic = "kill" + "".join(how)
+    fill_many(a, topic, 40_000, 4)
+    stopped_mid_copy(a, url, signal.SIGKILL, "--topic", topic, "--max-rate", "20000", *how)
     with server_store(server) as sv:
-        landed = sum(sv.partition("kill", p).log_end_offset for p in range(4))
+        landed = sum(sv.partition(topic, p).log_end_offset for p in range(4))
     assert 0 < landed < 40_000
-    done = mirror_cli(str(a), url, "--topic", "kill", "--json")
+    done = mirror_cli(str(a), url, "--topic", topic, "--json", *how)
     st = json.loads(done.stdout)
     assert st["resumed_partitions"] == 4 and st["records"] == 40_000 - landed
-    assert_exact_copy(a, server, "kill", 4)
+    assert_exact_copy(a, server, topic, 4)
 
 
 def test_ctrl_c_prints_summary_exits_130_and_resumes(tmp_path, server, url):

@@ -1,0 +1,248 @@
+"""kstore._batchproducer, the mirror's path for stored batches: sealed batches decode with an
+independent implementation (kafka-python), and faults on the way (a connection cut in the
+middle of a request, or after the broker appended but before its answer came back, a refused
+batch, a corrupt stored batch) lose nothing, repeat nothing and are never silent."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from pathlib import Path
+
+import pytest
+
+import kstore
+from kstore import _core, errors, testing
+from kstore._batchproducer import BatchProducer, seal
+from kstore.mirror import Mirror
+from tests.mirror.conftest import records_of
+
+T0 = 1_700_000_000_000
+
+
+def test_sealed_batch_decodes_with_kafka_python_as_the_producers():
+    pytest.importorskip("kafka")
+    from kafka.record.default_records import DefaultRecordBatch
+
+    raw = _core.encode_batches([b"v%d" % i for i in range(50)], [b"k%d" % i for i in range(50)],
+                               [T0 + i for i in range(50)], compression="lz4", base_offset=1234,
+                               producer_id=7, producer_epoch=3, base_sequence=99,
+                               transactional=True, partition_leader_epoch=5)
+    buf = bytearray(raw)
+    seal(buf, 4242, 17, 123456)
+    b = DefaultRecordBatch(bytes(buf))
+    assert b.validate_crc()
+    assert (b.base_offset, b.producer_id, b.producer_epoch, b.base_sequence) == (0, 4242, 17, 123456)
+    assert not b.is_transactional and b.compression_type == 3  # lz4 kept
+    recs = list(b)
+    assert [(r.offset, r.key, r.value, r.timestamp) for r in recs] == [
+        (i, b"k%d" % i, b"v%d" % i, T0 + i) for i in range(50)]
+    ours = _core.read_batch(bytes(buf))
+    assert ours.partition_leader_epoch == -1 and ours.crc == ours.compute_crc()
+
+
+# ==============================================================================================
+# Faults between the producer and the broker
+
+
+class CuttingProxy:
+    """A TCP proxy in front of a broker that cuts the first connection once: ``mode``
+    "mid_request" forwards half of request number ``at`` (counted over Produce frames) and
+    closes; "lost_answer" forwards the whole request, lets the broker answer, and closes
+    without passing the answer back."""
+
+    def __init__(self, mode: str, at: int) -> None:
+        self.mode, self.at = mode, at
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target = 0
+        self.cut = threading.Event()
+        self.lost_corr: int | None = None  # lost_answer: the answer being waited for
+        self._threads: list[threading.Thread] = []
+
+    def start(self, target_port: int) -> None:
+        self.target = target_port
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for args in ((client, upstream, True), (upstream, client, False)):
+                t = threading.Thread(target=self._pipe, args=args, daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
+        buf = b""
+        produce_seen = 0
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                if self.cut.is_set() and self.lost_corr is None:
+                    dst.sendall(data)  # after the cut: a plain proxy
+                    continue
+                buf += data
+                # Whole frames: requests watched for the Produce to cut at, answers for the
+                # one to lose.
+                while len(buf) >= 4:
+                    size = struct.unpack_from(">i", buf)[0]
+                    if len(buf) < 4 + size:
+                        break
+                    frame, buf = buf[:4 + size], buf[4 + size:]
+                    if not requests:
+                        if self.lost_corr is not None:
+                            if struct.unpack_from(">i", frame, 4)[0] == self.lost_corr:
+                                self.lost_corr = None  # the broker appended and answered
+                                raise ConnectionAbortedError
+                            continue  # answers before it are lost with it
+                        dst.sendall(frame)
+                        continue
+                    if struct.unpack_from(">h", frame, 4)[0] == 0:  # Produce
+                        produce_seen += 1
+                        if produce_seen == self.at and not self.cut.is_set():
+                            if self.mode == "mid_request":
+                                self.cut.set()
+                                dst.sendall(frame[:len(frame) // 2])
+                                raise ConnectionAbortedError
+                            self.lost_corr = struct.unpack_from(">i", frame, 8)[0]
+                            self.cut.set()
+                    dst.sendall(frame)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def by_partition(broker: testing.Broker, topic: str, partition: int) -> list:
+    return [r for r in broker.records(topic) if r.partition == partition]
+
+
+def lz4_source(path: Path, topic: str, n: int, per_batch: int) -> list[tuple]:
+    with kstore.open(path) as s:
+        s.create_topic(topic, 2)
+        pr = s.producer(linger_ms=0, compression="lz4")
+        for p in (0, 1):
+            for start in range(0, n, per_batch):
+                k = min(per_batch, n - start)
+                pr.send_many(topic, [b"p%d-v%d" % (p, start + i) for i in range(k)],
+                             keys=[b"k%d" % (start + i) for i in range(k)],
+                             timestamps=[T0 + start + i for i in range(k)], partition=p)
+        pr.flush()
+        return [records_of(s, topic, p) for p in (0, 1)]
+
+
+@pytest.mark.parametrize("mode", ["mid_request", "lost_answer"])
+def test_a_cut_connection_resends_what_was_not_acknowledged_exactly_once(tmp_path, mode):
+    topic = "cut"
+    want = lz4_source(tmp_path / "src", topic, 3000, 100)  # 30 batches per partition
+    proxy = CuttingProxy(mode, at=4)
+    # The broker tells clients to come back through the proxy (advertised.listeners).
+    with testing.start(tmp_path / "broker", advertised_host="127.0.0.1",
+                       advertised_port=proxy.port) as broker:
+        proxy.start(broker.port)
+        try:
+            m = Mirror(tmp_path / "src", f"kafka://127.0.0.1:{proxy.port}", topics=[topic],
+                       groups=False, timeout=20)
+            st = m.run()
+        finally:
+            proxy.close()
+        assert proxy.cut.is_set()
+        assert st.records == 6000
+        for p in (0, 1):
+            got = [(r.offset, r.key, r.value, r.timestamp) for r in by_partition(broker, topic, p)]
+            assert got == [(o, k, v, ts) for o, k, v, _, ts in want[p]], f"partition {p}"
+
+
+def test_a_cut_connection_is_counted_and_the_producer_goes_on(tmp_path):
+    """The same at the producer's level: acknowledgements come once per batch, in order, with
+    the destination offsets, after a reset."""
+    proxy = CuttingProxy("lost_answer", at=2)
+    with testing.start(tmp_path / "b", advertised_host="127.0.0.1",
+                       advertised_port=proxy.port) as broker:
+        broker.create_topic("t", 1)
+        proxy.start(broker.port)
+        bp = BatchProducer(f"127.0.0.1:{proxy.port}", timeout=20)
+        try:
+            for i in range(6):
+                raw = _core.encode_batches([b"b%d-%d" % (i, j) for j in range(10)],
+                                           compression="none")
+                bp.produce("t", 0, bytearray(raw), 10, i)
+            acks = bp.poll(wait=True)
+        finally:
+            bp.close()
+            proxy.close()
+        assert acks == [(i, 10 * (i + 1)) for i in range(6)]
+        assert bp.resets >= 1
+        assert [r.value for r in by_partition(broker, "t", 0)] == [
+            b"b%d-%d" % (i, j) for i in range(6) for j in range(10)]
+
+
+# ==============================================================================================
+# Refusals and damage are errors, never silent
+
+
+def test_a_batch_the_cluster_refuses_is_an_error_and_not_checkpointed_as_copied(tmp_path):
+    src = tmp_path / "src"
+    lz4_source(src, "big", 2000, 2000)  # batches of 16 KiB (the producer's batch_size)
+    with testing.start(tmp_path / "b") as broker:
+        # The destination takes batches of at most 1,000 bytes.
+        broker.create_topic("big", 2, config={"max.message.bytes": 1000})
+        with pytest.raises(errors.RecordTooLargeError, match=r"refused a batch of \d+ records for big-\d \(Kafka error 10\)"):
+            Mirror(src, f"kafka://{broker.bootstrap_servers}", topics=["big"], groups=False,
+                   timeout=10).run()
+        assert broker.records("big") == []
+
+
+@pytest.mark.parametrize("forward", [True, False], ids=["batches", "per_record"])
+def test_a_corrupt_stored_batch_stops_the_copy_there(tmp_path, forward):
+    src = tmp_path / "src"
+    want = lz4_source(src, "bad", 500, 100)  # 5 batches per partition
+    seg = sorted((src / "bad-0").glob("*.log"))[0]
+    data = bytearray(seg.read_bytes())
+    batches = list(_core.iter_batches(bytes(data)))
+    third = batches[2]
+    data[third.position + third.size - 3] ^= 0xFF  # inside its records: the CRC no longer fits
+    seg.write_bytes(bytes(data))
+    with testing.start(tmp_path / "b") as broker:
+        with pytest.raises(errors.CorruptRecordError):
+            Mirror(src, f"kafka://{broker.bootstrap_servers}", topics=["bad"], groups=False,
+                   timeout=10, compression="lz4", forward_batches=forward).run()
+        got = [(r.key, r.value) for r in by_partition(broker, "bad", 0)]
+        # Nothing from the damaged batch on, and never its bytes under a new CRC.
+        assert got == [(k, v) for _, k, v, _, _ in want[0]][:len(got)]
+        assert len(got) <= 200
+
+
+def test_reencoded_batches_stay_within_the_topics_max_message_bytes(tmp_path):
+    src = tmp_path / "src"
+    with kstore.open(src) as s:
+        s.create_topic("small", 1, config={"max.message.bytes": 3000})
+        pr = s.producer(linger_ms=0, batch_size=2500)  # uncompressed: re-encoded as lz4
+        for i in range(400):
+            pr.send("small", b"value %d " % i + bytes(i % 50), b"k%d" % i, None, T0 + i, 0)
+        pr.flush()
+        want = records_of(s, "small", 0)
+    with testing.start(tmp_path / "b") as broker:
+        st = Mirror(src, f"kafka://{broker.bootstrap_servers}", topics=["small"], groups=False,
+                    timeout=10, compression="lz4").run()
+        assert st.records == 400
+        assert [(r.key, r.value) for r in broker.records("small")] == [
+            (k, v) for _, k, v, _, _ in want]
+        sizes = [b.size for b in broker.store.partition("small", 0).read(0, 1 << 24).batches()]
+        assert max(sizes) <= 3000 and len(sizes) > 1

@@ -1110,6 +1110,70 @@ def find_offset(buf, int64_t target, Py_ssize_t start=0, Py_ssize_t end=-1):
     return found
 
 
+cdef inline bint _txn_varint(const uint8_t *p, size_t end, size_t *pos, int64_t *out) noexcept nogil:
+    """A zigzag varint at pos (advanced past it); False when it runs past end or is too long."""
+    cdef uint64_t v = 0
+    cdef int shift = 0
+    cdef uint8_t b
+    while pos[0] < end and shift < 64:
+        b = p[pos[0]]
+        pos[0] += 1
+        v |= <uint64_t>(b & 0x7F) << shift
+        if b < 0x80:
+            out[0] = <int64_t>(v >> 1) ^ -<int64_t>(v & 1)
+            return True
+        shift += 7
+    return False
+
+
+def txn_batches(buf, Py_ssize_t start=0, Py_ssize_t end=-1):
+    """The transactional batches with records among the whole batches of ``buf[start:end]``,
+    headers only: ``([(base_offset, last_offset, producer_id, kind)], next_offset)`` where kind
+    is -1 for data, the marker type (0 ABORT, 1 COMMIT, ...) for a control batch, -2 for a
+    control batch whose record this does not read (compressed, or odd: decode it in Python);
+    next_offset is the offset after the last whole batch (-1: none). For kstore.log.txn's scan
+    of a partition, which needs a Python object per transactional batch only."""
+    cdef Pinned src = _pin(buf)
+    cdef const uint8_t *b
+    cdef const uint8_t *p = src.ptr
+    cdef size_t pos = start, size, q, rend
+    cdef uint16_t attrs
+    cdef int64_t base, last = -1, v, klen
+    cdef int kind
+    out = []
+    if end < 0 or end > src.length:
+        end = src.length
+    while pos + KS_BATCH_HEADER_SIZE <= <size_t>end:
+        b = p + pos
+        size = <size_t>ks_load_be32(b + KS_BATCH_LENGTH_OFFSET) + KS_BATCH_LOG_OVERHEAD
+        if size < KS_BATCH_HEADER_SIZE or pos + size > <size_t>end:
+            break
+        if b[KS_BATCH_MAGIC_OFFSET] != KS_BATCH_MAGIC:
+            raise errors.CorruptRecordError(
+                f"batch at byte {pos}: magic {b[KS_BATCH_MAGIC_OFFSET]}, expected 2")
+        base = <int64_t>ks_load_be64(b + KS_BATCH_BASE_OFFSET_OFFSET)
+        last = base + <int32_t>ks_load_be32(b + KS_BATCH_LAST_OFFSET_DELTA_OFFSET)
+        attrs = ks_load_be16(b + KS_BATCH_ATTRIBUTES_OFFSET)
+        if attrs & 0x10 and <int32_t>ks_load_be32(b + KS_BATCH_RECORDS_COUNT_OFFSET) != 0:
+            kind = -1
+            if attrs & 0x20:
+                kind = -2
+                # One uncompressed record: length, attributes, timestamp delta, offset delta,
+                # key length 4, key = version (int16) and type (int16).
+                q = KS_BATCH_HEADER_SIZE
+                rend = size
+                if (attrs & 0x07) == 0 and _txn_varint(b, rend, &q, &v) and q + 1 <= rend:
+                    q += 1
+                    if (_txn_varint(b, rend, &q, &v) and _txn_varint(b, rend, &q, &v)
+                            and _txn_varint(b, rend, &q, &klen) and klen >= 4 and q + 4 <= rend):
+                        kind = <int16_t>ks_load_be16(b + q + 2)
+                        if kind < 0:
+                            kind = -2
+            out.append((base, last, <int64_t>ks_load_be64(b + KS_BATCH_PRODUCER_ID_OFFSET), kind))
+        pos += size
+    return out, (last + 1 if last >= 0 else -1)
+
+
 def find_timestamp(buf, int64_t target, Py_ssize_t start=0, Py_ssize_t end=-1):
     """Position of the first batch at or after ``start`` whose max timestamp >= target."""
     cdef Pinned src = _pin(buf)

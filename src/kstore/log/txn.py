@@ -137,12 +137,19 @@ class TxnState:
             fs = lg.read(off, _SCAN_BYTES)
             if len(fs) == 0:
                 break
-            nxt = off
-            # One attribute check per batch header; only transactional batches cost more.
-            for b in _core.iter_batches(fs.memoryview()):
-                nxt = b.last_offset + 1
-                if b.attributes & ATTR_TRANSACTIONAL and b.last_offset >= off:
-                    self._apply(b)
+            # Batch headers are walked in C; Python sees the transactional batches only.
+            mv = fs.memoryview()
+            found, nxt = _core.txn_batches(mv)
+            for base, last, pid, kind in found:
+                if last < off:
+                    continue
+                if kind == -1:
+                    self.open.setdefault(pid, base)
+                else:
+                    if kind == -2:  # a control record C did not read: decode it here
+                        b = _core.read_batch(mv, _core.find_offset(mv, base))
+                        kind = control_type(b)
+                    self._end(pid, kind, last)
             if nxt <= off:
                 break
             off = nxt
@@ -174,15 +181,6 @@ class TxnState:
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_bytes(data)
             os.replace(tmp, path)
-
-    def _apply(self, b: _core.Batch) -> None:
-        if b.record_count == 0:
-            return  # emptied by the cleaner: it only keeps the file's end
-        pid = b.producer_id
-        if not b.attributes & ATTR_CONTROL:
-            self.open.setdefault(pid, b.base_offset)
-            return
-        self._end(pid, control_type(b), b.last_offset)
 
     def note(self, producer_id: int, first_offset: int, last_offset: int,
              marker: int | None = None) -> None:

@@ -10,8 +10,8 @@ KSTORE_BENCH_ROUNDS the rounds (default 5). The server is ``python -m kstore ser
 process (as in test_bench_server.py); the client is this process.
 
 - send_many: ``producer.send_many(topic, values)`` into a new topic each round; it returns
-  when every record is stored (embedded) or acknowledged (cluster: librdkafka, idempotent,
-  linger.ms 5, batch.size 1 MB).
+  when every record is stored (embedded) or acknowledged (cluster: batches encoded in C and
+  sent by kstore's idempotent batch producer, batch.size 1 MB).
 - poll_batches: a consumer assigned to a topic holding the N records, ``poll_batches`` until
   all came (numpy columns; on the cluster librdkafka hands over one Message per record, which
   ``kstore.cluster`` turns into columns).

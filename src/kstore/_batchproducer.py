@@ -31,7 +31,7 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kstore import _core
@@ -64,7 +64,7 @@ _I32 = struct.Struct(">i")
 _ATTR_TRANSACTIONAL = 0x10
 
 
-def seal(buf: bytearray, producer_id: int, epoch: int, sequence: int) -> None:
+def seal(buf: bytearray | memoryview, producer_id: int, epoch: int, sequence: int) -> None:
     """Make a stored batch a producer's: base offset 0, no leader epoch, not transactional,
     the producer's id, epoch and base sequence, and the CRC over the result."""
     _BASE_OFFSET.pack_into(buf, 0, 0)
@@ -72,6 +72,13 @@ def seal(buf: bytearray, producer_id: int, epoch: int, sequence: int) -> None:
     buf[_ATTRIBUTES_AT + 1] &= ~_ATTR_TRANSACTIONAL & 0xFF
     _PRODUCER.pack_into(buf, _PRODUCER_AT, producer_id, epoch, sequence)
     struct.pack_into(">I", buf, _CRC_AT, _core.crc32c(memoryview(buf)[_ATTRIBUTES_AT:]))
+
+
+def usable(conf: Mapping[str, Any]) -> bool:
+    """Whether this client can reach a cluster with these confluent-kafka settings: PLAINTEXT,
+    no TLS or SASL settings (those stay with librdkafka)."""
+    proto = str(conf.get("security.protocol", "plaintext")).lower()
+    return proto == "plaintext" and not any(k.startswith(("ssl.", "sasl.")) for k in conf)
 
 
 def parse_bootstrap(servers: str) -> list[tuple[str, int]]:
@@ -94,7 +101,8 @@ class _Item:
 
     __slots__ = ("tp", "buf", "count", "token")
 
-    def __init__(self, tp: tuple[str, int], buf: bytearray, count: int, token: Any) -> None:
+    def __init__(self, tp: tuple[str, int], buf: bytearray | memoryview, count: int,
+                 token: Any) -> None:
         self.tp = tp
         self.buf = buf
         self.count = count
@@ -336,7 +344,7 @@ class BatchProducer:
 
     # -- producing ------------------------------------------------------------------------------
 
-    def produce(self, topic: str, partition: int, buf: bytearray, count: int,
+    def produce(self, topic: str, partition: int, buf: bytearray | memoryview, count: int,
                 token: Any = None) -> None:
         """Queue one stored batch of ``count`` records (sealed here, in place)."""
         if self.closed:

@@ -741,7 +741,9 @@ class _ClusterSide:
     # -- writing --------------------------------------------------------------------------------
 
     def writer(self, timeout: float) -> _ClusterWriter | _ForwardWriter:
-        if self.forward and _forwardable(self.conf):
+        from kstore._batchproducer import usable
+
+        if self.forward and usable(self.conf):
             from kstore._batchproducer import BatchProducer
 
             bp = BatchProducer(self.conf["bootstrap.servers"], timeout=timeout,
@@ -771,13 +773,6 @@ def _headers(h: Any, r: Any, topic: str, partition: int) -> list[Any]:
             f"confluent-kafka (librdkafka) would cut short; the records before it were copied. "
             f"Leave the topic out (--topic/--include) or mirror it to a data directory")
     return list(h)
-
-
-def _forwardable(conf: Mapping[str, Any]) -> bool:
-    """Whether kstore's batch producer can reach the cluster: PLAINTEXT, no TLS or SASL
-    settings (those stay with librdkafka)."""
-    proto = str(conf.get("security.protocol", "plaintext")).lower()
-    return proto == "plaintext" and not any(k.startswith(("ssl.", "sasl.")) for k in conf)
 
 
 class _ForwardWriter:

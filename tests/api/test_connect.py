@@ -136,3 +136,30 @@ def test_success_reports_start_with_the_first_callback(connect_url):
         got = []
         wait_until(lambda: got.extend(c.poll(timeout=0.2)) or len(got) >= 200, 30, "200 records")
         assert [r.value for r in got] == [b"%d" % i for i in range(200)]
+
+
+def test_send_many_goes_as_idempotent_batches_over_plaintext_only(connect_url, cluster_server):
+    """send_many's records go as batches C encoded, through kstore's batch producer: one
+    producer id, sequences that continue call after call, the producer's compression."""
+    from kstore._batchproducer import BatchProducer, usable
+
+    t = f"batches-{time.monotonic_ns()}"
+    with kstore.connect(connect_url) as s:
+        s.create_topic(t, 1)
+        with s.producer(compression="lz4", batch_size=4096) as prod:
+            prod.send_many(t, [b"v%d" % i for i in range(500)], partition=0)
+            prod.send_many(t, [b"w%d" % i for i in range(500)], partition=0)
+            assert isinstance(prod._batcher, BatchProducer)
+        with s.producer(transactional_id=t) as tx:
+            assert not tx._batches_ok()  # librdkafka's transactional producer owns it
+    with kstore.open(cluster_server.data, read_only=True) as st:
+        batches = list(st.partition(t, 0).read(0, 1 << 24).batches())
+    assert len(batches) > 2 and {b.compression for b in batches} == {"lz4"}
+    assert len({b.producer_id for b in batches}) == 1 and batches[0].producer_id >= 0
+    assert [b.base_sequence for b in batches] == [b.base_offset for b in batches]
+    assert all(b.size <= 4096 + 100 for b in batches)
+    assert usable({"bootstrap.servers": "h:1"})
+    assert usable({"security.protocol": "PLAINTEXT"})
+    assert not usable({"security.protocol": "SASL_PLAINTEXT"})
+    assert not usable({"ssl.ca.location": "/x"}) and not usable({"sasl.mechanism": "PLAIN"})
+

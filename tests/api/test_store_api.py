@@ -206,6 +206,24 @@ def test_send_many_forms_and_placement(store, names):
     assert sorted(r.value for r in keyless) == sorted(values + values[:10])
 
 
+def test_send_and_send_many_keep_the_order_of_the_calls(store, names):
+    """send() buffers (linger), send_many writes at once (on a cluster through kstore's batch
+    producer): a partition still holds the records in call order."""
+    t = names()
+    store.create_topic(t, 1)
+    with store.producer(linger_ms=1000) as prod:
+        prod.send(t, b"a", partition=0)
+        prod.send_many(t, [b"b", b"c"], partition=0)
+        prod.send(t, b"d", partition=0)
+        prod.send(t, b"e", partition=0)
+        prod.send_many(t, [b"f"] * 3000, keys=[b"k%d" % i for i in range(3000)], partition=0)
+        prod.send(t, b"g", partition=0)
+    c = _consumer(store, t, group=None)
+    got = [r.value for r in poll_all(c, 3006, max_records=5000)]
+    c.close()
+    assert got == [b"a", b"b", b"c", b"d", b"e"] + [b"f"] * 3000 + [b"g"]
+
+
 def test_poll_batches_columns(store, names):
     t = names()
     store.create_topic(t, 1)
@@ -593,16 +611,19 @@ def test_transactions_commit_abort_and_offsets(store, names):
         prod.commit_transaction()
         prod.begin_transaction()
         prod.send(t, b"dropped", partition=0)
+        prod.send_many(t, [b"dropped-many"], partition=0)  # in the transaction too
         prod.flush()  # else librdkafka's abort purges it unsent, and no reader could see it
         prod.send_offsets_to_transaction({(t, 0): 3}, g)
         prod.abort_transaction()
         prod.begin_transaction()
         prod.send(t, b"kept-3", partition=0)
+        prod.send_many(t, [b"kept-many"], partition=0)
         prod.commit_transaction()
         with pytest.raises(errors.InvalidTxnStateError):
             prod.commit_transaction()
-    for level, want in (("read_committed", [b"kept-1", b"kept-2", b"kept-3"]),
-                        ("read_uncommitted", [b"kept-1", b"kept-2", b"dropped", b"kept-3"])):
+    for level, want in (("read_committed", [b"kept-1", b"kept-2", b"kept-3", b"kept-many"]),
+                        ("read_uncommitted", [b"kept-1", b"kept-2", b"dropped", b"dropped-many",
+                                              b"kept-3", b"kept-many"])):
         c = store.consumer(auto_offset_reset="earliest", isolation_level=level)
         c.assign([(t, 0)])
         assert [r.value for r in poll_all(c, len(want))] == want, level

@@ -419,9 +419,20 @@ def test_group_members_share_partitions(store, names):
 
     wait_until(split, 60, "two members splitting four partitions", interval=0)
     assert len(a.assignment()) == 2 and len(b.assignment()) == 2  # range assignment
-    wait_until(lambda: got_a.extend(a.poll(timeout=0.05)) or got_b.extend(b.poll(timeout=0.05))
-               or len({(r.partition, r.offset) for r in got_a + got_b}) >= 80, 60,
-               "every record by one of the members", interval=0)
+    ends = {(t, p["partition"]): p["log_end_offset"]
+            for p in store.describe_topic(t)["partition_info"]}
+
+    def consumed() -> bool:
+        # Each member at the end of the partitions it holds now: records one of them took
+        # before the split may be taken again by the other, so counting records can finish
+        # before a member has read (and so can commit) its own.
+        got_a.extend(a.poll(timeout=0.05))
+        got_b.extend(b.poll(timeout=0.05))
+        return all(m.position(*tp) == ends[tp] for m in (a, b) for tp in m.assignment())
+
+    wait_until(consumed, 60, "every record by one of the members", interval=0)
+    assert {(r.partition, r.offset) for r in got_a + got_b} == {
+        (p, o) for (_, p), end in ends.items() for o in range(end)}
     a.commit()
     b.commit()
     d = store.describe_group(g)

@@ -89,6 +89,14 @@ class Producer(_core.ProducerCore):
                              f"{self.transactional_id!r}")
         coord = self.store.transactions()
         err, pid, epoch = coord.init_producer_id(self.transactional_id, timeout_ms, -1, -1, 4)
+        if err == 51 and coord.held_elsewhere(self.transactional_id):  # CONCURRENT_TRANSACTIONS
+            from kstore.errors import ConcurrentTransactionsError
+
+            raise ConcurrentTransactionsError(
+                f"transactional id {self.transactional_id!r} is in use by another process on "
+                f"{self.store.path}: one data directory has one live producer per id (Kafka "
+                f"fences the older one; processes here cannot). Close that producer or stop "
+                f"its process (its open transaction is then aborted) and try again")
         _raise_txn(err, f"init_transactions for {self.transactional_id!r}")
         self._coord = coord
         self._pid, self._epoch_ = pid, epoch
@@ -297,7 +305,12 @@ class Producer(_core.ProducerCore):
                 logging.getLogger("kstore.producer").info(
                     "closing producer %r: its open transaction was not aborted: %s",
                     self.transactional_id, exc)
-        self.flush()
+        try:
+            self.flush()
+        finally:
+            if self._transactional:
+                # Another process may use the id from now on (if this is its current producer).
+                self._coord.release(self.transactional_id, self._pid, self._epoch_)
         self._mark_closed()
         self._wake.set()
         if self._thread is not None:

@@ -1065,12 +1065,13 @@ class Store:
         expired = self.expire_offsets(now)
         if expired:
             report["expired_offsets"] = expired
-        if self._txn_coordinator is not None:
-            # Transactions of this process's producers past transaction.timeout.ms (kstore
-            # serve checks its own every second). Another process's coordinator is not
-            # second-guessed from here: it may be running them.
+        if self._txn_coordinator is not None or (
+                self.shared and "__transaction_state" in self._topics):
+            # Transactions past transaction.timeout.ms: this process's producers' (kstore
+            # serve checks its own every second) and, in a shared store, those a process that
+            # died left open (their locks are free); a live process's are its own to expire.
             try:
-                aborted = self._txn_coordinator.expire()
+                aborted = self.transactions().expire()
             except (KStoreError, OSError) as exc:
                 log.warning("aborting timed-out transactions failed: %s", exc)
             else:
@@ -1193,6 +1194,8 @@ class Store:
                 c.close()
             except Exception as exc:  # keep closing the rest; say what failed
                 log.warning("closing %r failed: %s", c, exc)
+        if self._txn_coordinator is not None:
+            self._txn_coordinator.close()  # lets its transactional ids go
         failures: list[OSError] = []
         with self._lock:
             self._closed = True

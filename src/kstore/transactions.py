@@ -18,14 +18,25 @@ zombie is fenced even on a partition its successor has not written yet), and the
 have been added to its ongoing transaction (else INVALID_TXN_STATE).
 
 Thread-safe: one lock around every state change (the server's event loop and embedded
-producers' threads); appends are page-cache writes. The state is this process's: two processes
-on one data directory do not fence each other's producers while both run (each finds the
-other's transactions only when it starts).
+producers' threads); appends are page-cache writes.
+
+Several processes on one data directory (a shared Store): a coordinator acts on a transactional
+id only while it holds that id's lock, an flock on ``.kstore-txn/<hash>.lock`` that the kernel
+lets go when the process dies, also on SIGKILL. It takes the lock when a producer initialises
+with the id (another live process holding it: CONCURRENT_TRANSACTIONS, the embedded producer's
+ConcurrentTransactionsError) and first replays what the previous holder wrote there; it takes
+the locks of the transactions a dead process left open or half-committed when it loads, and
+then completes the half-committed ones and aborts the open ones once transaction.timeout.ms has
+passed since they started (Kafka's rule), so a crashed process cannot hold back read_committed
+readers for ever. A producer's close, and the store's, let the lock go.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -83,6 +94,14 @@ class TransactionCoordinator:
         # Logs written here, kept: Store.partition syncs the registry on every call in shared
         # mode (about 20 us), four times per transaction.
         self._logs: dict[tuple[str, int], Any] = {}
+        # Shared stores: the transactional ids whose lock this coordinator holds (fd each), and
+        # how far each __transaction_state partition was replayed.
+        self._shared = bool(getattr(store, "shared", False))
+        self._held: dict[str, int] = {}
+        self._replayed: dict[int, int] = {}
+        self._orphans: set[str] = set()  # held only to finish a dead process's transaction
+        #: A server's coordinator keeps the open transactions it finds (its clients go on).
+        self.keep_ongoing = False
 
     # ------------------------------------------------------------------------------------------
     # __transaction_state
@@ -102,6 +121,13 @@ class TransactionCoordinator:
                     continue
                 self._replay(p)
             for m in list(self._txns.values()):
+                if m.status in (TxnStatus.EMPTY, TxnStatus.COMPLETE_COMMIT,
+                                TxnStatus.COMPLETE_ABORT, TxnStatus.DEAD):
+                    continue
+                if self._shared and not self._acquire(m.transactional_id):
+                    continue  # a live process runs it
+                m = self._txns[m.transactional_id]  # as the previous holder left it
+                self._orphans.add(m.transactional_id)
                 if m.status in (TxnStatus.PREPARE_COMMIT, TxnStatus.PREPARE_ABORT):
                     log.info("transaction %r of producer %d was %s at the last stop: writing "
                              "its markers", m.transactional_id, m.producer_id,
@@ -112,10 +138,28 @@ class TransactionCoordinator:
                     log.info("transaction %r of producer %d is ongoing (%d partition(s)); it "
                              "goes on, or is aborted after its timeout", m.transactional_id,
                              m.producer_id, len(m.partitions))
+            self._let_orphans_go()
+
+    def _let_orphans_go(self) -> None:
+        """Shared stores: give back the ids of dead processes' transactions taken to complete
+        or abort them, so that a producer restarting with one in any process gets it at once
+        (it aborts what is left open, as Kafka's InitProducerId does). A server keeps the open
+        ones (``keep_ongoing``): its clients go on with them after a restart."""
+        for tid in list(self._orphans):
+            m = self._txns.get(tid)
+            if self.keep_ongoing and m is not None and m.status is TxnStatus.ONGOING:
+                continue
+            self._orphans.discard(tid)
+            fd = self._held.pop(tid, None)
+            if fd is not None:
+                os.close(fd)
 
     def _replay(self, p: int) -> None:
+        """Apply partition ``p``'s records from where the last replay stopped (records are
+        upserts by transactional id: the last one wins), except to the ids this coordinator
+        holds (it wrote their latest records itself)."""
         lg = self.store.partition(TXN_TOPIC, p)
-        off = lg.log_start_offset
+        off = max(self._replayed.get(p, 0), lg.log_start_offset)
         while off < lg.log_end_offset:
             fs = lg.read(off, 1 << 20)
             if len(fs) == 0:
@@ -124,6 +168,8 @@ class TransactionCoordinator:
                 for r in b.records(min_offset=off):
                     try:
                         tid = decode_key(r.key or b"")
+                        if tid in self._held:
+                            continue
                         if r.value is None:
                             m = self._txns.pop(tid, None)
                             if m is not None:
@@ -143,6 +189,60 @@ class TransactionCoordinator:
             if nxt <= off:
                 break
             off = nxt
+        self._replayed[p] = off
+
+    # ------------------------------------------------------------------------------------------
+    # Transactional ids across processes (shared stores)
+
+    def _lock_path(self, tid: str) -> str:
+        digest = hashlib.sha1(tid.encode("utf-8", "surrogatepass")).hexdigest()
+        return os.path.join(self.store.path, ".kstore-txn", digest + ".lock")
+
+    def _acquire(self, tid: str) -> bool:
+        """Take ``tid``'s lock (False: a live process holds it), then replay what the last
+        holder wrote. Under self._lock."""
+        if not self._shared or tid in self._held:
+            return True
+        path = self._lock_path(tid)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            if TXN_TOPIC in self.store.topics(internal=True):
+                self._replay(txn_partition(tid))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._held[tid] = fd
+        return True
+
+    def held_elsewhere(self, tid: str) -> bool:
+        """Whether another live process holds ``tid`` (for the error a producer raises)."""
+        return self._shared and tid not in self._held
+
+    def release(self, tid: str, pid: int = -1, epoch: int = -1) -> None:
+        """Let ``tid`` go (a producer closed): only when (pid, epoch) is its current producer,
+        or unconditionally with the defaults. Another process may take it from then on."""
+        with self._lock:
+            m = self._txns.get(tid)
+            if pid != -1 and (m is None or (m.producer_id, m.producer_epoch) != (pid, epoch)):
+                return
+            fd = self._held.pop(tid, None)
+            if fd is not None:
+                os.close(fd)
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._held.values():
+                os.close(fd)
+            self._held.clear()
 
     def _write(self, m: TxnMetadata) -> None:
         """Persist ``m`` (before anything depends on it)."""
@@ -211,12 +311,37 @@ class TransactionCoordinator:
 
     def expire(self) -> list[str]:
         """Abort the ongoing transactions older than their timeout, fencing their producer (the
-        epoch goes up, as Kafka's timed-out abort does). Returns their ids."""
+        epoch goes up, as Kafka's timed-out abort does). Returns their ids.
+
+        Shared stores: those of this process, and those a dead process left (their locks are
+        free): replayed first, half-committed ones completed, open ones aborted once timed
+        out."""
         self.load()
         now = self._clock()
         out = []
         with self._lock:
+            if self._shared and TXN_TOPIC in self.store.topics(internal=True):
+                for p in range(TXN_PARTITIONS):
+                    if (self.store.path / f"{TXN_TOPIC}-{p}").is_dir():
+                        self._replay(p)
+                for m in list(self._txns.values()):
+                    tid = m.transactional_id
+                    if tid in self._held or m.status in (
+                            TxnStatus.EMPTY, TxnStatus.COMPLETE_COMMIT, TxnStatus.COMPLETE_ABORT,
+                            TxnStatus.DEAD):
+                        continue
+                    if not self._acquire(tid):
+                        continue  # its process is alive: it expires its own
+                    self._orphans.add(tid)
+                    m = self._txns[tid]
+                    if m.status in (TxnStatus.PREPARE_COMMIT, TxnStatus.PREPARE_ABORT):
+                        log.info("transaction %r of a process that stopped was %s: writing its "
+                                 "markers", tid, m.status.kafka_name)
+                        self._complete(m, m.status is TxnStatus.PREPARE_COMMIT,
+                                       persist_completion=True)
             for m in list(self._txns.values()):
+                if self._shared and m.transactional_id not in self._held:
+                    continue
                 if m.status is TxnStatus.ONGOING and now - m.start_ms > m.timeout_ms:
                     log.warning("transaction %r of producer %d has been open for %d ms, over "
                                 "its transaction.timeout.ms %d: aborting it", m.transactional_id,
@@ -224,12 +349,19 @@ class TransactionCoordinator:
                     self._bump(m)
                     self._complete(m, commit=False)
                     out.append(m.transactional_id)
+            self._let_orphans_go()
         return out
 
     # ------------------------------------------------------------------------------------------
     # APIs
 
     def _check(self, tid: str, pid: int, epoch: int, fenced: int) -> tuple[int, TxnMetadata | None]:
+        if self._shared and tid not in self._held:
+            # Act only on what this process holds, as the holder left it (replayed): a
+            # producer of ours whose id another process took since is fenced by that replay.
+            if not self._acquire(tid):
+                return CONCURRENT_TRANSACTIONS, None
+            self._orphans.discard(tid)
         m = self._txns.get(tid)
         if m is None or m.producer_id != pid:
             return INVALID_PRODUCER_ID_MAPPING, None
@@ -249,6 +381,10 @@ class TransactionCoordinator:
         if not 0 < timeout_ms <= MAX_TIMEOUT_MS:
             return INVALID_TRANSACTION_TIMEOUT, -1, -1
         with self._lock:
+            if not self._acquire(tid):
+                log.info("transactional id %r is held by another process on %s", tid,
+                         self.store.path)
+                return CONCURRENT_TRANSACTIONS, -1, -1
             m = self._txns.get(tid)
             if m is None:
                 new_pid, new_epoch = self._new_id()
@@ -343,6 +479,12 @@ class TransactionCoordinator:
         if m is None:
             self.load()  # waits for a load under way on another thread
             with self._lock:
+                m = self._by_pid.get(pid)
+        if m is not None and self._shared and m.transactional_id not in self._held:
+            with self._lock:
+                if not self._acquire(m.transactional_id):
+                    return CONCURRENT_TRANSACTIONS
+                self._orphans.discard(m.transactional_id)
                 m = self._by_pid.get(pid)
         if m is None:
             return INVALID_PRODUCER_ID_MAPPING

@@ -120,6 +120,8 @@ class Broker:
         self.producers = ProducerStates()
         self.transactions: TransactionCoordinator = store.transactions(
             self.producers.new_producer_id)
+        # Clients go on with their open transactions after a restart (not aborted at load).
+        self.transactions.keep_ongoing = True
         self._expiry_task: asyncio.Task[None] | None = None
         # Partitions whose last append the disk refused: logged at ERROR once, until an append
         # to them succeeds again (a full disk must not flood the log, one line per request).

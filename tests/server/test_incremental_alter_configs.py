@@ -209,3 +209,85 @@ def test_malformed_resource_is_invalid_request(client, case):
         out = alter(client, [(TOPIC, t, ops)])
         assert out[0]["error_code"] == 42 and "retention.ms" in out[0]["error_message"]
     assert own_config(client, t) == {"retention.ms": "1000"}
+
+
+# ==============================================================================================
+# Clients
+
+
+def test_confluent_incremental_alter_configs_seen_by_kafka_pythons_describe_configs(srv):
+    ck = pytest.importorskip("confluent_kafka", reason="confluent-kafka is not installed")
+    kp_admin = pytest.importorskip("kafka.admin", reason="kafka-python is not installed")
+    from confluent_kafka.admin import (
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+        NewTopic,
+    )
+
+    admin = AdminClient({"bootstrap.servers": srv.bootstrap})
+    t = f"ck-{uuid.uuid4().hex[:8]}"
+    admin.create_topics([NewTopic(t, 1, config={"retention.ms": "1000",
+                                                "segment.bytes": "1048576"})])[t].result(TIMEOUT)
+
+    def incremental(*entries, validate_only=False):
+        res = ConfigResource(ConfigResource.Type.TOPIC, t, incremental_configs=[
+            ConfigEntry(k, v, incremental_operation=op) for k, op, v in entries])
+        return admin.incremental_alter_configs([res], validate_only=validate_only,
+                                               request_timeout=TIMEOUT)[res]
+
+    def modified() -> dict[str, str]:
+        kp = kp_admin.KafkaAdminClient(bootstrap_servers=srv.bootstrap, request_timeout_ms=10000)
+        try:
+            got = kp.describe_configs([kp_admin.ConfigResource(kp_admin.ConfigResourceType.TOPIC,
+                                                               t)])
+        finally:
+            kp.close()
+        configs = got["topic"][t]
+        # The list config says so (what clients check before APPEND or SUBTRACT).
+        assert all((c["config_type"] == "LIST") == (k == "cleanup.policy")
+                   for k, c in configs.items())
+        return {k: c["value"] for k, c in configs.items()}
+
+    incremental(("retention.ms", AlterConfigOpType.DELETE, None),
+                ("cleanup.policy", AlterConfigOpType.APPEND, "compact"),
+                ("segment.ms", AlterConfigOpType.SET, "60000")).result(TIMEOUT)
+    want = {"segment.bytes": "1048576", "cleanup.policy": "compact,delete", "segment.ms": "60000"}
+    assert modified() == want
+    incremental(("cleanup.policy", AlterConfigOpType.SUBTRACT, "delete"),
+                validate_only=True).result(TIMEOUT)
+    assert modified() == want
+    with pytest.raises(ck.KafkaException) as ei:
+        incremental(("retention.ms", AlterConfigOpType.SUBTRACT, "1")).result(TIMEOUT)
+    err = ei.value.args[0]
+    assert err.code() == ck.KafkaError.INVALID_CONFIG and "not a list" in err.str()
+    assert modified() == want
+
+
+class _NoAlterConfigs:
+    """An AdminClient whose AlterConfigs (the whole-set replacement) fails the test."""
+
+    def __init__(self, admin) -> None:
+        self._admin = admin
+
+    def __getattr__(self, name: str):
+        if name == "alter_configs":
+            raise AssertionError("kstore.connect fell back to AlterConfigs")
+        return getattr(self._admin, name)
+
+
+def test_connect_alter_topic_config_is_one_incremental_change(srv):
+    pytest.importorskip("confluent_kafka", reason="confluent-kafka is not installed")
+    import kstore
+
+    t = f"kc-{uuid.uuid4().hex[:8]}"
+    with kstore.connect(f"kafka://{srv.bootstrap}") as store:
+        store.create_topic(t, 1, config={"retention.ms": 1000, "cleanup.policy": "compact"})
+        real, store._admin = store._admin, _NoAlterConfigs(store._admin)
+        try:
+            store.alter_topic_config(t, {"retention.ms": None, "segment.ms": 60000})
+        finally:
+            store._admin = real
+        assert store.describe_topic(t)["config"] == {"cleanup.policy": "compact",
+                                                     "segment.ms": 60000}

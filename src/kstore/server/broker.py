@@ -904,7 +904,7 @@ class Broker:
                     c = {"name": k, "value": _config_string(v), "read_only": rtype == 4,
                          "is_default": source == 5, "config_source": source,
                          "is_sensitive": False, "synonyms": [],
-                         "config_type": _config_type(v),
+                         "config_type": _config_type(k, v),
                          "documentation": TOPIC_CONFIG[k].doc if k in TOPIC_CONFIG else None}
                     if req["include_synonyms"] and source != 5:
                         c["synonyms"] = [{"name": k, "value": _config_string(v), "source": source}]
@@ -1204,8 +1204,11 @@ def _config_string(v: Any) -> str:
     return str(v)
 
 
-def _config_type(v: Any) -> int:
-    # DescribeConfigsResponse ConfigType: 1 BOOLEAN, 2 STRING, 3 INT, 5 LONG, 6 DOUBLE
+def _config_type(key: str, v: Any) -> int:
+    # DescribeConfigsResponse ConfigType: 1 BOOLEAN, 2 STRING, 3 INT, 5 LONG, 6 DOUBLE, 7 LIST
+    ck = TOPIC_CONFIG.get(key)
+    if ck is not None and ck.is_list:
+        return 7
     if isinstance(v, bool):
         return 1
     if isinstance(v, int):

@@ -895,11 +895,7 @@ class Store:
         if not isinstance(group, str) or not group:
             raise InvalidRequestError("committing offsets needs a non-empty group id")
         for (t, p), (off, meta, _) in commits.items():
-            lg = self.partition(t, p)
-            if not isinstance(off, int) or off < 0 or off > lg.log_end_offset:
-                raise OffsetOutOfRangeError(
-                    f"cannot commit offset {off!r} for {t}-{p}: it must lie in "
-                    f"[0, {lg.log_end_offset}] (the log end)")
+            self._check_commit_offset(t, p, off)
             if len(meta.encode()) > 4096:
                 raise InvalidRequestError(f"commit metadata for {t}-{p} is over 4096 bytes")
         self._ensure_offsets_topic()
@@ -923,6 +919,18 @@ class Store:
             g = committed.setdefault(group, {})
             for e in entries:
                 g[(e.topic, e.partition)] = e
+
+    def _check_commit_offset(self, topic: str, partition: int, offset: Any) -> None:
+        """The embedded API's rule for a committed offset (consumer.commit, commit_offsets,
+        producer.send_offsets_to_transaction): a position in the partition, from 0 to its log
+        end; OffsetOutOfRangeError otherwise. (A Kafka broker, and kstore serve, take offsets
+        past the log end: a remote client may commit records still in flight. Here nothing is
+        in flight that the log end does not count, so past it is a mistake.)"""
+        end = self.partition(topic, partition).log_end_offset
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= end:
+            raise OffsetOutOfRangeError(
+                f"cannot commit offset {offset!r} for {topic}-{partition}: it must lie in "
+                f"[0, {end}] (the log end)")
 
     def committed(self, group: str, topic: str, partition: int) -> int | None:
         c = self._load_committed().get(group, {}).get((topic, partition))

@@ -586,8 +586,8 @@ def test_transactions_commit_abort_and_offsets(store, names):
         prod.begin_transaction()
         prod.send(t, b"kept-1", partition=0)
         prod.send(t, b"kept-2", partition=0)
-        # Offsets of records that exist: kstore serve refuses a TxnOffsetCommit past the log
-        # end (OFFSET_OUT_OF_RANGE), and the two records may still be in flight.
+        # Offsets of records that exist: the embedded store refuses a commit past the log end
+        # (kstore serve, as Kafka, takes it), and the two records may still be in flight.
         prod.flush()
         prod.send_offsets_to_transaction({(t, 0): 1}, g)
         prod.commit_transaction()

@@ -1105,12 +1105,14 @@ class Broker:
                     errors[tp] = err
                     continue
                 try:
-                    end = self.store.partition(*tp).log_end_offset
+                    self.store.partition(*tp)  # the partition exists (else its error)
                 except KStoreError as exc:
                     errors[tp] = exc.code
                     continue
                 off = p["committed_offset"]
-                if not 0 <= off <= end:
+                # As Kafka: any offset, the log end or past it too (records of the transaction
+                # may still be in flight). Negative ones are no position at all.
+                if off < 0:
                     errors[tp] = OFFSET_OUT_OF_RANGE
                     continue
                 meta = p["committed_metadata"] or ""

@@ -12,7 +12,12 @@ import sys
 import pytest
 
 import kstore
-from kstore.errors import InvalidTxnStateError, ProducerFencedError
+from kstore.errors import (
+    InvalidTxnStateError,
+    OffsetOutOfRangeError,
+    ProducerFencedError,
+    UnknownTopicOrPartitionError,
+)
 
 
 @pytest.fixture
@@ -103,6 +108,28 @@ def test_offsets_commit_with_the_transaction_only(store):
     assert store.committed("g", "in", 0) is None  # not before the commit
     p.commit_transaction()
     assert store.committed("g", "in", 0) == 7
+
+
+def test_send_offsets_to_transaction_takes_what_consumer_commit_takes(store):
+    """The embedded API has one rule for committed offsets: [0, log end], else
+    OffsetOutOfRangeError, nothing committed (send_offsets_to_transaction raised ValueError,
+    consumer.commit and store.commit_offsets OffsetOutOfRangeError). kstore serve, as Kafka,
+    takes offsets past the log end: tests/server/test_transactions.py."""
+    store.producer(linger_ms=0).send_many("in", [b"x"] * 3, partition=0)
+    c = store.consumer(group="g", enable_auto_commit=False)
+    p = store.producer(transactional_id="t", linger_ms=0)
+    p.begin_transaction()
+    for bad in ({("in", 0): 4}, {("in", 0): -1}, {("in", 0): 2, ("out", 0): 1}):
+        with pytest.raises(OffsetOutOfRangeError, match=r"\[0, [03]\]"):
+            p.send_offsets_to_transaction(bad, "g")
+        with pytest.raises(OffsetOutOfRangeError, match=r"\[0, [03]\]"):
+            c.commit(bad)
+    with pytest.raises(UnknownTopicOrPartitionError):
+        p.send_offsets_to_transaction({("in", 5): 0}, "g")
+    p.send_offsets_to_transaction({("in", 0): 3}, "g")  # the log end itself is fine
+    p.commit_transaction()
+    assert store.committed("g", "in", 0) == 3 and store.committed("g", "out", 0) is None
+    c.close()
 
 
 def test_a_new_producer_fences_the_old_one(store):

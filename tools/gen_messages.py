@@ -55,6 +55,7 @@ APIS: dict[int, tuple[str, int, int]] = {
     36: ("SaslAuthenticate", 0, 2),
     37: ("CreatePartitions", 0, 3),
     42: ("DeleteGroups", 0, 2),
+    44: ("IncrementalAlterConfigs", 0, 1),
     60: ("DescribeCluster", 0, 1),
     65: ("DescribeTransactions", 0, 0),
     66: ("ListTransactions", 0, 1),

@@ -330,8 +330,9 @@ class ClusterStore:
             futs = self._admin.incremental_alter_configs([res], request_timeout=self.timeout_s)
             _wait(futs[res], self.timeout_s, f"altering the config of topic {name!r}")
         except errors.UnsupportedVersionError:
-            # A broker without IncrementalAlterConfigs (before Kafka 2.3, or kstore serve):
-            # AlterConfigs replaces the whole set, so send the merged one.
+            # A broker without IncrementalAlterConfigs (before Kafka 2.3): AlterConfigs
+            # replaces the whole set, so send the merged one (a key another client sets between
+            # the read and this write is lost; the incremental path has no such race).
             current = {k: e.value for k, e in self._configs(name).items()
                        if e.source == ck.admin.ConfigSource.DYNAMIC_TOPIC_CONFIG.value}
             for k, v in config.items():

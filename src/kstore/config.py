@@ -21,6 +21,9 @@ class ConfigKey:
     default: Any
     parse: Callable[[str, Any], Any]
     doc: str
+    # A comma-separated list (Kafka's type LIST): IncrementalAlterConfigs may APPEND to it and
+    # SUBTRACT from it.
+    is_list: bool = False
 
 
 def _long(lo: int | None = None, hi: int | None = None) -> Callable[[str, Any], int]:
@@ -92,7 +95,7 @@ TOPIC_CONFIG: dict[str, ConfigKey] = {
         ConfigKey("retention.ms", 604800000, _long(-1), "delete segments older than this (-1: never)"),
         ConfigKey("retention.bytes", -1, _long(-1), "keep at most this many bytes per partition"),
         ConfigKey("cleanup.policy", "delete", _choice("delete", "compact", multi=True),
-                  "delete, compact, or both"),
+                  "delete, compact, or both", is_list=True),
         ConfigKey("compression.type", "producer",
                   _choice("producer", "uncompressed", "none", "gzip", "snappy", "lz4", "zstd"),
                   "codec the topic stores (producer: keep the producer's)"),

@@ -126,7 +126,9 @@ class Producer(_core.ProducerCore):
 
     def send_offsets_to_transaction(self, offsets: Any, group: str) -> None:
         """Commit ``{(topic, partition): next offset to read}`` for consumer ``group`` as part
-        of the open transaction: they take effect with its commit, and never if it aborts."""
+        of the open transaction: they take effect with its commit, and never if it aborts.
+        Raises OffsetOutOfRangeError for an offset outside [0, log end], as consumer.commit
+        does (nothing is committed then)."""
         self._check_transactional()
         txn = self._txn
         if txn is None:
@@ -138,9 +140,7 @@ class Producer(_core.ProducerCore):
                    "send_offsets_to_transaction")
         commits = {}
         for (topic, part), off in dict(offsets).items():
-            end = self.store.partition(topic, part).log_end_offset
-            if not isinstance(off, int) or not 0 <= off <= end:
-                raise ValueError(f"offset {off!r} for {topic}-{part} must lie in [0, {end}]")
+            self.store._check_commit_offset(topic, part, off)  # as consumer.commit's
             commits[(topic, part)] = (off, "", -1)
         self.store.commit_offsets_transactional(group, commits, pid, epoch)
 

@@ -884,9 +884,13 @@ class Store:
             self._offsets_warned.add((p, offset))
             log.warning("%s", message)
 
-    def commit_offsets(self, group: str, commits: Mapping[tuple[str, int], tuple[int, str, int]]) -> None:
+    def commit_offsets(self, group: str, commits: Mapping[tuple[str, int], tuple[int, str, int]],
+                       *, _past_log_end: bool = False) -> None:
         """Commit ``{(topic, partition): (offset, metadata, leader_epoch)}`` for ``group``:
-        appended to ``__consumer_offsets`` in Kafka's key (v1) and value (v3) format."""
+        appended to ``__consumer_offsets`` in Kafka's key (v1) and value (v3) format. Raises
+        OffsetOutOfRangeError for an offset outside [0, log end] (nothing is committed).
+        ``_past_log_end``: kstore serve's OffsetCommit, which takes any offset >= 0 as Kafka
+        does."""
         if self.read_only:
             raise ReadOnlyError(
                 f"store {self.path} is open read_only: this process can consume but not commit "
@@ -895,11 +899,7 @@ class Store:
         if not isinstance(group, str) or not group:
             raise InvalidRequestError("committing offsets needs a non-empty group id")
         for (t, p), (off, meta, _) in commits.items():
-            lg = self.partition(t, p)
-            if not isinstance(off, int) or off < 0 or off > lg.log_end_offset:
-                raise OffsetOutOfRangeError(
-                    f"cannot commit offset {off!r} for {t}-{p}: it must lie in "
-                    f"[0, {lg.log_end_offset}] (the log end)")
+            self._check_commit_offset(t, p, off, past_log_end=_past_log_end)
             if len(meta.encode()) > 4096:
                 raise InvalidRequestError(f"commit metadata for {t}-{p} is over 4096 bytes")
         self._ensure_offsets_topic()
@@ -923,6 +923,21 @@ class Store:
             g = committed.setdefault(group, {})
             for e in entries:
                 g[(e.topic, e.partition)] = e
+
+    def _check_commit_offset(self, topic: str, partition: int, offset: Any, *,
+                             past_log_end: bool = False) -> None:
+        """The embedded API's rule for a committed offset (consumer.commit, commit_offsets,
+        producer.send_offsets_to_transaction): a position in the partition, from 0 to its log
+        end; OffsetOutOfRangeError otherwise. A Kafka broker, and kstore serve
+        (``past_log_end``), take offsets past the log end: a remote client may commit records
+        still in flight. Here nothing is in flight that the log end does not count, so past it
+        is a mistake."""
+        end = self.partition(topic, partition).log_end_offset
+        if (not isinstance(offset, int) or isinstance(offset, bool) or offset < 0
+                or (offset > end and not past_log_end)):
+            where = "be an int >= 0" if past_log_end else f"lie in [0, {end}] (the log end)"
+            raise OffsetOutOfRangeError(
+                f"cannot commit offset {offset!r} for {topic}-{partition}: it must {where}")
 
     def committed(self, group: str, topic: str, partition: int) -> int | None:
         c = self._load_committed().get(group, {}).get((topic, partition))

@@ -625,13 +625,18 @@ def test_commit_errors_per_partition_and_the_valid_ones_committed(store):
         co = coordinator(store)
         r = co.offset_commit(commit_req("g1", {
             ("t", 0): 2, ("t", 3): 1, ("nope", 0): 1, ("t", 1): (1, "m" * 4097, -1),
-            ("t", 2): 11}), 8)
+            ("t", 2): -1}), 8)
         assert commit_errors(r) == {("t", 0): 0, ("t", 3): UNKNOWN_TOPIC_OR_PARTITION,
                                     ("nope", 0): UNKNOWN_TOPIC_OR_PARTITION,
                                     ("t", 1): OFFSET_METADATA_TOO_LARGE,
                                     ("t", 2): OFFSET_OUT_OF_RANGE}
         assert store.committed("g1", "t", 0) == 2
         assert [store.committed("g1", "t", p) for p in (1, 2)] == [None, None]
+        # Past the log end: taken, as Kafka takes it (kstore answered OFFSET_OUT_OF_RANGE).
+        end = store.partition("t", 2).log_end_offset
+        r = co.offset_commit(commit_req("g1", {("t", 2): end + 1, ("t", 1): 10**12}), 8)
+        assert commit_errors(r) == {("t", 2): 0, ("t", 1): 0}
+        assert [store.committed("g1", "t", p) for p in (1, 2)] == [10**12, end + 1]
         assert "nope" not in store.topics()  # a commit never creates a topic
         # Unknown group with a generation: a stale member; nothing is committed.
         r = co.offset_commit(commit_req("g2", {("t", 0): 1}, generation=3, member_id="m"), 2)

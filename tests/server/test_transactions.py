@@ -129,6 +129,38 @@ def test_send_offsets_to_transaction_commits_only_with_the_transaction(srv):
     assert read_all(srv.bootstrap, dst, "read_committed") == [b"%d" % i for i in range(10)]
 
 
+def test_offsets_ahead_of_the_log_end_commit_with_the_transaction(srv):
+    """Kafka takes any offset in TxnOffsetCommit: a transactional producer may commit offsets
+    past what the partition holds (records of its own still in flight, an empty partition).
+    kstore serve answered OFFSET_OUT_OF_RANGE, and send_offsets_to_transaction failed."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    src, group = name("in"), name("g")
+    admin = AdminClient({"bootstrap.servers": srv.bootstrap})
+    admin.create_topics([NewTopic(src, 2)])[src].result(TIMEOUT)
+    plain = Producer({"bootstrap.servers": srv.bootstrap})
+    plain.produce(src, value=b"x", partition=0)  # partition 0 ends at 1; partition 1 is empty
+    assert plain.flush(TIMEOUT) == 0
+    c = Consumer({"bootstrap.servers": srv.bootstrap, "group.id": group,
+                  "enable.auto.commit": False})
+    p = txn_producer(srv.bootstrap, name("tid"))
+    try:
+        for (at0, at1), commit in (((2000, 9), False), ((1000, 7), True)):
+            p.begin_transaction()
+            p.produce(src, value=b"in flight", partition=0)
+            p.send_offsets_to_transaction([TopicPartition(src, 0, at0), TopicPartition(src, 1, at1)],
+                                          c.consumer_group_metadata(), TIMEOUT)
+            if commit:
+                p.commit_transaction(TIMEOUT)
+            else:
+                p.abort_transaction(TIMEOUT)
+                assert committed(srv.bootstrap, group, src, 0) < 0  # nothing with an abort
+    finally:
+        c.close()
+    assert committed(srv.bootstrap, group, src, 0) == 1000
+    assert committed(srv.bootstrap, group, src, 1) == 7
+
+
 def test_zombie_is_fenced_and_its_transaction_aborted(srv):
     topic, tid = name("t"), name("tid")
     old = txn_producer(srv.bootstrap, tid)

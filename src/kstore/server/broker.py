@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from kstore.config import TOPIC_CONFIG
 from kstore.errors import (
     CorruptRecordError,
+    InvalidConfigError,
     InvalidPartitionsError,
     InvalidReplicationFactorError,
     InvalidRequestError,
@@ -72,6 +73,9 @@ UNKNOWN_LEADER_EPOCH = 75
 UNSUPPORTED_COMPRESSION_TYPE = 76
 INVALID_RECORD = 87
 UNKNOWN_SERVER_ERROR = -1
+
+# IncrementalAlterConfigs' config_operation.
+CONFIG_SET, CONFIG_DELETE, CONFIG_APPEND, CONFIG_SUBTRACT = 0, 1, 2, 3
 
 LEADER_EPOCH = 0  # one node, one epoch, forever (kafka-protocol.md rule 9)
 AUTHORIZED_OPERATIONS_OMITTED = -(2**31)
@@ -137,7 +141,7 @@ class Broker:
             19: self.create_topics, 20: self.delete_topics, 21: self.delete_records,
             22: self.init_producer_id, 23: self.offset_for_leader_epoch,
             32: self.describe_configs, 33: self.alter_configs, 37: self.create_partitions,
-            42: self.delete_groups, 60: self.describe_cluster,
+            42: self.delete_groups, 44: self.incremental_alter_configs, 60: self.describe_cluster,
             24: self.add_partitions_to_txn, 25: self.add_offsets_to_txn, 26: self.end_txn,
             28: self.txn_offset_commit, 65: self.describe_transactions,
             66: self.list_transactions,
@@ -902,7 +906,7 @@ class Broker:
                     c = {"name": k, "value": _config_string(v), "read_only": rtype == 4,
                          "is_default": source == 5, "config_source": source,
                          "is_sensitive": False, "synonyms": [],
-                         "config_type": _config_type(v),
+                         "config_type": _config_type(k, v),
                          "documentation": TOPIC_CONFIG[k].doc if k in TOPIC_CONFIG else None}
                     if req["include_synonyms"] and source != 5:
                         c["synonyms"] = [{"name": k, "value": _config_string(v), "source": source}]
@@ -926,29 +930,105 @@ class Broker:
         return base
 
     def alter_configs(self, req: dict, version: int, conn: Any) -> dict:
+        def change_of(rname: str, configs: Any) -> dict[str, Any]:
+            new = {c["name"]: c["value"] for c in configs}
+            # AlterConfigs replaces the topic's whole set: keys not given return to defaults.
+            change: dict[str, Any] = {k: None for k in self._explicit_config(rname)
+                                      if k not in new}
+            change.update(new)
+            return change
+
+        return {"responses": self._alter_topic_configs(req, change_of)}
+
+    def incremental_alter_configs(self, req: dict, version: int, conn: Any) -> dict:
+        # Resources named twice are refused, each entry, as Kafka does (neither is applied).
+        seen: dict[tuple[int, str], int] = {}
+        for res in req["resources"]:
+            key = (res["resource_type"], res["resource_name"])
+            seen[key] = seen.get(key, 0) + 1
+        twice = {k for k, n in seen.items() if n > 1}
+        return {"responses": self._alter_topic_configs(
+            req, self._incremental_change,
+            lambda res: (res["resource_type"], res["resource_name"]) in twice)}
+
+    def _alter_topic_configs(self, req: dict, change_of: Any, repeated: Any = None) -> list[dict]:
+        """AlterConfigs and IncrementalAlterConfigs: per resource, ``change_of(name,
+        configs)`` gives the {key: value, or None for the default} to apply, checked by the
+        store's own config rules; nothing of a resource is applied unless all of it is valid."""
+        from kstore.config import validate_config
+
         out = []
         for res in req["resources"]:
             rtype, rname = res["resource_type"], res["resource_name"]
             r: dict[str, Any] = {"error_code": NONE, "error_message": None,
                                  "resource_type": rtype, "resource_name": rname}
             try:
+                if repeated is not None and repeated(res):
+                    raise InvalidRequestError(
+                        f"resource {rname!r} (type {rtype}) is named more than once; name each "
+                        f"resource once per request")
                 if rtype != 2:
                     raise InvalidRequestError("only topic configs can be altered here")
                 if rname.startswith("__"):
                     raise InvalidTopicError(f"the config of {rname} cannot be altered")
-                new = {c["name"]: c["value"] for c in res["configs"]}
-                from kstore.config import validate_config
-                validate_config({k: v for k, v in new.items() if v is not None})
-                # AlterConfigs replaces the topic's whole set: keys not given return to defaults.
-                old = set(self.store._topic(rname).get("config", {}))
-                change: dict[str, Any] = {k: None for k in old - set(new)}
-                change.update(new)
+                change = change_of(rname, res["configs"])
+                validate_config({k: v for k, v in change.items() if v is not None})
                 if not req["validate_only"]:
                     self.store.alter_topic_config(rname, change)
             except KStoreError as exc:
                 r["error_code"], r["error_message"] = exc.code, str(exc)
             out.append(r)
-        return {"responses": out}
+        return out
+
+    def _explicit_config(self, name: str) -> dict[str, Any]:
+        """The topic's own settings (UnknownTopicOrPartitionError if there is no such topic)."""
+        return dict(self.store._topic(name).get("config", {}))
+
+    def _incremental_change(self, name: str, configs: Any) -> dict[str, Any]:
+        """IncrementalAlterConfigs' operations on one topic as a change for
+        ``store.alter_topic_config``: SET a value, DELETE (back to the default), APPEND to or
+        SUBTRACT from a list config (its current value: its own setting, else the default)."""
+        counts: dict[str, int] = {}
+        for c in configs:
+            counts[c["name"]] = counts.get(c["name"], 0) + 1
+        twice = sorted(k for k, n in counts.items() if n > 1)
+        if twice:
+            raise InvalidRequestError(f"config keys named more than once: {', '.join(twice)}; "
+                                      f"give one operation per key")
+        nulls = [c["name"] for c in configs
+                 if c["config_operation"] != CONFIG_DELETE and c["value"] is None]
+        if nulls:
+            raise InvalidRequestError(f"null value for {', '.join(nulls)}: only DELETE may "
+                                      f"leave the value out")
+        explicit = self._explicit_config(name)
+        change: dict[str, Any] = {}
+        for c in configs:
+            key, op, value = c["name"], c["config_operation"], c["value"]
+            if op == CONFIG_SET:
+                change[key] = value
+            elif op == CONFIG_DELETE:
+                if key in TOPIC_CONFIG:  # an unknown key is set nowhere: nothing to delete
+                    change[key] = None
+            elif op in (CONFIG_APPEND, CONFIG_SUBTRACT):
+                what = "APPEND to" if op == CONFIG_APPEND else "SUBTRACT from"
+                ck = TOPIC_CONFIG.get(key)
+                if ck is None or not ck.is_list:
+                    raise InvalidConfigError(
+                        f"cannot {what} {key!r}: it is not a list config (those are "
+                        f"{', '.join(k for k, v in TOPIC_CONFIG.items() if v.is_list)}); "
+                        f"SET it instead")
+                items = _list_items(explicit.get(key, ck.default))
+                for v in _list_items(value):
+                    if op == CONFIG_APPEND and v not in items:
+                        items.append(v)
+                    elif op == CONFIG_SUBTRACT and v in items:
+                        items.remove(v)
+                change[key] = ",".join(items)
+            else:
+                raise InvalidRequestError(
+                    f"unknown config operation {op} for {key!r} (0 SET, 1 DELETE, 2 APPEND, "
+                    f"3 SUBTRACT)")
+        return change
 
     # ==========================================================================================
     # Groups: the coordinator does the work
@@ -1027,12 +1107,14 @@ class Broker:
                     errors[tp] = err
                     continue
                 try:
-                    end = self.store.partition(*tp).log_end_offset
+                    self.store.partition(*tp)  # the partition exists (else its error)
                 except KStoreError as exc:
                     errors[tp] = exc.code
                     continue
                 off = p["committed_offset"]
-                if not 0 <= off <= end:
+                # As Kafka: any offset, the log end or past it too (records of the transaction
+                # may still be in flight). Negative ones are no position at all.
+                if off < 0:
                     errors[tp] = OFFSET_OUT_OF_RANGE
                     continue
                 meta = p["committed_metadata"] or ""
@@ -1126,8 +1208,11 @@ def _config_string(v: Any) -> str:
     return str(v)
 
 
-def _config_type(v: Any) -> int:
-    # DescribeConfigsResponse ConfigType: 1 BOOLEAN, 2 STRING, 3 INT, 5 LONG, 6 DOUBLE
+def _config_type(key: str, v: Any) -> int:
+    # DescribeConfigsResponse ConfigType: 1 BOOLEAN, 2 STRING, 3 INT, 5 LONG, 6 DOUBLE, 7 LIST
+    ck = TOPIC_CONFIG.get(key)
+    if ck is not None and ck.is_list:
+        return 7
     if isinstance(v, bool):
         return 1
     if isinstance(v, int):
@@ -1135,6 +1220,11 @@ def _config_type(v: Any) -> int:
     if isinstance(v, float):
         return 6
     return 2
+
+
+def _list_items(v: Any) -> list[str]:
+    """A list config's value as its items ("compact, delete" -> ["compact", "delete"])."""
+    return [p.strip() for p in _config_string(v).split(",") if p.strip()]
 
 
 def _timestamp_at(lg: Any, offset: int) -> int:

@@ -915,21 +915,22 @@ class GroupCoordinator:
                 errors[tp] = OFFSET_METADATA_TOO_LARGE
                 continue
             offset: int = p["committed_offset"]
-            # Store.commit_offsets refuses the whole batch for one offset past the log end;
-            # checking here keeps that error on its own partition.
+            # Store.commit_offsets refuses the whole batch for one bad partition; checking here
+            # keeps each error on its own partition.
             try:
-                end = self._store.partition(*tp).log_end_offset
+                self._store.partition(*tp)
             except KStoreError as exc:
                 errors[tp] = exc.code
                 continue
-            if not 0 <= offset <= end:
+            if offset < 0:
                 errors[tp] = OFFSET_OUT_OF_RANGE
                 continue
             epoch: int = p["committed_leader_epoch"] if version >= 6 else -1
             commits[tp] = (offset, metadata, epoch)
         if commits:
             try:
-                self._store.commit_offsets(group_id, commits)
+                # Past the log end too, as Kafka takes them (the embedded API does not).
+                self._store.commit_offsets(group_id, commits, _past_log_end=True)
             except KStoreError as exc:
                 log.warning("group %s: committing offsets failed: %s", group_id, exc)
                 for tp in commits:

@@ -24,9 +24,12 @@ from kafka.structs import OffsetAndMetadata
 
 FAST_GROUPS = ("--group-initial-rebalance-delay-ms", "0")
 TIMEOUT = 30.0
+# metadata_max_age_ms: kafka-python's group leader assigns from its own metadata; when the first
+# join races the first metadata answer it assigns nothing ("No partition metadata for topic"),
+# and only the next metadata refresh (5 minutes by default) makes it join again.
 GROUP_CONF = {"auto_offset_reset": "earliest", "enable_auto_commit": False,
               "heartbeat_interval_ms": 300, "session_timeout_ms": 6000,
-              "request_timeout_ms": 10000}
+              "request_timeout_ms": 10000, "metadata_max_age_ms": 1000}
 
 
 def in_thread(fn, *args, timeout=60.0):

@@ -499,3 +499,193 @@ class BatchProducer:
 
 class _Retry(Exception):
     """A retriable error in a response: resend from the oldest unacknowledged batch."""
+
+
+# ==============================================================================================
+# Fetching whole batches (the mirror from a cluster to a data directory)
+
+FETCH, LIST_OFFSETS = 1, 2
+_FETCH_CAP = 11  # the last Fetch with topic names (v13 uses topic ids)
+_OFFSET_OUT_OF_RANGE = 1
+
+
+class FetchedPartition:
+    """One partition of a Fetch answer: its batches' bytes (the last may be cut short: a
+    broker sends up to the byte limit), where they start, and what the broker said."""
+
+    __slots__ = ("records", "high_watermark", "last_stable_offset", "log_start_offset",
+                 "aborted", "error")
+
+    def __init__(self, p: dict[str, Any]) -> None:
+        self.records = p["records"] or b""
+        self.high_watermark = p["high_watermark"]
+        self.last_stable_offset = p["last_stable_offset"]
+        self.log_start_offset = p["log_start_offset"]
+        self.aborted = [(a["producer_id"], a["first_offset"])
+                        for a in (p["aborted_transactions"] or [])]
+        self.error = p["error_code"]
+
+
+class BatchFetcher:
+    """Reads whole batches with Fetch, read_committed (stops at the last stable offset and
+    names the aborted transactions), from the partitions' leaders, one request per leader.
+
+    ``fetch({(topic, partition): offset})`` -> ``{(topic, partition): FetchedPartition}``;
+    retriable errors find the leaders again and retry within ``timeout``."""
+
+    def __init__(self, bootstrap: str, *, timeout: float = 30.0, client_id: str = "kstore-mirror",
+                 partition_max_bytes: int = 8 << 20, max_wait_ms: int = 100) -> None:
+        self._meta = _Metadata(bootstrap, timeout, client_id)
+        self.timeout = timeout
+        self.partition_max_bytes = partition_max_bytes
+        self.max_wait_ms = max_wait_ms
+        theirs = self._meta.versions
+        if FETCH not in theirs:
+            raise kerr.UnsupportedVersionError("the broker does not serve Fetch")
+        lo, hi = theirs[FETCH]
+        ours = protocol.known_versions(FETCH)
+        v = min(hi, _FETCH_CAP, ours[1] if ours else 0)
+        if v < max(lo, 4):  # isolation_level and aborted_transactions came with v4
+            raise kerr.UnsupportedVersionError(f"the broker serves Fetch {lo}-{hi}; this client "
+                                               f"needs 4-{_FETCH_CAP}")
+        self.version = v
+
+    def close(self) -> None:
+        self._meta.close()
+
+    def fetch(self, positions: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], FetchedPartition]:
+        deadline = time.monotonic() + self.timeout
+        attempt = 0
+        while True:
+            try:
+                return self._fetch_once(positions)
+            except (kerr.NetworkError, _Retry) as exc:
+                if time.monotonic() > deadline:
+                    raise kerr.RequestTimedOutError(
+                        f"fetching from the cluster failed for {self.timeout:g}s: {exc}") from None
+                self._meta.reset()
+                time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
+                attempt += 1
+
+    def _fetch_once(self, positions: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], FetchedPartition]:
+        by_node: dict[int, list[tuple[str, int]]] = {}
+        for tp in positions:
+            by_node.setdefault(self._meta.leader(tp), []).append(tp)
+        sent = []
+        for node, tps in by_node.items():
+            topics: dict[str, list[dict[str, Any]]] = {}
+            for t, p in tps:
+                topics.setdefault(t, []).append(
+                    {"partition": p, "current_leader_epoch": -1, "fetch_offset": positions[(t, p)],
+                     "log_start_offset": -1, "partition_max_bytes": self.partition_max_bytes})
+            body = {"replica_id": -1, "max_wait_ms": self.max_wait_ms, "min_bytes": 1,
+                    "max_bytes": 64 << 20, "isolation_level": 1, "session_id": 0,
+                    "session_epoch": -1, "rack_id": "",
+                    "topics": [{"topic": t, "partitions": ps} for t, ps in topics.items()]}
+            c = self._meta.connection(node)
+            c.send(FETCH, self.version, body, [])
+            sent.append(c)
+        out: dict[tuple[str, int], FetchedPartition] = {}
+        deadline = time.monotonic() + self.timeout + self.max_wait_ms / 1000
+        for c in sent:
+            while (got := c.response()) is None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([c.sock], [], [], left)[0]:
+                    raise kerr.NetworkError(f"{c._name()} did not answer a Fetch")
+                c.fill()
+            res = got[1]
+            if res.get("error_code"):
+                raise kerr.error_for_code(res["error_code"])(
+                    f"the cluster refused a Fetch (Kafka error {res['error_code']})")
+            retry = None
+            for t in res["responses"]:
+                for p in t["partitions"]:
+                    fp = FetchedPartition(p)
+                    if fp.error in RETRIABLE:
+                        retry = _Retry(f"{t['topic']}-{p['partition_index']}: Kafka error "
+                                       f"{fp.error}")
+                    elif fp.error and fp.error != _OFFSET_OUT_OF_RANGE:
+                        raise kerr.error_for_code(fp.error)(
+                            f"reading {t['topic']}-{p['partition_index']} from the cluster "
+                            f"(Kafka error {fp.error})")
+                    out[(t["topic"], p["partition_index"])] = fp
+            if retry is not None:
+                raise retry
+        return out
+
+
+class _Metadata:
+    """Versions, leaders and one connection per broker, for the fetcher."""
+
+    def __init__(self, bootstrap: str, timeout: float, client_id: str) -> None:
+        self.bootstrap = parse_bootstrap(bootstrap)
+        self.timeout = timeout
+        self.client_id = client_id
+        self.addresses: dict[int, tuple[str, int]] = {}
+        self.leaders: dict[tuple[str, int], int] = {}
+        self.conns: dict[int, _Connection] = {}
+        c = self._any()
+        try:
+            res = c.call(API_VERSIONS, 0, {}, timeout)
+        finally:
+            c.close()
+        self.versions = {k["api_key"]: (k["min_version"], k["max_version"])
+                         for k in res["api_keys"]}
+        lo, hi = self.versions.get(METADATA, (0, -1))
+        self.metadata_version = min(hi, _CAPS[METADATA])
+        if self.metadata_version < max(lo, 1):
+            raise kerr.UnsupportedVersionError(f"the broker serves Metadata {lo}-{hi}")
+
+    def _any(self) -> _Connection:
+        errors = []
+        for addr in list(self.addresses.values()) + self.bootstrap:
+            try:
+                return _Connection(addr, self.timeout, self.client_id)
+            except kerr.NetworkError as exc:
+                errors.append(str(exc))
+        raise kerr.NetworkError("no broker reachable: " + "; ".join(errors))
+
+    def leader(self, tp: tuple[str, int]) -> int:
+        node = self.leaders.get(tp)
+        if node is None:
+            self.refresh({tp[0]} | {t for t, _ in self.leaders})
+            node = self.leaders.get(tp)
+            if node is None:
+                raise _Retry(f"no leader for {tp[0]}-{tp[1]}")
+        return node
+
+    def refresh(self, topics: Iterable[str]) -> None:
+        c = self._any()
+        try:
+            res = c.call(METADATA, self.metadata_version,
+                         {"topics": [{"name": t} for t in sorted(topics)],
+                          "allow_auto_topic_creation": False}, self.timeout)
+        finally:
+            c.close()
+        self.addresses.update({b["node_id"]: (b["host"], b["port"]) for b in res["brokers"]})
+        for t in res["topics"]:
+            if t["error_code"] and t["error_code"] not in RETRIABLE:
+                raise kerr.error_for_code(t["error_code"])(
+                    f"topic {t['name']!r} at the cluster (Kafka error {t['error_code']})")
+            for p in t["partitions"]:
+                if p["leader_id"] >= 0:
+                    self.leaders[(t["name"], p["partition_index"])] = p["leader_id"]
+
+    def connection(self, node: int) -> _Connection:
+        c = self.conns.get(node)
+        if c is None:
+            addr = self.addresses.get(node)
+            if addr is None:
+                raise _Retry(f"broker {node} is not in the metadata")
+            c = self.conns[node] = _Connection(addr, self.timeout, self.client_id)
+        return c
+
+    def reset(self) -> None:
+        """After a failure: new connections and leaders on next use."""
+        self.close()
+        self.leaders.clear()
+
+    def close(self) -> None:
+        for c in self.conns.values():
+            c.close()
+        self.conns.clear()

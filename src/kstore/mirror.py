@@ -57,6 +57,7 @@ from typing import Any
 from kstore import _core, _kafka
 from kstore import errors as kerr
 from kstore.config import validate_config
+from kstore._batchproducer import seal
 from kstore.consumer import _left_out
 from kstore.log.checkpoint import atomic_write
 
@@ -202,6 +203,86 @@ class Checkpoint:
 # A data directory
 
 
+def _copy_out(batches: Iterable[Any], keep: Callable[[Any], bool], pos: int, end: int,
+              codec: str, max_bytes: int, max_records: int, where: str
+              ) -> tuple[list[tuple[bytearray, int]], int, int]:
+    """The records of ``batches`` (in order) from offset ``pos`` below ``end`` whose batch
+    ``keep`` accepts, as whole batches: ``([(batch, records)], next offset, records)``. A batch
+    is taken as it is (a copy, for the writer to seal) when it is whole from ``pos``, dense
+    (compaction removed nothing from it), CreateTime, in ``codec`` and at most ``max_bytes``,
+    after its CRC is checked; the records of other batches are encoded into new ones
+    (consecutive ones together). Stops after about ``max_records``."""
+    out: list[tuple[bytearray, int]] = []
+    n = 0
+    nxt = pos
+    builder: Any = None
+    maxdec = _core.DEFAULT_MAX_DECOMPRESSED_BYTES
+
+    def flush() -> None:
+        nonlocal builder
+        if builder is not None and builder.count:
+            out.append((bytearray(builder.build()), builder.count))
+        builder = None
+
+    for b in batches:
+        if b.next_offset <= nxt:
+            continue
+        if b.base_offset >= end:
+            break
+        if keep(b):
+            if (b.base_offset >= nxt and b.record_count == b.last_offset_delta + 1
+                    and b.timestamp_type == 0 and not b.has_delete_horizon
+                    and b.compression == codec and b.size <= max_bytes):
+                flush()
+                b.validate(deep=False)  # the CRC, before its bytes go on under a new one
+                out.append((bytearray(b.raw()), b.record_count))
+                n += b.record_count
+            else:
+                for r in b.records(True, maxdec, None, -1, nxt):
+                    if builder is None:
+                        builder = _core.BatchBuilder(codec, max_batch_bytes=max_bytes)
+                    if not builder.append(r.value, r.key, r.headers, r.timestamp):
+                        flush()
+                        builder = _core.BatchBuilder(codec, max_batch_bytes=max_bytes)
+                        if not builder.append(r.value, r.key, r.headers, r.timestamp):
+                            raise kerr.RecordTooLargeError(
+                                f"{where} offset {r.offset}: the record does not fit a batch "
+                                f"of {max_bytes} bytes")
+                    n += 1
+        nxt = b.next_offset
+        if n >= max_records:
+            break
+    flush()
+    return out, nxt, n
+
+
+def _fetched_keep(aborted: list[tuple[int, int]]) -> Callable[[Any], bool]:
+    """For the batches of one Fetch answer, in order: whether a read_committed reader takes
+    each (Kafka's consumer rule: a transactional batch of a producer with an aborted
+    transaction begun at or before it is dropped until that producer's ABORT marker; markers
+    are never taken)."""
+    from kstore.log.txn import ABORT, control_type
+
+    pending = sorted(aborted, key=lambda a: a[1])
+    active: set[int] = set()
+    i = 0
+
+    def keep(b: Any) -> bool:
+        nonlocal i
+        if b.is_control:
+            if b.record_count and control_type(b) == ABORT:
+                active.discard(b.producer_id)
+            return False
+        if not b.is_transactional:
+            return True
+        while i < len(pending) and pending[i][1] <= b.last_offset:
+            active.add(pending[i][0])
+            i += 1
+        return b.producer_id not in active
+
+    return keep
+
+
 class _StoreSide:
     """A data directory as a source (read-only: works beside a running writer) or a
     destination (a shared writer)."""
@@ -308,10 +389,7 @@ class _StoreSide:
                      hi: int | None, codec: str, max_bytes: int
                      ) -> tuple[list[tuple[bytearray, int]], int, int]:
         """read()'s records as whole batches for a cluster: ``([(batch, records)], the offset
-        to read next, records)``. A stored batch is taken as it is (a copy, for the producer to
-        seal) when it is whole from ``pos``, dense (compaction removed nothing from it),
-        CreateTime, in ``codec`` and at most ``max_bytes``; the records of other batches are
-        encoded into new ones (consecutive ones together)."""
+        to read next, records)`` (see _copy_out)."""
         try:
             fs, index, end = self._span(topic, partition, pos, hi)
         except kerr.OffsetOutOfRangeError:
@@ -319,48 +397,8 @@ class _StoreSide:
             if pos >= start:
                 raise
             return [], start, 0
-        out: list[tuple[bytearray, int]] = []
-        n = 0
-        nxt = pos
-        builder: Any = None
-        maxdec = _core.DEFAULT_MAX_DECOMPRESSED_BYTES
-
-        def flush() -> None:
-            nonlocal builder
-            if builder is not None and builder.count:
-                out.append((bytearray(builder.build()), builder.count))
-            builder = None
-
-        for b in fs.batches():
-            if b.next_offset <= nxt:
-                continue
-            if b.base_offset >= end:
-                break
-            if not _left_out(b, index):
-                if (b.base_offset >= nxt and b.record_count == b.last_offset_delta + 1
-                        and b.timestamp_type == 0 and not b.has_delete_horizon
-                        and b.compression == codec and b.size <= max_bytes):
-                    flush()
-                    b.validate(deep=False)  # the CRC, before its bytes leave under a new one
-                    out.append((bytearray(b.raw()), b.record_count))
-                    n += b.record_count
-                else:
-                    for r in b.records(True, maxdec, None, -1, nxt):
-                        if builder is None:
-                            builder = _core.BatchBuilder(codec, max_batch_bytes=max_bytes)
-                        if not builder.append(r.value, r.key, r.headers, r.timestamp):
-                            flush()
-                            builder = _core.BatchBuilder(codec, max_batch_bytes=max_bytes)
-                            if not builder.append(r.value, r.key, r.headers, r.timestamp):
-                                raise kerr.RecordTooLargeError(
-                                    f"{topic}-{partition} offset {r.offset}: the record does "
-                                    f"not fit a batch of {max_bytes} bytes")
-                        n += 1
-            nxt = b.next_offset
-            if n >= max_records:
-                break
-        flush()
-        return out, nxt, n
+        return _copy_out(fs.batches(), lambda b: not _left_out(b, index), pos, end, codec,
+                         max_bytes, max_records, f"{topic}-{partition}")
 
     def count(self, topic: str, partition: int, lo: int, hi: int) -> int:
         """Records copied from offsets [lo, hi): not control records nor aborted ones."""
@@ -410,7 +448,9 @@ class _StoreSide:
         # ends with a flush.
         self._producer = self.store.producer(linger_ms=1000, batch_size=1 << 20,
                                              compression=self._compression)
-        return _StoreWriter(self.store, self._producer)
+        w = _StoreWriter(self.store, self._producer)
+        w.codec = self._compression or "none"
+        return w
 
 
 class _StoreWriter:
@@ -432,6 +472,22 @@ class _StoreWriter:
                 send(topic, m.value(), m.key(), m.headers(), m.timestamp()[1], partition)
         self._chunks.append((topic, partition, src_next, len(recs)))
         return nbytes
+
+    batches_in = True  # takes whole batches (write_batches) from a cluster's Fetch
+    codec: str = "none"
+    max_bytes = 1 << 62  # the topic's max.message.bytes applies (Mirror._max_bytes)
+
+    def write_batches(self, topic: str, partition: int, batches: list[tuple[bytearray, int]],
+                      src_next: int) -> None:
+        """Append whole batches (no producer: id, epoch and sequence -1), in order after what
+        write() sent (flushed first)."""
+        lg = self.store.partition(topic, partition)
+        if batches and self.producer.pending_records:
+            self.producer.flush()
+        for buf, _ in batches:
+            seal(buf, -1, -1, -1)
+            lg.append_batches(buf)
+        self._chunks.append((topic, partition, src_next, sum(c for _, c in batches)))
 
     def acknowledged(self, wait: bool) -> list[tuple[str, int, int, int]]:
         """(topic, partition, src_next, dst_next) of each chunk written since the last call,
@@ -503,6 +559,8 @@ class _ClusterSide:
         self.compression = compression or "none"
         self.forward = forward
         self._forwarder: _ForwardWriter | None = None
+        self.fetcher: Any = None  # a BatchFetcher when the mirror reads batches from here
+        self._seen_ends: dict[tuple[str, int], int] = {}
         self._errors: list[Any] = []
         admin_conf: dict[str, Any] = {**self.conf, "error_cb": self._errors.append}
         self.admin = self.admin_mod.AdminClient(admin_conf)
@@ -527,6 +585,8 @@ class _ClusterSide:
             self._producer.flush(0)
         if self._forwarder is not None:
             self._forwarder.close()
+        if self.fetcher is not None:
+            self.fetcher.close()
 
     def _result(self, fut: Any, what: str) -> Any:
         try:
@@ -600,6 +660,8 @@ class _ClusterSide:
 
     def known_ends(self, pos: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         """The high watermarks the copy's fetches brought (no request; for the lag shown)."""
+        if self.fetcher is not None:
+            return {tp: max(self._seen_ends.get(tp, at), at) for tp, at in pos.items()}
         c = self._reader()
         out = {}
         for (t, p), at in pos.items():
@@ -625,8 +687,55 @@ class _ClusterSide:
         return self._consumer
 
     def assign(self, positions: Mapping[tuple[str, int], int]) -> None:
+        if self.fetcher is not None:
+            return  # fetch_batches is told the positions each time
         tps = [self.ck.TopicPartition(t, p, off) for (t, p), off in positions.items()]
         self._reader().assign(tps)
+
+    def use_fetcher(self) -> bool:
+        """Read whole batches with kstore's BatchFetcher (PLAINTEXT; librdkafka hands over one
+        message object per record, 0.41 M records/s into a data directory)."""
+        from kstore._batchproducer import BatchFetcher, usable
+
+        if self.forward and usable(self.conf):
+            self.fetcher = BatchFetcher(self.conf["bootstrap.servers"], timeout=self.timeout,
+                                        client_id=self.conf.get("client.id") or "kstore-mirror")
+        return self.fetcher is not None
+
+    def fetch_batches(self, pos: Mapping[tuple[str, int], int], ends: Mapping[tuple[str, int], int] | None,
+                      codec: str, max_bytes: Callable[[str], int], max_records: int
+                      ) -> dict[tuple[str, int], tuple[list[tuple[bytearray, int]], int, int]]:
+        """For every partition not at its end: (whole batches to append, the offset to read
+        next, records), as a read_committed reader sees them (see _copy_out)."""
+        assert self.fetcher is not None
+        want = {tp: off for tp, off in pos.items() if ends is None or off < ends.get(tp, 0)}
+        if not want:
+            return {}
+        out: dict[tuple[str, int], tuple[list[tuple[bytearray, int]], int, int]] = {}
+        for tp, fp in self.fetcher.fetch(want).items():
+            at = want[tp]
+            self._seen_ends[tp] = max(fp.high_watermark, at)
+            if fp.error:  # OFFSET_OUT_OF_RANGE: retention at the cluster went past it
+                if at >= fp.log_start_offset >= 0:
+                    raise kerr.OffsetOutOfRangeError(
+                        f"{tp[0]}-{tp[1]} at {self.url}: offset {at} is out of range "
+                        f"(log start {fp.log_start_offset}, end {fp.high_watermark})")
+                out[tp] = ([], max(fp.log_start_offset, 0), 0)
+                continue
+            end = fp.last_stable_offset if fp.last_stable_offset >= 0 else fp.high_watermark
+            if ends is not None:
+                end = min(end, ends.get(tp, end))
+            buf = fp.records
+            whole = _core.span_batches(buf, 0, len(buf)) if len(buf) >= 61 else 0
+            batches = _core.iter_batches(buf, 0, whole) if whole else iter(())
+            got, nxt, k = _copy_out(batches, _fetched_keep(fp.aborted), at, end, codec,
+                                    max_bytes(tp[0]), max_records, f"{tp[0]}-{tp[1]}")
+            if nxt == at and not got and end > at and whole == 0 and len(buf) > 0:
+                raise kerr.RecordTooLargeError(
+                    f"{tp[0]}-{tp[1]} at {self.url}: the batch at offset {at} is larger than "
+                    f"the fetch size ({self.fetcher.partition_max_bytes} bytes)")
+            out[tp] = (got, nxt, k)
+        return out
 
     def poll(self, max_records: int, timeout: float) -> tuple[dict[tuple[str, int], list[Any]],
                                                               dict[tuple[str, int], int]]:
@@ -1039,7 +1148,8 @@ class Mirror:
     # ------------------------------------------------------------------------------------------
 
     def run(self) -> Stats:
-        src = _side(self.src_target, False, self.client_config, None, self.timeout)
+        src = _side(self.src_target, False, self.client_config, None, self.timeout,
+                    self.forward_batches)
         try:
             dst = _side(self.dst_target, True, self.client_config, self.compression,
                         self.timeout, self.forward_batches)
@@ -1112,6 +1222,8 @@ class Mirror:
         started = time.monotonic()
         cp = Checkpoint(self.checkpoint_path, src.name, dst.name)
         writer = dst.writer(self.timeout)
+        if src.kind == "cluster" and getattr(writer, "batches_in", False):
+            src.use_fetcher()
         pos: dict[tuple[str, int], int] = {}  # next source offset to read
         anchors: dict[tuple[str, int], Anchors] = {}
         topics: dict[str, int] = {}
@@ -1259,6 +1371,18 @@ class Mirror:
                 writer.write(tp[0], tp[1], recs, "store", nxt)
                 pos[tp] = nxt
                 n += len(recs)
+        elif getattr(writer, "batches_in", False) and src.fetcher is not None:
+            got = src.fetch_batches(pos, None if self.follow else ends, writer.codec,
+                                    lambda t: min(writer.max_bytes, self._max_bytes.get(t, 1 << 62)),
+                                    chunk)
+            for tp, (batches, nxt, k) in got.items():
+                if nxt == pos[tp] and not batches:
+                    continue
+                writer.write_batches(tp[0], tp[1], batches, nxt)
+                pos[tp] = nxt
+                n += k
+            if not got and self.follow:
+                self._stop.wait(0.05)
         else:
             by, nxt = src.poll(chunk, 0.1)
             for tp, off in nxt.items():

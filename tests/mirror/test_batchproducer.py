@@ -246,3 +246,78 @@ def test_reencoded_batches_stay_within_the_topics_max_message_bytes(tmp_path):
             (k, v) for _, k, v, _, _ in want]
         sizes = [b.size for b in broker.store.partition("small", 0).read(0, 1 << 24).batches()]
         assert max(sizes) <= 3000 and len(sizes) > 1
+
+
+# ==============================================================================================
+# Reading whole batches from a cluster (BatchFetcher) into a data directory
+
+
+def test_from_a_cluster_only_what_read_committed_sees_on_both_paths(tmp_path):
+    """Committed, aborted, interleaved and still-open transactions beside plain records, at the
+    broker: the batch path (Fetch with read_committed, Kafka's aborted-transaction rule) and
+    librdkafka's consumer copy the same records."""
+    with testing.start(tmp_path / "b") as broker:
+        s = broker.store
+        s.create_topic("tx", 2)
+        plain = s.producer(linger_ms=0)
+        t1 = s.producer(transactional_id="one", linger_ms=0)
+        t2 = s.producer(transactional_id="two", linger_ms=0)
+        for r in range(8):
+            t1.begin_transaction()
+            t2.begin_transaction()
+            for p in (0, 1):
+                t1.send("tx", b"one-%d-%d" % (r, p), partition=p)
+                plain.send("tx", b"plain-%d-%d" % (r, p), partition=p)
+                t2.send("tx", b"two-%d-%d" % (r, p), partition=p)
+            t1.flush()
+            t2.flush()
+            plain.flush()
+            (t1.abort_transaction if r % 3 == 1 else t1.commit_transaction)()
+            (t2.abort_transaction if r % 2 == 0 else t2.commit_transaction)()
+        t1.begin_transaction()
+        t1.send("tx", b"open", partition=0)
+        t1.flush()
+        c = s.consumer(isolation_level="read_committed", auto_offset_reset="earliest")
+        c.assign([("tx", 0), ("tx", 1)])
+        want: dict[int, list[bytes]] = {0: [], 1: []}
+        while recs := c.poll(timeout=0):
+            for r in recs:
+                want[r.partition].append(r.value)
+        c.close()
+        assert b"open" not in want[0] and any(v.startswith(b"two") for v in want[0])
+        url = f"kafka://{broker.bootstrap_servers}"
+        for forward in (True, False):
+            dst = tmp_path / f"dst-{forward}"
+            st = Mirror(url, dst, topics=["tx"], groups=False, forward_batches=forward,
+                        timeout=10).run()
+            assert st.records == len(want[0]) + len(want[1]), forward
+            with kstore.open(dst, read_only=True) as d:
+                for p in (0, 1):
+                    assert [r[2] for r in records_of(d, "tx", p)] == want[p], (forward, p)
+        t1.abort_transaction()
+
+
+def test_fetch_batches_from_the_middle_of_a_batch_and_past_small_fetch_sizes(tmp_path):
+    from kstore.mirror import _ClusterSide
+
+    with testing.start(tmp_path / "b") as broker:
+        broker.create_topic("mid", 1)
+        with broker.store.producer(linger_ms=0, compression="lz4", batch_size=4096) as pr:
+            pr.send_many("mid", [b"value %05d " % i + bytes(80) for i in range(3000)],
+                         partition=0)
+        side = _ClusterSide(f"kafka://{broker.bootstrap_servers}", None, None, 10)
+        try:
+            assert side.use_fetcher()
+            side.fetcher.partition_max_bytes = 1000  # under one batch: each comes whole
+            got, pos = [], 7  # inside the first batch: its records from 7 are re-encoded
+            while pos < 3000:
+                res = side.fetch_batches({("mid", 0): pos}, {("mid", 0): 3000}, "lz4",
+                                         lambda t: 1 << 20, 10_000)
+                batches, nxt, k = res[("mid", 0)]
+                assert nxt > pos and k == sum(c for _, c in batches)
+                for buf, _ in batches:
+                    got += [r.value for r in _core.read_batch(bytes(buf)).records()]
+                pos = nxt
+            assert got == [b"value %05d " % i + bytes(80) for i in range(7, 3000)]
+        finally:
+            side.close()

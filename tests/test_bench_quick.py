@@ -271,3 +271,28 @@ def test_asv_benchmark_once(cls, tmp_path, monkeypatch):
             finally:
                 obj.teardown(*args) if hasattr(obj, "teardown") else None
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- benchmarks/test_bench_mirror.py and test_bench_connect.py at a tiny N -------------------
+
+def test_mirror_and_connect_benchmarks_quick(tmp_path):
+    """The mirror both ways (whole batches and record by record) beside the bare confluent-kafka
+    baseline, and send_many / poll_batches through kstore.connect beside embedded, once each at
+    a tiny N: every run moved every record (each benchmark checks its count)."""
+    need("confluent_kafka", "test")
+    out = tmp_path / "mirror.json"
+    env = {**_bench_env(), "KSTORE_BENCH_RECORDS": str(N), "KSTORE_BENCH_ROUNDS": "1",
+           "KSTORE_BENCH_DIR": str(tmp_path)}
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "benchmarks" / "test_bench_mirror.py"),
+         str(ROOT / "benchmarks" / "test_bench_connect.py"), "--benchmark-only",
+         f"--benchmark-json={out}", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+         "-n", "0"],
+        check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    ran = {b["name"] for b in json.loads(out.read_text())["benchmarks"]}
+    assert ran == {"test_mirror_store_to_serve", "test_mirror_store_to_serve_per_record",
+                   "test_mirror_baseline_bare_confluent_produce",
+                   "test_mirror_serve_to_store[batches]", "test_mirror_serve_to_store[per_record]",
+                   "test_connect_send_many[embedded]", "test_connect_send_many[cluster]",
+                   "test_connect_poll_batches[embedded]", "test_connect_poll_batches[cluster]"}

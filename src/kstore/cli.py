@@ -1995,9 +1995,10 @@ def _parse_client_configs(ctx: click.Context, param: click.Parameter,
               help="Seconds to reach a cluster, and that a destination may acknowledge nothing, "
               "before the command fails.")
 @click.option("--per-record", is_flag=True,
-              help="From a data directory to a cluster, produce record by record through "
-              "confluent-kafka instead of sending the stored batches as they are (that path is "
-              "taken only over PLAINTEXT; with TLS/SASL settings records go one by one anyway).")
+              help="Between a data directory and a cluster, copy record by record through "
+              "confluent-kafka instead of sending (or fetching) whole batches as they are (that "
+              "path is taken only over PLAINTEXT; with TLS/SASL settings records go one by one "
+              "anyway).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def mirror(src: str, dest: str, topic_names: tuple[str, ...], include: str | None,
            client_config: dict[str, str], follow: bool, checkpoint: Path | None,

@@ -1100,9 +1100,9 @@ class Mirror:
     names (SASL, TLS). ``follow``: keep copying new records until :meth:`stop`. ``groups``: copy
     committed group offsets. ``compression``: the destination's. ``on_progress(stats)`` is
     called after each acknowledged round. ``max_rate``: records/s at most (0: no limit).
-    ``forward_batches``: from a data directory to a PLAINTEXT cluster, send the stored batches
-    as they are with kstore's own producer (kstore._batchproducer: several times faster);
-    False, or TLS/SASL settings: record by record through confluent-kafka.
+    ``forward_batches``: between a data directory and a PLAINTEXT cluster, move whole batches
+    as they are with kstore's own producer and fetcher (kstore._batchproducer: several times
+    faster); False, or TLS/SASL settings: record by record through confluent-kafka.
 
     Raises (kstore.errors): InvalidPartitionsError when a destination topic exists with another
     partition count (nothing is copied), UnknownTopicOrPartitionError for a named topic the

@@ -21,6 +21,7 @@ kafka-spec has no schema for these records (they are broker-internal); the layou
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 from dataclasses import dataclass, field
 
@@ -68,7 +69,10 @@ class TxnMetadata:
     start_ms: int = -1
 
 
+@functools.lru_cache(maxsize=4096)
 def txn_partition(transactional_id: str) -> int:
+    """The __transaction_state partition of an id (Java's String.hashCode, so 2 writes per
+    transaction would hash it in Python each time: cached)."""
     return group_partition(transactional_id, TXN_PARTITIONS)
 
 

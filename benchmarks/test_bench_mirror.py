@@ -100,7 +100,10 @@ def _end(server) -> int:
 
 
 @pytest.mark.benchmark(group=TO_SERVE)
-def test_mirror_store_to_serve(benchmark, source, server):
+@pytest.mark.parametrize("forward", [True, False], ids=["batches", "per_record"])
+def test_mirror_store_to_serve(benchmark, source, server, forward):
+    """The stored batches as they are, or (per_record, --per-record) confluent-kafka's
+    produce() for each record."""
     url = f"kafka://{server.bootstrap}"
 
     def setup():
@@ -109,26 +112,7 @@ def test_mirror_store_to_serve(benchmark, source, server):
         return (), {}
 
     def run():
-        st = kmirror.Mirror(source, url, compression="lz4").run()
-        assert st.records == N, st
-
-    with_load(benchmark, run, setup=setup, rounds=ROUNDS)
-    assert _end(server) == N
-    benchmark.extra_info["records"] = N
-
-
-@pytest.mark.benchmark(group=TO_SERVE)
-def test_mirror_store_to_serve_per_record(benchmark, source, server):
-    """The same mirror with --per-record: confluent-kafka's produce() for each record."""
-    url = f"kafka://{server.bootstrap}"
-
-    def setup():
-        _drop_topic(server)
-        kmirror.default_checkpoint(source, url).unlink(missing_ok=True)
-        return (), {}
-
-    def run():
-        st = kmirror.Mirror(source, url, compression="lz4", forward_batches=False).run()
+        st = kmirror.Mirror(source, url, compression="lz4", forward_batches=forward).run()
         assert st.records == N, st
 
     with_load(benchmark, run, setup=setup, rounds=ROUNDS)

@@ -291,7 +291,7 @@ def test_mirror_and_connect_benchmarks_quick(tmp_path):
         check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     ran = {b["name"] for b in json.loads(out.read_text())["benchmarks"]}
-    assert ran == {"test_mirror_store_to_serve", "test_mirror_store_to_serve_per_record",
+    assert ran == {"test_mirror_store_to_serve[batches]", "test_mirror_store_to_serve[per_record]",
                    "test_mirror_baseline_bare_confluent_produce",
                    "test_mirror_serve_to_store[batches]", "test_mirror_serve_to_store[per_record]",
                    "test_connect_send_many[embedded]", "test_connect_send_many[cluster]",

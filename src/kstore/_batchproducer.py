@@ -191,6 +191,18 @@ class _Connection:
             self.fill()
 
 
+def _first_reachable(addresses: list[tuple[str, int]], timeout: float,
+                     client_id: str) -> _Connection:
+    """A connection to the first broker of ``addresses`` that answers."""
+    errors = []
+    for addr in addresses:
+        try:
+            return _Connection(addr, timeout, client_id)
+        except kerr.NetworkError as exc:
+            errors.append(str(exc))
+    raise kerr.NetworkError("no broker reachable: " + "; ".join(errors))
+
+
 def _skip_tags(buf: bytes, pos: int) -> int:
     """Past a tagged-field section (a response header v1)."""
     def uvarint(p: int) -> tuple[int, int]:
@@ -246,13 +258,8 @@ class BatchProducer:
     # -- setup ----------------------------------------------------------------------------------
 
     def _any_connection(self) -> _Connection:
-        errors = []
-        for addr in list(self._addresses.values()) + self.bootstrap:
-            try:
-                return _Connection(addr, self.timeout, self.client_id)
-            except kerr.NetworkError as exc:
-                errors.append(str(exc))
-        raise kerr.NetworkError("no broker reachable: " + "; ".join(errors))
+        return _first_reachable(list(self._addresses.values()) + self.bootstrap, self.timeout,
+                                self.client_id)
 
     def _negotiate(self) -> dict[int, int]:
         c = self._any_connection()
@@ -637,13 +644,8 @@ class _Metadata:
             raise kerr.UnsupportedVersionError(f"the broker serves Metadata {lo}-{hi}")
 
     def _any(self) -> _Connection:
-        errors = []
-        for addr in list(self.addresses.values()) + self.bootstrap:
-            try:
-                return _Connection(addr, self.timeout, self.client_id)
-            except kerr.NetworkError as exc:
-                errors.append(str(exc))
-        raise kerr.NetworkError("no broker reachable: " + "; ".join(errors))
+        return _first_reachable(list(self.addresses.values()) + self.bootstrap, self.timeout,
+                                self.client_id)
 
     def leader(self, tp: tuple[str, int]) -> int:
         node = self.leaders.get(tp)

@@ -242,7 +242,6 @@ class BatchProducer:
         self._conns: dict[int, _Connection] = {}
         self._addresses: dict[int, tuple[str, int]] = {}
         self._leaders: dict[tuple[str, int], int] = {}
-        self._topics: set[str] = set()
         self._pending: dict[tuple[str, int], collections.deque[_Item]] = {}
         self._unacked: dict[tuple[str, int], collections.deque[_Item]] = {}
         self._seq: dict[tuple[str, int], int] = {}
@@ -306,8 +305,11 @@ class BatchProducer:
             attempt += 1
 
     def _refresh(self, topics: Iterable[str]) -> None:
-        """Leaders of every partition of ``topics`` (waits out a topic just created)."""
-        want = sorted(set(topics) | self._topics)
+        """Leaders of every partition of ``topics`` and of the topics with batches on their
+        way (waits out a topic just created). Topics with nothing on its way are not asked
+        for: one deleted since must not stop the others."""
+        busy = {tp[0] for q in (self._pending, self._unacked) for tp, items in q.items() if items}
+        want = sorted(set(topics) | busy)
         deadline = time.monotonic() + self.timeout
         attempt = 0
         while True:
@@ -332,7 +334,6 @@ class BatchProducer:
                     else:
                         self._leaders[(t["name"], p["partition_index"])] = p["leader_id"]
             if not problems:
-                self._topics.update(want)
                 return
             name, err = problems[0]
             if err not in RETRIABLE or time.monotonic() > deadline:
@@ -361,6 +362,10 @@ class BatchProducer:
             self._refresh([topic])
             if tp not in self._leaders:
                 raise kerr.UnknownTopicOrPartitionError(f"{topic}-{partition} is not at the cluster")
+        if not self.pending():
+            # Nothing was outstanding: the silence allowed (timeout) starts now, not at the
+            # last acknowledgement, which may be long ago.
+            self._last_progress = time.monotonic()
         seq = self._seq.get(tp, 0)
         seal(buf, self.producer_id, self.epoch, seq)
         self._seq[tp] = (seq + count) & 0x7FFFFFFF
@@ -409,8 +414,8 @@ class BatchProducer:
         left = self._last_progress + self.timeout - time.monotonic()
         if block and left <= 0:
             raise kerr.RequestTimedOutError(
-                f"the cluster acknowledged nothing for {self.timeout:g}s; the next run copies "
-                f"what it did not acknowledge, once")
+                f"the cluster acknowledged nothing for {self.timeout:g}s; the batches not "
+                f"acknowledged ({self.pending()}) may or may not have been written")
         try:
             ready = select.select([c.sock for c in conns], [], [], max(left, 0) if block else 0)[0]
             for c in conns:
@@ -466,7 +471,8 @@ class BatchProducer:
         if time.monotonic() - self._last_progress > self.timeout:
             raise kerr.RequestTimedOutError(
                 f"the cluster acknowledged nothing for {self.timeout:g}s (last: {why}); the "
-                f"next run copies what it did not acknowledge, once") from None
+                f"batches not acknowledged ({self.pending()}) may or may not have been "
+                f"written") from None
         for c in self._conns.values():
             c.close()
         self._conns.clear()

@@ -932,9 +932,8 @@ class ClusterProducer:
                 for p in range(nparts):
                     idx = np.flatnonzero(parts == p)
                     for a in range(0, len(idx), 16384):  # about 2 MiB encoded at a time
-                        raw = bytearray(_core.encode_batches(
-                            values, keys, timestamps, indices=idx[a:a + 16384],
-                            compression=codec, max_batch_bytes=limit))
+                        raw = self._encode_within(values, keys, timestamps, idx[a:a + 16384],
+                                                  codec, limit, max_bytes)
                         view = memoryview(raw)
                         for b in _core.iter_batches(view):
                             bp.produce(topic, p, view[b.position:b.position + b.size],
@@ -946,6 +945,20 @@ class ClusterProducer:
                 bp.close()
                 self._batcher = None
                 raise
+
+    @staticmethod
+    def _encode_within(values: Any, keys: Any, timestamps: Any, idx: np.ndarray, codec: str,
+                       limit: int, max_bytes: int) -> bytearray:
+        """Batches of at most ``max_bytes`` each: the encoder bounds the bytes before
+        compression, and lz4 or snappy can grow incompressible data past that; then again
+        with a smaller bound."""
+        while True:
+            raw = bytearray(_core.encode_batches(values, keys, timestamps, indices=idx,
+                                                 compression=codec, max_batch_bytes=limit))
+            biggest = max(b.size for b in _core.iter_batches(raw))
+            if biggest <= max_bytes or limit <= _core.HEADER_SIZE:
+                return raw
+            limit = max(limit * 7 // 8, _core.HEADER_SIZE)
 
     def flush(self) -> None:
         """Wait until every record sent so far is acknowledged (or failed: then raise the

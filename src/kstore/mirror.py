@@ -216,13 +216,34 @@ def _copy_out(batches: Iterable[Any], keep: Callable[[Any], bool], pos: int, end
     n = 0
     nxt = pos
     builder: Any = None
+    held: list[Any] = []  # the records in builder
     maxdec = _core.DEFAULT_MAX_DECOMPRESSED_BYTES
+
+    def encode(recs: list[Any]) -> None:
+        """One batch of ``recs``, or, when the codec made it larger than ``max_bytes`` (the
+        builder bounds the bytes before compression; lz4 and snappy grow incompressible
+        data), two halves."""
+        bb = _core.BatchBuilder(codec, max_batch_bytes=1 << 62)
+        for r in recs:
+            bb.append(r.value, r.key, r.headers, r.timestamp)
+        raw = bb.build()
+        if len(raw) <= max_bytes or len(recs) == 1:
+            out.append((bytearray(raw), len(recs)))
+            return
+        half = len(recs) // 2
+        encode(recs[:half])
+        encode(recs[half:])
 
     def flush() -> None:
         nonlocal builder
         if builder is not None and builder.count:
-            out.append((bytearray(builder.build()), builder.count))
+            raw = builder.build()
+            if len(raw) <= max_bytes:
+                out.append((bytearray(raw), builder.count))
+            else:
+                encode(held)
         builder = None
+        held.clear()
 
     for b in batches:
         if b.next_offset <= nxt:
@@ -248,6 +269,7 @@ def _copy_out(batches: Iterable[Any], keep: Callable[[Any], bool], pos: int, end
                             raise kerr.RecordTooLargeError(
                                 f"{where} offset {r.offset}: the record does not fit a batch "
                                 f"of {max_bytes} bytes")
+                    held.append(r)
                     n += 1
         nxt = b.next_offset
         if n >= max_records:

@@ -5,9 +5,11 @@ batch, a corrupt stored batch) lose nothing, repeat nothing and are never silent
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -321,3 +323,71 @@ def test_fetch_batches_from_the_middle_of_a_batch_and_past_small_fetch_sizes(tmp
             assert got == [b"value %05d " % i + bytes(80) for i in range(7, 3000)]
         finally:
             side.close()
+
+
+# ==============================================================================================
+# Found by review: idle producers, deleted topics, codecs that grow data
+
+
+def test_a_producer_idle_past_its_timeout_still_sends_and_recovers(tmp_path):
+    proxy = CuttingProxy("lost_answer", at=2)
+    with testing.start(tmp_path / "b", advertised_host="127.0.0.1",
+                       advertised_port=proxy.port) as broker:
+        broker.create_topic("t", 1)
+        proxy.start(broker.port)
+        bp = BatchProducer(f"127.0.0.1:{proxy.port}", timeout=1.0)
+        try:
+            bp.produce("t", 0, bytearray(_core.encode_batches([b"a"] * 10)), 10, "a")
+            assert bp.poll(wait=True) == [("a", 10)]
+            time.sleep(1.5)  # longer than the timeout, with nothing outstanding
+            # The next request's answer is lost (a reset): still within the timeout.
+            bp.produce("t", 0, bytearray(_core.encode_batches([b"b"] * 10)), 10, "b")
+            assert bp.poll(wait=True) == [("b", 20)]
+            assert bp.resets == 1
+        finally:
+            bp.close()
+            proxy.close()
+        assert [r.value for r in broker.records("t")] == [b"a"] * 10 + [b"b"] * 10
+
+
+def test_a_deleted_topic_does_not_stop_sends_to_others(tmp_path):
+    with testing.start(tmp_path / "b") as broker:
+        broker.create_topic("x", 1)
+        broker.create_topic("y", 1)
+        bp = BatchProducer(broker.bootstrap_servers, timeout=5)
+        try:
+            bp.produce("x", 0, bytearray(_core.encode_batches([b"x"])), 1)
+            bp.poll(wait=True)
+            broker.store.delete_topic("x")
+            bp.produce("y", 0, bytearray(_core.encode_batches([b"y"])), 1, "y")
+            assert bp.poll(wait=True) == [("y", 1)]
+        finally:
+            bp.close()
+
+
+@pytest.mark.parametrize("codec", ["lz4", "snappy"])
+def test_batches_of_incompressible_records_stay_under_max_message_bytes(tmp_path, codec):
+    """The encoder bounds the bytes before compression; lz4 and snappy make random bytes a
+    little larger. Both the mirror's re-encoding and kstore.connect's send_many must cut
+    smaller then, not send what the topic refuses."""
+    rng = random.Random(1)
+    values = [rng.randbytes(1000) for _ in range(300)]
+    src = tmp_path / "src"
+    with kstore.open(src) as s:
+        s.create_topic("m", 1, config={"max.message.bytes": 100_000})
+        with s.producer(linger_ms=0, compression="none") as pr:  # re-encoded by the mirror
+            for v in values:
+                pr.send("m", v, partition=0)
+    with testing.start(tmp_path / "b") as broker:
+        url = f"kafka://{broker.bootstrap_servers}"
+        st = Mirror(src, url, topics=["m"], groups=False, compression=codec, timeout=10).run()
+        assert st.records == 300
+        broker.create_topic("c", 1, config={"max.message.bytes": 20_000})
+        with kstore.connect(url) as cs, cs.producer(compression=codec,
+                                                    batch_size=1 << 20) as pr:
+            assert pr.send_many("c", values, partition=0) == 300
+        for t, limit in (("m", 100_000), ("c", 20_000)):
+            assert [r.value for r in broker.records(t)] == values
+            batches = list(broker.store.partition(t, 0).read(0, 1 << 26).batches())
+            assert max(b.size for b in batches) <= limit
+            assert {b.compression for b in batches} == {codec}

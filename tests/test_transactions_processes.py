@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import kstore
-from kstore.errors import ConcurrentTransactionsError
+from kstore.errors import ConcurrentTransactionsError, ProducerFencedError
 
 CHILD_HEAD = """
 import os, signal, sys
@@ -151,3 +151,40 @@ def test_one_live_producer_per_id_across_processes(data):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# Two Stores in one process hold their own locks (flock is per open file), as two processes do.
+
+
+def test_a_fenced_zombies_call_does_not_keep_the_id_from_other_processes(data):
+    with kstore.open(data) as a, kstore.open(data) as b:
+        zombie = a.producer(transactional_id="z", linger_ms=0)
+        current = a.producer(transactional_id="z", linger_ms=0)  # fences the first
+        current.close()
+        b.producer(transactional_id="z").close()  # free once a has no live producer for it
+        with pytest.raises(ProducerFencedError):
+            zombie.begin_transaction()
+            zombie.send("t", b"zombie", partition=0)
+            zombie.flush()
+        with b.producer(transactional_id="z", linger_ms=0) as p:
+            p.begin_transaction()
+            p.send("t", b"b", partition=0)
+            p.commit_transaction()
+        zombie.close()
+        assert visible(b, "read_committed") == [b"b"]
+
+
+def test_a_producer_whose_transaction_timed_out_lets_the_id_go_when_it_closes(data):
+    with kstore.open(data) as a, kstore.open(data) as b:
+        p = a.producer(transactional_id="slow", linger_ms=0, transaction_timeout_ms=100)
+        p.begin_transaction()
+        p.send("t", b"late", partition=0)
+        p.flush()
+        time.sleep(0.2)
+        assert a.run_maintenance()["aborted_transactions"] == ["slow"]
+        p.close()  # its epoch is not the current one any more
+        with b.producer(transactional_id="slow", linger_ms=0) as q:
+            q.begin_transaction()
+            q.send("t", b"b", partition=1)
+            q.commit_transaction()
+        assert visible(b, "read_committed") == [b"b"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -88,8 +89,15 @@ class Producer(_core.ProducerCore):
             raise ValueError(f"transactional_id must be a non-empty str, not "
                              f"{self.transactional_id!r}")
         coord = self.store.transactions()
-        err, pid, epoch = coord.init_producer_id(self.transactional_id, timeout_ms, -1, -1, 4)
-        if err == 51 and coord.held_elsewhere(self.transactional_id):  # CONCURRENT_TRANSACTIONS
+        deadline = time.monotonic() + 2.0
+        while True:
+            err, pid, epoch = coord.init_producer_id(self.transactional_id, timeout_ms, -1, -1, 4)
+            # CONCURRENT_TRANSACTIONS: another process holds the id, maybe only for a moment
+            # (finishing what a dead process left): retried for a while, as Kafka's clients do.
+            if err != 51 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if err == 51 and coord.held_elsewhere(self.transactional_id):
             from kstore.errors import ConcurrentTransactionsError
 
             raise ConcurrentTransactionsError(
@@ -98,6 +106,7 @@ class Producer(_core.ProducerCore):
                 f"fences the older one; processes here cannot). Close that producer or stop "
                 f"its process (its open transaction is then aborted) and try again")
         _raise_txn(err, f"init_transactions for {self.transactional_id!r}")
+        coord.retain(self.transactional_id, pid, epoch)
         self._coord = coord
         self._pid, self._epoch_ = pid, epoch
         self._transactional = True

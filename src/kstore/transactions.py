@@ -100,6 +100,7 @@ class TransactionCoordinator:
         self._held: dict[str, int] = {}
         self._replayed: dict[int, int] = {}
         self._orphans: set[str] = set()  # held only to finish a dead process's transaction
+        self._current: dict[str, tuple[int, int]] = {}  # id -> (pid, epoch) of our producer
         #: A server's coordinator keeps the open transactions it finds (its clients go on).
         self.keep_ongoing = False
 
@@ -143,16 +144,13 @@ class TransactionCoordinator:
     def _let_orphans_go(self) -> None:
         """Shared stores: give back the ids of dead processes' transactions taken to complete
         or abort them, so that a producer restarting with one in any process gets it at once
-        (it aborts what is left open, as Kafka's InitProducerId does). A server keeps the open
-        ones (``keep_ongoing``): its clients go on with them after a restart."""
+        (it aborts what is left open, as Kafka's InitProducerId does). A server keeps them
+        (``keep_ongoing``): its clients go on with open ones after a restart."""
+        if self.keep_ongoing:
+            return  # a server holds every id it took: its clients cannot say they have gone
         for tid in list(self._orphans):
-            m = self._txns.get(tid)
-            if self.keep_ongoing and m is not None and m.status is TxnStatus.ONGOING:
-                continue
             self._orphans.discard(tid)
-            fd = self._held.pop(tid, None)
-            if fd is not None:
-                os.close(fd)
+            self._drop_if_unused(tid)
 
     def _replay(self, p: int) -> None:
         """Apply partition ``p``'s records from where the last replay stopped (records are
@@ -227,16 +225,30 @@ class TransactionCoordinator:
         """Whether another live process holds ``tid`` (for the error a producer raises)."""
         return self._shared and tid not in self._held
 
-    def release(self, tid: str, pid: int = -1, epoch: int = -1) -> None:
-        """Let ``tid`` go (a producer closed): only when (pid, epoch) is its current producer,
-        or unconditionally with the defaults. Another process may take it from then on."""
+    def retain(self, tid: str, pid: int, epoch: int) -> None:
+        """An embedded producer of this process initialised with ``tid`` as (pid, epoch): the
+        id stays held while it is the id's current producer here (a newer one, or an abort
+        of its transaction on timeout, fences it)."""
         with self._lock:
-            m = self._txns.get(tid)
-            if pid != -1 and (m is None or (m.producer_id, m.producer_epoch) != (pid, epoch)):
-                return
-            fd = self._held.pop(tid, None)
-            if fd is not None:
-                os.close(fd)
+            self._current[tid] = (pid, epoch)
+
+    def release(self, tid: str, pid: int, epoch: int) -> None:
+        """An embedded producer with ``tid`` closed: with no current producer of the id left
+        here, another process may take it from now on (a fenced one's close only checks)."""
+        with self._lock:
+            if self._current.get(tid) == (pid, epoch):
+                del self._current[tid]
+            self._drop_if_unused(tid)
+
+    def _drop_if_unused(self, tid: str) -> None:
+        """Give ``tid``'s lock back unless a current producer of this process uses it, it is a
+        dead process's transaction being finished, or this is a server's coordinator (its
+        clients cannot say they have gone)."""
+        if self.keep_ongoing or tid in self._current or tid in self._orphans:
+            return
+        fd = self._held.pop(tid, None)
+        if fd is not None:
+            os.close(fd)
 
     def close(self) -> None:
         with self._lock:
@@ -349,6 +361,9 @@ class TransactionCoordinator:
                     self._bump(m)
                     self._complete(m, commit=False)
                     out.append(m.transactional_id)
+                    # Its producer is fenced now: the id is free for any process.
+                    self._current.pop(m.transactional_id, None)
+                    self._drop_if_unused(m.transactional_id)
             self._let_orphans_go()
         return out
 
@@ -362,6 +377,14 @@ class TransactionCoordinator:
             if not self._acquire(tid):
                 return CONCURRENT_TRANSACTIONS, None
             self._orphans.discard(tid)
+            err, m = self._check_held(tid, pid, epoch, fenced)
+            if err:
+                self._drop_if_unused(tid)  # a zombie's call must not keep the id from others
+            return err, m
+        return self._check_held(tid, pid, epoch, fenced)
+
+    def _check_held(self, tid: str, pid: int, epoch: int,
+                    fenced: int) -> tuple[int, TxnMetadata | None]:
         m = self._txns.get(tid)
         if m is None or m.producer_id != pid:
             return INVALID_PRODUCER_ID_MAPPING, None
@@ -385,6 +408,7 @@ class TransactionCoordinator:
                 log.info("transactional id %r is held by another process on %s", tid,
                          self.store.path)
                 return CONCURRENT_TRANSACTIONS, -1, -1
+            self._orphans.discard(tid)  # a producer of this process takes it over
             m = self._txns.get(tid)
             if m is None:
                 new_pid, new_epoch = self._new_id()
@@ -395,6 +419,7 @@ class TransactionCoordinator:
                 return NONE, m.producer_id, m.producer_epoch
             if pid != -1 and (pid, epoch) != (m.producer_id, m.producer_epoch):
                 # KIP-360: a producer that names its id must be the current one.
+                self._drop_if_unused(tid)
                 return (PRODUCER_FENCED if version >= 4 else INVALID_PRODUCER_EPOCH), -1, -1
             self._bump(m)
             m.timeout_ms = timeout_ms
@@ -484,11 +509,19 @@ class TransactionCoordinator:
             with self._lock:
                 m = self._by_pid.get(pid)
         if m is not None and self._shared and m.transactional_id not in self._held:
+            tid = m.transactional_id
             with self._lock:
-                if not self._acquire(m.transactional_id):
+                if not self._acquire(tid):
                     return CONCURRENT_TRANSACTIONS
-                self._orphans.discard(m.transactional_id)
-                m = self._by_pid.get(pid)
+                self._orphans.discard(tid)
+                err = self._verify(self._by_pid.get(pid), epoch, topic, partition)
+                if err:
+                    self._drop_if_unused(tid)
+                return err
+        return self._verify(m, epoch, topic, partition)
+
+    @staticmethod
+    def _verify(m: TxnMetadata | None, epoch: int, topic: str, partition: int) -> int:
         if m is None:
             return INVALID_PRODUCER_ID_MAPPING
         if epoch != m.producer_epoch:

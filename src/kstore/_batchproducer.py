@@ -251,6 +251,8 @@ class BatchProducer:
         self._last_progress = time.monotonic()
         self.resets = 0  # retriable failures recovered from (for tests and the summary)
         self.closed = False
+        #: The refusal (a non-retriable error) that stopped this producer, if one did.
+        self.failed: BaseException | None = None
         self._versions = self._negotiate()
         self.producer_id, self.epoch = self._init_producer_id()
 
@@ -357,6 +359,8 @@ class BatchProducer:
         """Queue one stored batch of ``count`` records (sealed here, in place)."""
         if self.closed:
             raise kerr.ClosedError("produce on a closed BatchProducer")
+        if self.failed is not None:
+            raise self.failed
         tp = (topic, partition)
         if tp not in self._leaders:
             self._refresh([topic])
@@ -378,6 +382,8 @@ class BatchProducer:
     def _pump(self) -> None:
         """Send requests while connections have room: each takes the oldest unsent batch of
         every partition its broker leads (one per partition, as brokers require)."""
+        if self.failed is not None:
+            return  # nothing more goes out after a refusal: what was queued stays unsent
         by_node: dict[int, list[tuple[str, int]]] = {}
         for tp, q in self._pending.items():
             if q:
@@ -440,9 +446,10 @@ class BatchProducer:
                 continue
             if err and err != _DUPLICATE_SEQUENCE:
                 msg = (p or {}).get("error_message") or ""
-                raise kerr.error_for_code(err)(
+                self.failed = kerr.error_for_code(err)(
                     f"the cluster refused a batch of {it.count} records for {it.tp[0]}-{it.tp[1]}"
                     f" (Kafka error {err}){': ' + msg if msg else ''}")
+                raise self.failed
             q = self._unacked[it.tp]
             if not q or q[0] is not it:
                 # An answer for a batch behind one still unanswered: cannot happen on one
@@ -494,6 +501,8 @@ class BatchProducer:
         self._serve(block=False)
         if wait:
             while any(self._pending.values()) or any(c.inflight for c in self._conns.values()):
+                if self.failed is not None:
+                    raise self.failed
                 self._serve(block=True)
         acks, self._acks = self._acks, []
         return acks

@@ -391,3 +391,20 @@ def test_batches_of_incompressible_records_stay_under_max_message_bytes(tmp_path
             batches = list(broker.store.partition(t, 0).read(0, 1 << 26).batches())
             assert max(b.size for b in batches) <= limit
             assert {b.compression for b in batches} == {codec}
+
+
+def test_nothing_more_is_sent_after_a_refusal(tmp_path):
+    with testing.start(tmp_path / "b") as broker:
+        broker.create_topic("small", 1, config={"max.message.bytes": 200})
+        broker.create_topic("other", 1)
+        bp = BatchProducer(broker.bootstrap_servers, timeout=5)
+        try:
+            bp.produce("small", 0, bytearray(_core.encode_batches([b"x" * 500])), 1)
+            with pytest.raises(errors.RecordTooLargeError, match="Kafka error 10"):
+                bp.poll(wait=True)
+            with pytest.raises(errors.RecordTooLargeError):
+                bp.produce("other", 0, bytearray(_core.encode_batches([b"late"])), 1)
+            bp.poll(wait=False)
+        finally:
+            bp.close()
+        assert broker.records("other") == [] and broker.records("small") == []

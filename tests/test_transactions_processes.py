@@ -188,3 +188,43 @@ def test_a_producer_whose_transaction_timed_out_lets_the_id_go_when_it_closes(da
             q.send("t", b"b", partition=1)
             q.commit_transaction()
         assert visible(b, "read_committed") == [b"b"]
+
+
+def test_unused_lock_files_are_swept_and_a_held_one_is_kept(data):
+    with kstore.open(data) as a, kstore.open(data) as b:
+        for i in range(5):  # ids used once (a common pattern: one per run)
+            a.producer(transactional_id=f"once-{i}").close()
+        kept = b.producer(transactional_id="kept")
+        folder = data / ".kstore-txn"
+        assert len(list(folder.glob("*.lock"))) == 6
+        a.run_maintenance()
+        assert len(list(folder.glob("*.lock"))) == 1  # b's, in use
+        with pytest.raises(ConcurrentTransactionsError):
+            a.producer(transactional_id="kept")
+        kept.close()
+        with a.producer(transactional_id="once-0", linger_ms=0) as p:  # its file comes back
+            p.begin_transaction()
+            p.send("t", b"again", partition=0)
+            p.commit_transaction()
+        assert len(list(folder.glob("*.lock"))) == 2
+
+
+def test_a_forked_child_does_not_keep_the_parents_ids(data):
+    import os
+
+    with kstore.open(data) as a, kstore.open(data) as b:
+        p = a.producer(transactional_id="forked")
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child lives on (as a worker would) until the parent says
+            os.close(w)
+            os.read(r, 1)
+            os._exit(0)
+        os.close(r)
+        try:
+            p.close()
+            # Free while the child lives: its copy of the lock was let go at the fork.
+            b.producer(transactional_id="forked").close()
+        finally:
+            os.close(w)
+            os.waitpid(pid, 0)

@@ -38,6 +38,8 @@ import hashlib
 import logging
 import os
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +77,29 @@ TRANSACTIONAL_ID_NOT_FOUND = 105
 
 MAX_TIMEOUT_MS = 900_000  # transaction.max.timeout.ms
 MAX_EPOCH = 32767 - 1  # Short.MaxValue - 1: past it a new producer id is handed out
+SWEEP_INTERVAL_S = 60.0  # unused transactional-id lock files are removed at most this often
 EXPIRY_CHECK_S = 1.0  # Kafka: transaction.abort.timed.out.transaction.cleanup.interval.ms 10 s
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether ``fd`` is the file at ``path`` now (not one removed since it was opened)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_ino, st.st_dev) == (own.st_ino, own.st_dev)
+
+
+_COORDINATORS: weakref.WeakSet[TransactionCoordinator] = weakref.WeakSet()
+
+
+def _forget_locks_after_fork() -> None:
+    for c in list(_COORDINATORS):
+        c._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_forget_locks_after_fork)
 
 
 class TransactionCoordinator:
@@ -101,6 +125,8 @@ class TransactionCoordinator:
         self._replayed: dict[int, int] = {}
         self._orphans: set[str] = set()  # held only to finish a dead process's transaction
         self._current: dict[str, tuple[int, int]] = {}  # id -> (pid, epoch) of our producer
+        self._next_sweep = 0.0
+        _COORDINATORS.add(self)
         #: A server's coordinator keeps the open transactions it finds (its clients go on).
         self.keep_ongoing = False
 
@@ -203,15 +229,19 @@ class TransactionCoordinator:
             return True
         path = self._lock_path(tid)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        except BaseException:
-            os.close(fd)
-            raise
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except BaseException:
+                os.close(fd)
+                raise
+            if _same_file(fd, path):
+                break
+            os.close(fd)  # sweep_locks removed the file after we opened it: the lock is void
         try:
             if TXN_TOPIC in self.store.topics(internal=True):
                 self._replay(txn_partition(tid))
@@ -220,6 +250,48 @@ class TransactionCoordinator:
             raise
         self._held[tid] = fd
         return True
+
+    def sweep_locks(self) -> int:
+        """Remove the lock files no process holds (ids used once and let go would pile up),
+        each while holding it; ``_acquire`` checks that the file it locked is still the one
+        at its path. Returns how many went."""
+        folder = os.path.join(self.store.path, ".kstore-txn")
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return 0
+        mine = {os.path.basename(self._lock_path(t)) for t in self._held}
+        removed = 0
+        for name in names:
+            if not name.endswith(".lock") or name in mine:
+                continue
+            path = os.path.join(folder, name)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _same_file(fd, path):
+                    os.unlink(path)
+                    removed += 1
+            except BlockingIOError:
+                pass  # held: in use
+            finally:
+                os.close(fd)
+        return removed
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child shares the parent's locks (one open file each): it lets go of its
+        copies, so that the locks live as long as the parent, and holds nothing itself."""
+        for fd in self._held.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._held.clear()
+        self._current.clear()
+        self._orphans.clear()
 
     def held_elsewhere(self, tid: str) -> bool:
         """Whether another live process holds ``tid`` (for the error a producer raises)."""
@@ -365,6 +437,9 @@ class TransactionCoordinator:
                     self._current.pop(m.transactional_id, None)
                     self._drop_if_unused(m.transactional_id)
             self._let_orphans_go()
+            if self._shared and time.monotonic() >= self._next_sweep:
+                self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+                self.sweep_locks()
         return out
 
     # ------------------------------------------------------------------------------------------

@@ -408,3 +408,38 @@ def test_nothing_more_is_sent_after_a_refusal(tmp_path):
         finally:
             bp.close()
         assert broker.records("other") == [] and broker.records("small") == []
+
+
+def test_follow_from_a_cluster_copies_new_records_as_they_come(tmp_path):
+    with testing.start(tmp_path / "b") as broker:
+        broker.create_topic("f", 2)
+        url = f"kafka://{broker.bootstrap_servers}"
+        dst = tmp_path / "dst"
+        m = Mirror(url, dst, topics=["f"], groups=False, follow=True, timeout=10)
+        box: dict = {}
+        t = threading.Thread(target=lambda: box.setdefault("stats", m.run()), daemon=True)
+        t.start()
+        try:
+            with kstore.connect(url) as cs, cs.producer(linger_ms=0) as pr:
+                for rnd in range(3):
+                    pr.send_many("f", [b"r%d-%d" % (rnd, i) for i in range(100)],
+                                 keys=[b"k%d" % i for i in range(100)])
+
+                    def landed(n: int = 100 * (rnd + 1)) -> bool:
+                        if not (dst / "kstore.json").exists():
+                            return False
+                        with kstore.open(dst, read_only=True) as d:
+                            return ("f" in d.topics() and sum(
+                                d.partition("f", p).log_end_offset for p in (0, 1)) >= n)
+
+                    deadline = time.monotonic() + 30
+                    while not landed():
+                        assert time.monotonic() < deadline and t.is_alive(), "not followed"
+                        time.sleep(0.05)
+        finally:
+            m.stop()
+            t.join(30)
+        assert box["stats"].records == 300
+        with kstore.open(dst, read_only=True) as d:
+            got = sorted(r[2] for p in (0, 1) for r in records_of(d, "f", p))
+        assert got == sorted(b"r%d-%d" % (rnd, i) for rnd in range(3) for i in range(100))

@@ -672,3 +672,30 @@ def test_bench_table_with_compression_and_no_keep(data: Path) -> None:
         assert phase in r.stdout
     assert "every event exactly once" in r.stdout
     assert json.loads(run(data, "topics", "list", "--json").stdout) == []
+
+
+def test_consume_isolation_level_read_committed_skips_aborted_and_stops_at_the_lso(tmp_path):
+    data = tmp_path / "d"
+    with kstore.open(data) as s:
+        s.create_topic("tx", 1)
+        plain = s.producer(linger_ms=0)
+        tx = s.producer(transactional_id="cli", linger_ms=0)
+        for i, commit in enumerate((True, False, True)):
+            tx.begin_transaction()
+            tx.send("tx", b"txn-%d" % i, partition=0)
+            plain.send("tx", b"plain-%d" % i, partition=0)
+            plain.flush()
+            (tx.commit_transaction if commit else tx.abort_transaction)()
+        tx.begin_transaction()
+        tx.send("tx", b"open", partition=0)
+        tx.flush()
+        plain.send("tx", b"after-open", partition=0)  # past the LSO: not readable committed
+        plain.flush()
+        tx._txn = None  # noqa: SLF001 - leave the transaction open on disk
+    everything = run(data, "consume", "tx").stdout.split()
+    assert sorted(everything) == sorted(["txn-0", "plain-0", "txn-1", "plain-1", "txn-2",
+                                         "plain-2", "open", "after-open"])
+    r = run(data, "consume", "tx", "--isolation-level", "read_committed")
+    assert r.exit_code == 0, r.stderr  # exits at the LSO, no wait for the open transaction
+    cut = everything.index("open")  # the LSO: the open transaction's first record
+    assert r.stdout.split() == [v for v in everything[:cut] if v != "txn-1"]

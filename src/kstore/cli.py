@@ -1051,6 +1051,10 @@ def _parse_timestamp(value: str) -> int:
 @click.option("--max", "-c", "max_records", type=click.IntRange(1), default=None,
               help="Exit after this many records.")
 @click.option("--follow", "-F", is_flag=True, help="Wait for new records at the end (Ctrl-C stops).")
+@click.option("--isolation-level", type=click.Choice(["read_uncommitted", "read_committed"]),
+              default="read_uncommitted", show_default=True,
+              help="read_committed: only records of committed transactions (and plain ones), up "
+              "to the last stable offset; aborted ones are skipped. Markers are never printed.")
 @click.option("--exit-at-end", "-e", is_flag=True, help="Exit at the end of the log (kcat's -e; "
               "the default without --follow).")
 @click.option("--format", "-f", "fmt", default=None, metavar="FMT",
@@ -1066,8 +1070,9 @@ def _parse_timestamp(value: str) -> int:
 @_data_option
 def consume(topic: str, group: str | None, from_beginning: bool, offset: str | None,
             timestamp: str | None, partition: int | None, max_records: int | None,
-            follow: bool, exit_at_end: bool, fmt: str | None, key_delimiter: str | None,
-            delimiter: str | None, as_json: bool, kcat_json: bool, data: Path | None) -> None:
+            follow: bool, isolation_level: str, exit_at_end: bool, fmt: str | None,
+            key_delimiter: str | None, delimiter: str | None, as_json: bool, kcat_json: bool,
+            data: Path | None) -> None:
     """Print TOPIC's records, each value followed by a newline (as kcat does).
 
     Without --follow it exits at the end of the log. Without --group the store is opened
@@ -1128,8 +1133,15 @@ def consume(topic: str, group: str | None, from_beginning: bool, offset: str | N
                             f"(0..{nparts - 1})")
         parts = [(topic, partition)] if partition is not None else [(topic, p) for p in range(nparts)]
         consumer = store.consumer(group=group, auto_offset_reset="earliest",
-                                  enable_auto_commit=False)
+                                  enable_auto_commit=False, isolation_level=isolation_level)
         consumer.assign(parts)
+        committed_only = isolation_level == "read_committed"
+
+        def end_of(t: str, p: int) -> int:
+            """Where reading ends without --follow: a read_committed reader stops at the last
+            stable offset (an open transaction's records are not readable yet)."""
+            lg = store.partition(t, p)
+            return lg.last_stable_offset() if committed_only else lg.log_end_offset
         for t, p in parts:
             lg = store.partition(t, p)
             lso, leo = lg.log_start_offset, lg.log_end_offset
@@ -1164,7 +1176,7 @@ def consume(topic: str, group: str | None, from_beginning: bool, offset: str | N
                     want = 10_000 if max_records is None else min(10_000, max_records - printed)
                     recs = consumer.poll(timeout=0.2 if follow else 0, max_records=want)
                     if not recs:
-                        if not follow and all(consumer.position(t, p) >= store.partition(t, p).log_end_offset
+                        if not follow and all(consumer.position(t, p) >= end_of(t, p)
                                               for t, p in parts):
                             break
                         if group is not None and time.monotonic() - last_commit > 1:

@@ -1174,6 +1174,11 @@ class ClusterConsumer(ConsumerBase):
             # read_committed).
             "isolation.level": isolation_level,
         })
+        # librdkafka stops fetching once 100,000 messages wait in its queue and then backs off
+        # for a second (fetch.queue.backoff.ms): a reader that drains it fast waits on that.
+        for k, v in (("queued.min.messages", 1_000_000), ("fetch.queue.backoff.ms", 10)):
+            if k not in store.config:
+                cfg[k] = v
         if cfg["session.timeout.ms"] < 6000 and group is not None:
             cfg["session.timeout.ms"] = 6000  # Kafka's group.min.session.timeout.ms
         # A member learns of a rebalance at its next heartbeat: a tenth of the session (Kafka's
@@ -1359,7 +1364,15 @@ class ClusterConsumer(ConsumerBase):
                 if self._closed:
                     return []
                 try:
-                    msgs = self._c.consume(max_records, slice_s)
+                    # What is queued now, as the embedded poll returns: librdkafka's
+                    # consume(n, t) waits out t for n messages, which held poll_batches to
+                    # 0.12 M records/s. Only with nothing queued, wait for one, then take what
+                    # came with it.
+                    msgs = self._c.consume(max_records, 0)
+                    if not msgs and slice_s > 0:
+                        msgs = self._c.consume(1, slice_s)
+                        if msgs and max_records > 1:
+                            msgs += self._c.consume(max_records - 1, 0)
                 except ck.KafkaException as exc:
                     raise _kafka.error_from(exc, "polling") from None
             good = msgs

@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 
 import kstore
-from tests.server.test_kafka_python import GROUP_CONF, in_thread, poll_records
+from tests.server.test_kafka_python import group_member, in_thread, poll_records
 from tests.test_internal_topics import GARBAGE, GROUP, _fill_with_garbage
 
 kafka = pytest.importorskip("kafka", reason="kafka-python is not installed")
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, TopicPartition
 
 
 def test_serve_group_join_over_garbage_in_consumer_offsets(kserver, tmp_path):
@@ -28,7 +28,7 @@ def test_serve_group_join_over_garbage_in_consumer_offsets(kserver, tmp_path):
             offsets = admin.list_group_offsets({GROUP: None})
         finally:
             admin.close()
-        c = KafkaConsumer("t", group_id=GROUP, bootstrap_servers=srv.bootstrap, **GROUP_CONF)
+        c = group_member(srv.bootstrap, "t", GROUP)
         try:
             before = {tp.partition: c.committed(tp) for tp in tps}
             got = poll_records(c, 3, settle=0.5)

@@ -32,6 +32,19 @@ GROUP_CONF = {"auto_offset_reset": "earliest", "enable_auto_commit": False,
               "request_timeout_ms": 10000, "metadata_max_age_ms": 1000}
 
 
+def group_member(bootstrap, topic, group, **extra):
+    """A kafka-python group member of ``group`` on ``topic``, subscribed once its metadata
+    knows the topic: its group leader assigns from its own metadata, and a first join that
+    races the first metadata answer assigns nothing ("No partition metadata for topic")."""
+    c = KafkaConsumer(group_id=group, bootstrap_servers=bootstrap, **{**GROUP_CONF, **extra})
+    deadline = time.monotonic() + TIMEOUT
+    while not c.partitions_for_topic(topic):
+        assert time.monotonic() < deadline, f"kafka-python learned no partitions of {topic}"
+        time.sleep(0.05)
+    c.subscribe([topic])
+    return c
+
+
 def in_thread(fn, *args, timeout=60.0):
     """Run ``fn(*args)`` in a thread; fail if it hangs past ``timeout``; return its result."""
     box: dict[str, Any] = {}
@@ -128,7 +141,7 @@ def test_group_commit_survives_a_restart_and_resumes(kserver):
 
     def first_round():
         produce(srv.bootstrap, topic, [(i % 2, None, b"a%d" % i) for i in range(20)], acks=1)
-        c = KafkaConsumer(topic, group_id=group, bootstrap_servers=srv.bootstrap, **GROUP_CONF)
+        c = group_member(srv.bootstrap, topic, group)
         try:
             got = poll_records(c, 20, settle=0.3)
             c.commit()
@@ -144,7 +157,7 @@ def test_group_commit_survives_a_restart_and_resumes(kserver):
 
     def second_round():
         produce(srv.bootstrap, topic, [(i % 2, None, b"b%d" % i) for i in range(6)], acks="all")
-        c = KafkaConsumer(topic, group_id=group, bootstrap_servers=srv.bootstrap, **GROUP_CONF)
+        c = group_member(srv.bootstrap, topic, group)
         try:
             before = {tp.partition: c.committed(tp) for tp in tps}
             got = poll_records(c, 6, settle=0.5)
@@ -190,8 +203,7 @@ def test_describe_and_list_groups_through_the_admin_client(kserver):
 
     def run():
         produce(srv.bootstrap, topic, [(p, None, b"x") for p in range(3)], acks=1)
-        c = KafkaConsumer(topic, group_id=group, bootstrap_servers=srv.bootstrap,
-                          client_id="describe-me", **GROUP_CONF)
+        c = group_member(srv.bootstrap, topic, group, client_id="describe-me")
         admin = KafkaAdminClient(bootstrap_servers=srv.bootstrap, request_timeout_ms=10000)
         try:
             poll_records(c, 3)
@@ -262,8 +274,7 @@ def test_commits_are_shared_between_the_store_and_the_wire(kserver, tmp_path):
     srv.start(srv.port)
 
     def remote_resume():
-        c = KafkaConsumer("shared", group_id="embedded", bootstrap_servers=srv.bootstrap,
-                          **GROUP_CONF)
+        c = group_member(srv.bootstrap, "shared", "embedded")
         try:
             committed = c.committed(tp)
             got = poll_records(c, 6, settle=0.3)

@@ -1,5 +1,6 @@
-"""An idempotent Kafka producer for sealed RecordBatch v2 bytes: kstore mirror's path from a
-data directory to a cluster.
+"""kstore's own Kafka client for whole batches: an idempotent producer of sealed RecordBatch v2
+bytes (kstore mirror from a data directory to a cluster, and kstore.connect's send_many) and a
+read_committed fetcher of whole batches (kstore mirror from a cluster to a data directory).
 
 Why it is written here rather than left to confluent-kafka: librdkafka takes one record per
 ``produce()`` call, and for 100-byte records that call alone held the mirror to 0.51 M records/s
@@ -21,7 +22,11 @@ confluent-kafka. Kafka's rules it follows:
   lacks and answers the others as duplicates, so nothing is lost or written twice.
 
 Everything else (a record too large, authorization, an unknown producer id) is raised as the
-kstore error of its Kafka code.
+kstore error of its Kafka code, and the producer sends nothing more.
+
+The fetcher (BatchFetcher) sends Fetch v4-11 with isolation_level 1 to each partition's leader
+and hands back the bytes, the last stable offset and the aborted transactions; what a
+read_committed reader keeps of them is decided by kstore.mirror (Kafka's consumer rule).
 """
 
 from __future__ import annotations

@@ -5,11 +5,13 @@ batch, a corrupt stored batch) lose nothing, repeat nothing and are never silent
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -131,6 +133,18 @@ class CuttingProxy:
         self.listener.close()
 
 
+@contextlib.contextmanager
+def proxied_broker(path: Path, mode: str, at: int) -> Iterator[tuple[testing.Broker, CuttingProxy]]:
+    """A broker that tells clients to come through a CuttingProxy (advertised.listeners)."""
+    proxy = CuttingProxy(mode, at)
+    try:
+        with testing.start(path, advertised_host="127.0.0.1", advertised_port=proxy.port) as b:
+            proxy.start(b.port)
+            yield b, proxy
+    finally:
+        proxy.close()
+
+
 def by_partition(broker: testing.Broker, topic: str, partition: int) -> list:
     return [r for r in broker.records(topic) if r.partition == partition]
 
@@ -153,17 +167,9 @@ def lz4_source(path: Path, topic: str, n: int, per_batch: int) -> list[tuple]:
 def test_a_cut_connection_resends_what_was_not_acknowledged_exactly_once(tmp_path, mode):
     topic = "cut"
     want = lz4_source(tmp_path / "src", topic, 3000, 100)  # 30 batches per partition
-    proxy = CuttingProxy(mode, at=4)
-    # The broker tells clients to come back through the proxy (advertised.listeners).
-    with testing.start(tmp_path / "broker", advertised_host="127.0.0.1",
-                       advertised_port=proxy.port) as broker:
-        proxy.start(broker.port)
-        try:
-            m = Mirror(tmp_path / "src", f"kafka://127.0.0.1:{proxy.port}", topics=[topic],
-                       groups=False, timeout=20)
-            st = m.run()
-        finally:
-            proxy.close()
+    with proxied_broker(tmp_path / "broker", mode, at=4) as (broker, proxy):
+        st = Mirror(tmp_path / "src", f"kafka://127.0.0.1:{proxy.port}", topics=[topic],
+                    groups=False, timeout=20).run()
         assert proxy.cut.is_set()
         assert st.records == 6000
         for p in (0, 1):
@@ -174,11 +180,8 @@ def test_a_cut_connection_resends_what_was_not_acknowledged_exactly_once(tmp_pat
 def test_a_cut_connection_is_counted_and_the_producer_goes_on(tmp_path):
     """The same at the producer's level: acknowledgements come once per batch, in order, with
     the destination offsets, after a reset."""
-    proxy = CuttingProxy("lost_answer", at=2)
-    with testing.start(tmp_path / "b", advertised_host="127.0.0.1",
-                       advertised_port=proxy.port) as broker:
+    with proxied_broker(tmp_path / "b", "lost_answer", at=2) as (broker, proxy):
         broker.create_topic("t", 1)
-        proxy.start(broker.port)
         bp = BatchProducer(f"127.0.0.1:{proxy.port}", timeout=20)
         try:
             for i in range(6):
@@ -188,7 +191,6 @@ def test_a_cut_connection_is_counted_and_the_producer_goes_on(tmp_path):
             acks = bp.poll(wait=True)
         finally:
             bp.close()
-            proxy.close()
         assert acks == [(i, 10 * (i + 1)) for i in range(6)]
         assert bp.resets >= 1
         assert [r.value for r in by_partition(broker, "t", 0)] == [
@@ -330,11 +332,8 @@ def test_fetch_batches_from_the_middle_of_a_batch_and_past_small_fetch_sizes(tmp
 
 
 def test_a_producer_idle_past_its_timeout_still_sends_and_recovers(tmp_path):
-    proxy = CuttingProxy("lost_answer", at=2)
-    with testing.start(tmp_path / "b", advertised_host="127.0.0.1",
-                       advertised_port=proxy.port) as broker:
+    with proxied_broker(tmp_path / "b", "lost_answer", at=2) as (broker, proxy):
         broker.create_topic("t", 1)
-        proxy.start(broker.port)
         bp = BatchProducer(f"127.0.0.1:{proxy.port}", timeout=1.0)
         try:
             bp.produce("t", 0, bytearray(_core.encode_batches([b"a"] * 10)), 10, "a")
@@ -346,7 +345,6 @@ def test_a_producer_idle_past_its_timeout_still_sends_and_recovers(tmp_path):
             assert bp.resets == 1
         finally:
             bp.close()
-            proxy.close()
         assert [r.value for r in broker.records("t")] == [b"a"] * 10 + [b"b"] * 10
 
 

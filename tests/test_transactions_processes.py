@@ -228,3 +228,28 @@ def test_a_forked_child_does_not_keep_the_parents_ids(data):
         finally:
             os.close(w)
             os.waitpid(pid, 0)
+
+
+def test_producer_ids_are_unique_across_processes_starting_together(data):
+    """Ids came from each process's clock (ms << 8): processes starting in the same
+    millisecond drew the same ids, and a partition keys its transactions by producer id."""
+    code = ("import sys, kstore\n"
+            "s = kstore.open(sys.argv[1])\n"
+            "print(' '.join(str(s.allocate_producer_id()) for _ in range(300)))\n"
+            "s.close()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(data)], stdout=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    ids = []
+    for p in procs:
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0
+        ids += [int(x) for x in out.split()]
+    with kstore.open(data) as a, kstore.open(data) as b:
+        ids += [a.allocate_producer_id() for _ in range(300)]
+        ids += [b.allocate_producer_id() for _ in range(300)]
+        pa = a.producer(transactional_id="ida")
+        pb = b.producer(transactional_id="idb")
+        assert pa.producer_id != pb.producer_id
+        pa.close()
+        pb.close()
+    assert len(ids) == len(set(ids)) == 1800 and min(ids) > 0

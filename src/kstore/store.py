@@ -71,6 +71,7 @@ SHARED_FILE = ".kstore-shared"
 #: Shared mode: flocks serialising registry changes and maintenance passes between processes.
 REGISTRY_LOCK = ".kstore-registry.lock"
 MAINTENANCE_LOCK = ".kstore-maintenance.lock"
+PRODUCER_IDS = ".kstore-producer-ids"  # the next producer id free in a shared store
 OFFSETS_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": 104857600,
                         "compression.type": "producer"}
 
@@ -176,6 +177,8 @@ class Store:
         self._committed: dict[str, dict[tuple[str, int], offsets.OffsetCommit]] | None = None
         self._committed_lock = threading.Lock()
         self._txn_lock = threading.Lock()
+        self._pid_lock = threading.Lock()
+        self._pid_block: tuple[int, int] | None = None  # producer ids taken, not handed out
         self._txn_coordinator: Any = None
         self._offsets_warned: set[tuple[int, int]] = set()  # bad __consumer_offsets records
         self.topic_epoch = 0  # moves on every topic change; producers drop cached topic state
@@ -694,9 +697,38 @@ class Store:
                 if new_producer_id is None:
                     from kstore.server.producers import ProducerStates
 
-                    new_producer_id = ProducerStates().new_producer_id
+                    new_producer_id = ProducerStates(
+                        allocate=self.allocate_producer_id if self.shared else None
+                    ).new_producer_id
                 self._txn_coordinator = TransactionCoordinator(self, new_producer_id)
             return self._txn_coordinator
+
+    #: Producer ids taken from the shared counter at a time.
+    PRODUCER_ID_BLOCK = 256
+
+    def allocate_producer_id(self) -> int:
+        """A producer id no other process of this shared store hands out: taken in blocks
+        from ``.kstore-producer-ids`` (the next free id, under an flock), starting no lower
+        than the clock in ms << 8, as ids did per process (two processes starting in the same
+        millisecond drew the same ids, and a partition keys transactions by producer id)."""
+        with self._pid_lock:
+            block = self._pid_block
+            if block is not None and block[0] < block[1]:
+                pid = block[0]
+                self._pid_block = (pid + 1, block[1])
+                return pid
+            path = self.path / PRODUCER_IDS
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                raw = os.pread(fd, 8, 0)
+                stored = int.from_bytes(raw, "big") if len(raw) == 8 else 0
+                first = max(stored, int(time.time() * 1000) << 8)
+                os.pwrite(fd, (first + self.PRODUCER_ID_BLOCK).to_bytes(8, "big"), 0)
+            finally:
+                os.close(fd)  # the flock goes with it
+            self._pid_block = (first + 1, first + self.PRODUCER_ID_BLOCK)
+            return first
 
     def consumer(self, **kwargs: Any) -> Any:
         """A Consumer (see kstore.consumer.Consumer for the arguments)."""

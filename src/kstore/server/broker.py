@@ -121,7 +121,9 @@ class Broker:
         self.store = store
         self.config = config
         self.coordinator = coordinator
-        self.producers = ProducerStates()
+        # A shared store's ids come from its counter: unique across the processes on it.
+        self.producers = ProducerStates(
+            allocate=store.allocate_producer_id if getattr(store, "shared", False) else None)
         self.transactions: TransactionCoordinator = store.transactions(
             self.producers.new_producer_id)
         # Clients go on with their open transactions after a restart (not aborted at load).

@@ -61,7 +61,10 @@ class ProducerStates:
     a new id, and ids must not pile up forever."""
 
     def __init__(self, expiration_s: float = 86_400.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 allocate: Callable[[], int] | None = None) -> None:
+        #: Hands out producer ids when given (a shared store's: unique across its processes).
+        self._allocate = allocate
         self._lock = threading.Lock()
         self._state: dict[tuple[int, str, int], _Entry] = {}
         self._last_used: dict[tuple[int, str, int], float] = {}
@@ -75,8 +78,11 @@ class ProducerStates:
 
     def new_producer_id(self) -> tuple[int, int]:
         with self._lock:
-            pid = self._next_id
-            self._next_id += 1
+            if self._allocate is not None:
+                pid = self._allocate()
+            else:
+                pid = self._next_id
+                self._next_id += 1
             self._prune()
             return pid, 0
 
